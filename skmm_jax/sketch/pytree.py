@@ -1,0 +1,111 @@
+"""Sketching a pytree of per-sample gradients leaf by leaf.
+
+For per-sample gradients g_i = (g_i^{(1)}, …, g_i^{(L)}) (one leaf per parameter
+array), the sketch is the concatenated transform Γ = [Γ_1; …; Γ_L] applied to the
+flattened concatenation, computed without concatenating:
+
+    g_i Γ = Σ_l vec(g_i^{(l)}) Γ_l ,    Γ_l drawn from fold_in(key, l).
+
+Each Γ_l is a JL map of its own leaf, so E‖gΓ‖² = Σ_l ‖g^{(l)}‖² = ‖g‖², and for the
+dense kinds the stacked Γ has exactly the distribution of one r×m draw. With
+kind="kronecker", 2-D leaves (linear kernels) get a Kronecker-factored sketch and
+the other leaves (biases, norms) a dense Gaussian one; with kind="srht", leaves
+shorter than m (whose Hadamard transform has fewer than m rows) get a dense
+Gaussian one too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from skmm_jax.sketch.base import Array, Sketch, as_key, check_dims, next_power_of_two, pytree_dataclass
+from skmm_jax.sketch.make import KINDS, make_sketch
+
+
+class PytreeSketch:
+    """A sketch of every leaf of a pytree of per-sample arrays, summed into one [B, m].
+
+    Attributes:
+      leaves: one sketch per leaf, Γ_l : prod(leaf shape) → m.
+      treedef: structure of one sample's gradient tree.
+      leaf_shapes: per-sample shape of each leaf.
+      out_dim: m.
+    """
+
+    leaves: tuple
+    treedef: Any
+    leaf_shapes: tuple
+    out_dim: int
+
+    kind = "pytree"
+
+    @property
+    def in_dim(self) -> int:
+        return sum(math.prod(s) for s in self.leaf_shapes)
+
+    def __call__(self, tree: Any) -> Array:
+        """``tree`` has leaves [B, *leaf_shape]; returns [B, m] float32."""
+        try:
+            leaves = self.treedef.flatten_up_to(tree)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"pytree sketch was built for structure {self.treedef}; got a different tree: {err}") from None
+        batch = None
+        out = None
+        for index, (leaf, shape, sketch) in enumerate(zip(leaves, self.leaf_shapes, self.leaves)):
+            if tuple(leaf.shape[1:]) != shape:
+                raise ValueError(f"leaf {index}: expected per-sample shape {shape}, got {tuple(leaf.shape[1:])} (leaf shape {tuple(leaf.shape)})")
+            if batch is None:
+                batch = leaf.shape[0]
+            elif leaf.shape[0] != batch:
+                raise ValueError(f"leaf {index}: batch size {leaf.shape[0]} differs from the first leaf's {batch}")
+            part = sketch(leaf.reshape(batch, -1))
+            out = part if out is None else out + part
+        return out
+
+
+PytreeSketch = pytree_dataclass(PytreeSketch, meta_fields=("treedef", "leaf_shapes", "out_dim"))
+
+
+def make_pytree_sketch(kind: str, key: Array, example: Any, out_dim: int, **options: Any) -> PytreeSketch:
+    """Builds a leaf-by-leaf sketch for pytrees shaped like ``example`` (one sample).
+
+    Args:
+      kind: a kind from ``KINDS``.
+      key: PRNG key; leaf l uses ``fold_in(key, l)`` (leaves in ``jax.tree`` order).
+      example: a pytree of arrays or ``jax.ShapeDtypeStruct`` giving ONE sample's
+        gradient shapes (e.g. the parameters themselves).
+      out_dim: m, shared by all leaves.
+      **options: passed to ``make_sketch`` (not used for kronecker's 2-D leaves).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown sketch kind {kind!r}; choose one of {KINDS}")
+    check_dims(1, out_dim, kind=kind)
+    key = as_key(key)
+    leaves, treedef = jax.tree.flatten(example)
+    if not leaves:
+        raise ValueError("pytree sketch: the example tree has no leaves")
+    shapes = tuple(tuple(int(d) for d in jnp.shape(leaf)) for leaf in leaves)
+    sketches: list[Sketch] = []
+    for index, shape in enumerate(shapes):
+        leaf_key = jax.random.fold_in(key, index)
+        size = math.prod(shape)
+        if kind == "kronecker":
+            if len(shape) == 2:
+                sketches.append(make_sketch("kronecker", leaf_key, size, out_dim, shape=shape))
+            else:
+                sketches.append(make_sketch("gaussian", leaf_key, size, out_dim))
+            continue
+        if kind == "srht" and next_power_of_two(size) < out_dim:
+            # An SRHT cannot sample m rows of a shorter transform; a leaf this small
+            # (a bias, a norm scale) costs nothing to sketch densely.
+            sketches.append(make_sketch("gaussian", leaf_key, size, out_dim))
+            continue
+        try:
+            sketches.append(make_sketch(kind, leaf_key, size, out_dim, **options))
+        except ValueError as err:
+            raise ValueError(f"leaf {index} of shape {shape}: {err}") from None
+    return PytreeSketch(tuple(sketches), treedef, shapes, out_dim)
