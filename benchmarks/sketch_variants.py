@@ -18,6 +18,7 @@ SparseRandomProjection (default density 1/√r, and density s/m = the SJLT's non
 
     python benchmarks/sketch_variants.py            # all four shapes (~20 min on 2 cores)
     python benchmarks/sketch_variants.py --quick    # small shapes, a smoke run
+    python benchmarks/sketch_variants.py --resume   # keep completed shapes, run the rest
 
 Writes benchmarks/results/sketch_variants.{json,md,png} (atomically, after every method).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -73,12 +75,20 @@ def timed(fn, repeats: int) -> tuple[float, int]:
 
 
 def make_data(key: jax.Array, n: int, r: int) -> tuple[jax.Array, np.ndarray]:
-    """G = Z W/√k + 0.1 E and Q, an orthonormal basis [k, r] of W's row space."""
+    """G = Z W/√k + 0.1 E and Q, an orthonormal basis [k, r] of W's row space.
+
+    Rows are generated 64 at a time (lax.map) so the only large buffer is G itself.
+    """
     kz, kw, ke = jax.random.split(key, 3)
     w = jax.random.normal(kw, (RANK, r), jnp.float32)
-    g = jax.jit(lambda z, w, k: z @ w * (1.0 / np.sqrt(RANK)) + 0.1 * jax.random.normal(k, (n, r), jnp.float32))(
-        jax.random.normal(kz, (n, RANK), jnp.float32), w, ke
-    )
+    z = jax.random.normal(kz, (n, RANK), jnp.float32)
+
+    def rows(i):
+        z_i = jax.lax.dynamic_slice_in_dim(z, i * 64, 64)
+        noise = jax.random.normal(jax.random.fold_in(ke, i), (64, r), jnp.float32)
+        return z_i @ w * (1.0 / np.sqrt(RANK)) + 0.1 * noise
+
+    g = jax.jit(lambda: jax.lax.map(rows, jnp.arange(n // 64)).reshape(n, r))()
     q = np.linalg.qr(np.asarray(w, np.float64).T)[0].T.astype(np.float32)  # [k, r]
     return g.block_until_ready(), q
 
@@ -144,7 +154,7 @@ def peers(g_np: np.ndarray, m: int):
     from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
 
     r = g_np.shape[1]
-    fit_on = g_np[:2]
+    fit_on = np.array(g_np[:2])  # a copy: a view would keep G alive after the shape is done
 
     def numpy_gaussian(seed):
         gamma = np.random.default_rng(seed).standard_normal((r, m), dtype=np.float32) * np.float32(1 / np.sqrt(m))
@@ -243,8 +253,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="keep shapes already complete in the results file")
     args = parser.parse_args()
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    done_shapes = []
+    if args.resume and (RESULTS / "sketch_variants.json").is_file():
+        previous = json.loads((RESULTS / "sketch_variants.json").read_text())
+        expected = len(JAX_METHODS) + 4
+        done_shapes = [s for s in previous["shapes"] if len(s["rows"]) == expected]
     payload = {
         "command": "python benchmarks/sketch_variants.py" + (" --quick" if args.quick else ""),
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, backend {jax.default_backend()}",
@@ -252,10 +268,13 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "rank": RANK,
         "sjlt_nnz": SJLT_NNZ,
-        "shapes": [],
+        "shapes": list(done_shapes),
     }
     key = jax.random.key(args.seed)
     for n, r, m in shapes:
+        if any((s["N"], s["r"], s["m"]) == (n, r, m) for s in done_shapes):
+            print(f"N={n} r={r} m={m}: kept from the previous run (--resume)")
+            continue
         g, q = make_data(jax.random.fold_in(key, r), n, r)
         floor_fn = jax.jit(lambda x: jnp.sum(x, axis=1))
         floor_fn(g).block_until_ready()
@@ -274,7 +293,7 @@ def main() -> None:
             entry["rows"].append(row)
             print(f"  {name:24s} {row['seconds']:8.3f} s  ×{row['seconds'] / floor:6.1f}  eps {row['subspace_eps']:.3f}  ip {row['inner_product_error']:.3f}", flush=True)
             write_outputs(payload)
-        del g, g_np
+        del g, g_np, make, row
     print(f"\nwrote {RESULTS / 'sketch_variants.json'}, .md, .png", file=sys.stderr)
 
 

@@ -39,6 +39,8 @@ from skmm_jax.sketch.base import Array, as_key, check_batch, check_dims, pytree_
 
 HASHINGS = ("shift", "uniform")
 
+# Columns of x read per loop step with hashing="shift".
+_SLAB = 512
 # Columns scattered per step with hashing="uniform": bounds the transposed tile in memory.
 _SCATTER_TILE = 16384
 
@@ -83,26 +85,35 @@ class SparseSignSketch:
 
     def _apply_shift(self, x: Array) -> list[Array]:
         batch, w, s = x.shape[0], self.width, self.nnz
-        n_full, tail = divmod(self.in_dim, w)
+        n_chunks, tail = divmod(self.in_dim, w)
+        # Read x in slabs of several chunks (≥ _SLAB columns) per loop step: narrow
+        # [B, w] slices of a wide row-major x are strided, short reads, so small w
+        # (e.g. m = 128, s = 4 → w = 32) would otherwise be dominated by memory latency.
+        per_slab = max(1, _SLAB // w)
+        n_slabs, rest = divmod(n_chunks, per_slab)
 
-        def add_chunk(bufs, c, start, width):
+        def add_slab(bufs, first_chunk, widths):
             # bufs[k] is [B, 2w]: a chunk shifted by ρ lands in columns [ρ, ρ + width),
             # and columns ≥ w are folded back onto [0, w) at the end (the "mod w").
-            x_chunk = lax.dynamic_slice_in_dim(x, start, width, axis=1)  # [B, width]
-            sign_chunk = lax.dynamic_slice_in_dim(self.signs, start, width, axis=1)  # [s, width]
-            new = []
+            start = first_chunk * w
+            x_slab = lax.dynamic_slice_in_dim(x, start, sum(widths), axis=1)  # [B, L]
+            sign_slab = lax.dynamic_slice_in_dim(self.signs, start, sum(widths), axis=1)  # [s, L]
+            bufs = list(bufs)
             for k in range(s):
-                rho = self.table[k, c]
-                signed = x_chunk * sign_chunk[k][None, :].astype(x.dtype)
-                current = lax.dynamic_slice_in_dim(bufs[k], rho, width, axis=1)
-                new.append(lax.dynamic_update_slice_in_dim(bufs[k], current + signed.astype(jnp.float32), rho, axis=1))
-            return tuple(new)
+                signed = (x_slab * sign_slab[k][None, :].astype(x.dtype)).astype(jnp.float32)
+                for j, width in enumerate(widths):
+                    rho = self.table[k, first_chunk + j]
+                    current = lax.dynamic_slice_in_dim(bufs[k], rho, width, axis=1)
+                    chunk = signed[:, j * w : j * w + width]
+                    bufs[k] = lax.dynamic_update_slice_in_dim(bufs[k], current + chunk, rho, axis=1)
+            return tuple(bufs)
 
         bufs = tuple(jnp.zeros((batch, 2 * w), jnp.float32) for _ in range(s))
-        if n_full:
-            bufs = lax.fori_loop(0, n_full, lambda c, b: add_chunk(b, c, c * w, w), bufs)
-        if tail:
-            bufs = add_chunk(bufs, n_full, n_full * w, tail)
+        if n_slabs:
+            bufs = lax.fori_loop(0, n_slabs, lambda i, b: add_slab(b, i * per_slab, (w,) * per_slab), bufs)
+        last = (w,) * rest + ((tail,) if tail else ())
+        if last:
+            bufs = add_slab(bufs, n_slabs * per_slab, last)
         return [b[:, :w] + b[:, w:] for b in bufs]
 
     def _apply_uniform(self, x: Array) -> list[Array]:
