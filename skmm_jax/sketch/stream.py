@@ -23,6 +23,11 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(rows_done, rows_total)`` after each chunk."""
 
 
+# One jitted entry point for every call: a sketch is a pytree argument, so the cache
+# key is (sketch type, static sizes, chunk shape) and repeated calls never recompile.
+_apply = jax.jit(lambda sketch, x: sketch(x))
+
+
 def _as_float_rows(rows: np.ndarray) -> np.ndarray:
     if rows.ndim != 2:
         raise ValueError(f"expected a 2-D [N, r] array of row vectors, got shape {rows.shape}")
@@ -59,7 +64,6 @@ def sketch_rows(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     chunk_size = min(chunk_size, n)
     dtype = np.float32 if rows.dtype == np.float64 else rows.dtype
-    apply = jax.jit(lambda s, x: s(x))
     out = np.empty((n, sketch.out_dim), np.float32)
 
     def finish(start: int, stop: int, result: jax.Array) -> None:
@@ -78,7 +82,7 @@ def sketch_rows(
         chunk = np.asarray(rows[start:stop], dtype=dtype)
         if stop - start < chunk_size:
             chunk = np.concatenate([chunk, np.zeros((chunk_size - (stop - start), r), dtype)])
-        result = apply(sketch, jnp.asarray(chunk))
+        result = _apply(sketch, jnp.asarray(chunk))
         if pending is not None:
             finish(*pending)
         pending = (start, stop, result)
