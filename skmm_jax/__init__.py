@@ -1,12 +1,46 @@
 """skmm_jax: Sketchy Moment Matching data selection for finetuning, in JAX.
 
-Pipeline (one subpackage per step): ``sketch`` (JL transforms of per-sample
-gradients) → gradients → moments → solve → select.
+Pipeline, one module per step:
+  ``sketch``    JL transforms Γ (gaussian, rademacher, sjlt, countsketch, srht, kronecker)
+  ``gradients`` per-sample gradients with vmap(grad), sketched as they are produced: G̃ = GΓ
+  ``moments``   spectrum Σ̃ = VΛVᵀ, moment matrix B, the moment-matching objective
+  ``solve``     optax solver over the capped simplex with exact projections; default c_S
+  ``draw``      p → a discrete coreset (greedy / swap moment matching, sampling, top-n, balanced)
+  ``select``    ``skmm`` end to end and ``select(method, key, features, n)`` for every method
+  ``baselines`` uniform, herding, k-center, adaptive sampling, (ridge) leverage scores
 """
 
-from skmm_jax import sketch
+from skmm_jax import baselines, sketch
+from skmm_jax.baselines import BASELINES
+from skmm_jax.gradients import per_sample_grads, sketch_per_sample_grads
+from skmm_jax.moments import Spectrum, sketched_spectrum, subset_coverage
+from skmm_jax.select import METHODS, Selection, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.sketch import KINDS, make_pytree_sketch, make_sketch, sketch_rows
+from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
 __version__ = "0.1.0"
 
-__all__ = ["KINDS", "make_pytree_sketch", "make_sketch", "sketch", "sketch_rows"]
+__all__ = [
+    "BASELINES",
+    "KINDS",
+    "METHODS",
+    "Selection",
+    "SkMMConfig",
+    "SolverConfig",
+    "Spectrum",
+    "baselines",
+    "make_pytree_sketch",
+    "make_sketch",
+    "max_feasible_coverage",
+    "per_sample_grads",
+    "project_capped_simplex",
+    "select",
+    "sketch",
+    "sketch_per_sample_grads",
+    "sketch_rows",
+    "sketched_spectrum",
+    "skmm",
+    "skmm_indices",
+    "solve_moment_matching",
+    "subset_coverage",
+]

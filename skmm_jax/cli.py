@@ -56,6 +56,58 @@ def sketch(
 
 
 @app.command()
+def select(
+    features: Path = typer.Option(..., "--features", help="[N, d] per-sample (sketched) gradients or features: .npy / .safetensors (memory-mapped) or .npz."),
+    n: int = typer.Option(..., "--n", help="Coreset size, 0 < n <= N."),
+    method: str = typer.Option("skmm", help="skmm | uniform | herding | kcenter | adaptive | leverage | ridge-leverage"),
+    seed: int = typer.Option(0, help="Seed of every random choice (sketch, draws)."),
+    out: Path = typer.Option(..., "--out", help="Output JSON (indices, method, n, seed, diagnostics), written atomically."),
+    array: Optional[str] = typer.Option(None, help="Array name inside a .npz / .safetensors file holding several."),
+    sketch_kind: Optional[str] = typer.Option(None, help="Sketch the features first with this kind (e.g. sjlt)."),
+    sketch_dim: Optional[int] = typer.Option(None, help="Sketch dimension m (default 256 when --sketch-kind is given)."),
+    c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S (default: smallest feasible, by bisection)."),
+    draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | swap | sample | top | balanced."),
+    labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (SkMM draw=balanced)."),
+) -> None:
+    """Select n samples of a pool with SkMM or a baseline; write the indices as JSON."""
+    import jax
+
+    from skmm_jax.io import load_array, save_json_atomic
+    from skmm_jax.select import METHODS
+    from skmm_jax.select import select as run_select
+
+    if method not in METHODS:
+        _fail(f"--method {method!r} is not one of {sorted(METHODS)}")
+    options = {}
+    if method == "skmm":
+        options = {k: v for k, v in (("c_s", c_s), ("draw", draw)) if v is not None}
+    elif c_s is not None or draw is not None:
+        _fail("--c-s and --draw apply to --method skmm only")
+    if sketch_kind is not None and sketch_dim is None:
+        sketch_dim = 256
+    try:
+        rows = load_array(features, name=array)
+        label_array = load_array(labels) if labels is not None else None
+        if sketch_kind is not None and rows.ndim == 2 and sketch_dim >= rows.shape[1]:
+            _fail(f"--sketch-dim {sketch_dim} must be smaller than the feature dimension {rows.shape[1]}")
+        start = time.perf_counter()
+        result = run_select(
+            method, jax.random.key(seed), rows, n, labels=label_array,
+            sketch_kind=sketch_kind, sketch_dim=sketch_dim, **options,
+        )
+        seconds = time.perf_counter() - start
+        payload = result.to_json(seed=seed, features=str(features), num_samples=int(rows.shape[0]), seconds=seconds)
+        save_json_atomic(out, payload)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        _fail(str(err))
+    diag = result.diagnostics
+    console.print(
+        f"wrote {out}: {method} selected {n} of {rows.shape[0]} in {seconds:.2f} s; "
+        f"subset coverage {diag['subset_coverage']:.3f}" + (f", c_S {diag['c_s']:.3f}" if "c_s" in diag else "")
+    )
+
+
+@app.command()
 def demo(
     samples: int = typer.Option(2048, help="Number of generated samples N."),
     sketch_dim: int = typer.Option(256, help="Sketch dimension m."),

@@ -56,3 +56,75 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
 def save_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes ``obj`` as indented JSON to ``path`` atomically."""
     _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+_SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+
+
+def _memmap_safetensors(path: Path, name: str | None) -> np.ndarray:
+    """Memory-maps one tensor of a .safetensors file (8-byte header length, JSON header, raw data)."""
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len < 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(header_len))
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable .safetensors file ({err})") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if name is None:
+        if len(tensors) != 1:
+            raise ValueError(f"{path} holds {sorted(tensors)}: name the array to use")
+        name = next(iter(tensors))
+    if name not in tensors:
+        raise ValueError(f"{path}: no tensor {name!r}; it holds {sorted(tensors)}")
+    info = tensors[name]
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}; store float16/32/64")
+    start, stop = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if stop - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise ValueError(f"{path}: tensor {name!r} size does not match its shape {shape} (corrupt file?)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=shape)
+
+
+def load_array(path: str | os.PathLike, *, name: str | None = None) -> np.ndarray:
+    """Opens an array from .npy (memory-mapped), .safetensors (memory-mapped) or .npz (read).
+
+    Args:
+      path: the file.
+      name: the array inside a .npz/.safetensors file; may be omitted when it holds one.
+
+    Raises:
+      FileNotFoundError / ValueError naming the path on a missing, corrupt or
+      ambiguous file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    if path.suffix == ".safetensors":
+        return _memmap_safetensors(path, name)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                names = list(archive.files)
+                if name is None:
+                    if len(names) != 1:
+                        raise ValueError(f"{path} holds {names}: name the array to use")
+                    name = names[0]
+                if name not in names:
+                    raise ValueError(f"{path}: no array {name!r}; it holds {names}")
+                return archive[name]
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+        except Exception as err:  # zipfile.BadZipFile and friends
+            if isinstance(err, ValueError):
+                raise
+            raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+    raise ValueError(f"{path}: expected .npy, .npz or .safetensors, got suffix {path.suffix!r}")

@@ -75,3 +75,82 @@ def test_embedded_model_error_says_how_to_install():
             embedded_model_path("smollm2-135m")
     else:
         assert embedded_model_path("smollm2-135m").suffix == ".gguf"
+
+
+@pytest.fixture
+def pool_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 8)) * 3
+    x = np.concatenate([c + 0.2 * rng.standard_normal((s, 8)) for c, s in zip(centres, (30, 15, 8, 3))])
+    path = tmp_path / "X.npy"
+    np.save(path, x.astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("method", ["skmm", "uniform", "kcenter", "ridge-leverage"])
+def test_select_command_round_trip(pool_file: Path, tmp_path: Path, method: str):
+    import json
+
+    from skmm_jax.select import select
+
+    out = tmp_path / "sel.json"
+    result = runner.invoke(skmm_app, ["select", "--features", str(pool_file), "--n", "10", "--method", method, "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["method"] == method and payload["n"] == 10 and payload["seed"] == 3
+    assert len(set(payload["indices"])) == 10 and all(0 <= i < 56 for i in payload["indices"])
+    assert "subset_coverage" in payload["diagnostics"]
+    expected = select(method, jax.random.key(3), np.load(pool_file), 10)
+    assert payload["indices"] == expected.indices.tolist()
+
+
+def test_select_command_reads_npz_and_safetensors_and_sketches(pool_file: Path, tmp_path: Path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    x = np.load(pool_file)
+    np.savez(tmp_path / "X.npz", feats=x, other=x[:2])
+    save_file({"feats": x}, str(tmp_path / "X.safetensors"))
+    picks = []
+    for name, extra in (("X.npz", ["--array", "feats"]), ("X.safetensors", []), ("X.npy", [])):
+        out = tmp_path / f"{name}.json"
+        result = runner.invoke(skmm_app, ["select", "--features", str(tmp_path / name), "--n", "5", "--method", "herding", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        picks.append(json.loads(out.read_text())["indices"])
+    assert picks[0] == picks[1] == picks[2]
+    out = tmp_path / "sk.json"
+    result = runner.invoke(skmm_app, ["select", "--features", str(pool_file), "--n", "5", "--method", "skmm", "--sketch-kind", "gaussian", "--sketch-dim", "4", "--c-s", "0.9", "--draw", "sample", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    diag = json.loads(out.read_text())["diagnostics"]
+    assert diag["sketch"] == {"kind": "gaussian", "dim": 4} and abs(diag["c_s"] - 0.9) < 1e-6
+
+
+def test_select_command_errors_leave_no_output(pool_file: Path, tmp_path: Path):
+    x = np.load(pool_file)
+    bad_nan = tmp_path / "nan.npy"
+    np.save(bad_nan, np.where(np.arange(x.size).reshape(x.shape) == 20, np.nan, x).astype(np.float32))
+    flat = tmp_path / "flat.npy"
+    np.save(flat, x[:, 0].copy())
+    npz = tmp_path / "two.npz"
+    np.savez(npz, a=x, b=x)
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad")
+    out = tmp_path / "sel.json"
+    cases = [
+        (["--features", str(pool_file), "--n", "57"], "0 < n <= N"),
+        (["--features", str(pool_file), "--n", "0"], "0 < n <= N"),
+        (["--features", str(bad_nan), "--n", "5"], "rows [2] contain NaN"),
+        (["--features", str(flat), "--n", "5"], "2-D"),
+        (["--features", str(npz), "--n", "5"], "name the array"),
+        (["--features", str(corrupt), "--n", "5"], "not a readable .safetensors"),
+        (["--features", str(tmp_path / "missing.npy"), "--n", "5"], "does not exist"),
+        (["--features", str(pool_file), "--n", "5", "--method", "best"], "is not one of"),
+        (["--features", str(pool_file), "--n", "5", "--method", "uniform", "--c-s", "0.5"], "skmm only"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(skmm_app, ["select", *args, "--out", str(out)])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (message, result.output)
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left

@@ -1,0 +1,260 @@
+"""SkMM end to end and the one ``select`` entry point for every method.
+
+``skmm(key, sketched, n)`` runs steps 2–4 on sketched gradients G̃ [N, m]:
+spectrum → c_S (default: the most demanding feasible one, by bisection) → relaxed
+weights p (optax, exact capped-simplex projections) → discrete coreset (greedy moment
+matching by default) → diagnostics of the subset actually returned.
+
+``select(method, key, features, n)`` validates the input once, optionally sketches
+wide features first, runs SkMM or a baseline (or any selector function with the same
+signature) and reports, for every method alike, the coverage of the chosen subset so
+methods can be compared on the quantity the theory bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from skmm_jax import baselines
+from skmm_jax.draw import DRAWS, draw_balanced, draw_greedy, draw_sample, draw_top, refine_swaps, _subset_loss
+from skmm_jax.moments import Spectrum, direction_weights, sketched_spectrum, subset_coverage
+from skmm_jax.sampling import check_subset_size
+from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
+
+Array = jax.Array
+Selector = Callable[..., Any]
+"""``selector(key, features, n, **options)`` → [n] indices, or (indices, diagnostics dict)."""
+
+
+@functools.partial(dataclasses.dataclass, frozen=True)
+class SkMMConfig:
+    """Settings of SkMM steps 2–4 (hashable, so it can be a static jit argument).
+
+    Attributes:
+      c_s: the moment-matching constant (1/c_S of every eigenvalue is required of the
+        coreset). None: c_S = 1/κ*, the smallest value the pool can satisfy with n
+        samples, found by bisection (see ``solve.max_feasible_coverage``).
+      draw: how p becomes n indices: "greedy" (default), "swap", "sample", "top",
+        "balanced" (needs labels). See ``skmm_jax.draw``.
+      solver: optimiser settings; the default Adam on centred gradients with the
+        "relative" weighting reached the requested coverage in every direction in
+        our measurements where projected gradient stalled on small eigenvalues.
+      rank_tol: eigenvalues below rank_tol·λ_max are ignored.
+      max_swaps: cap on exchanges for draw="swap" (None: n).
+      bisection_steps: solves used to find the default c_S.
+    """
+
+    c_s: float | None = None
+    draw: str = "greedy"
+    solver: SolverConfig = SolverConfig(optimizer="adam", weighting="relative", max_steps=1000)
+    rank_tol: float = 1e-6
+    max_swaps: int | None = None
+    bisection_steps: int = 10
+
+    def __post_init__(self):
+        if self.draw not in DRAWS:
+            raise ValueError(f"draw must be one of {DRAWS}, got {self.draw!r}")
+        if self.c_s is not None and not (isinstance(self.c_s, (int, float)) and math.isfinite(self.c_s) and self.c_s > 0):
+            raise ValueError(f"c_s must be a positive finite number or None, got {self.c_s!r}")
+
+
+def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
+    weights = direction_weights(spectrum, config.solver.weighting)
+    swaps = jnp.int32(0)
+    if config.draw == "sample":
+        indices = draw_sample(key, p, n)
+    elif config.draw == "top":
+        indices = draw_top(p, n)
+    elif config.draw == "balanced":
+        if labels is None:
+            raise ValueError('draw="balanced" needs labels (one int class per sample)')
+        labels = jnp.asarray(labels, jnp.int32)
+        indices = draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1)
+    elif config.draw == "greedy":
+        indices = draw_greedy(spectrum, p, coverage, weights, n)
+    else:  # swap
+        start = draw_sample(key, p, n)
+        indices, swaps = refine_swaps(spectrum, start, coverage, weights, n, config.max_swaps or n)
+    return indices, swaps
+
+
+def skmm(key: Array, sketched: Array, n: int, *, config: SkMMConfig = SkMMConfig(), labels: Array | None = None) -> tuple[Array, dict]:
+    """Sketchy Moment Matching on sketched gradients: n indices and diagnostics.
+
+    Args:
+      key: PRNG key (used by the random draw rules).
+      sketched: [N, m] sketched per-sample gradients G̃ (or features); may be sharded over N.
+      n: coreset size, 0 < n ≤ N.
+      config: see ``SkMMConfig``.
+      labels: [N] int classes, only for draw="balanced".
+
+    Returns:
+      (indices [n] int32, diagnostics) with: c_s used, the coverage κ required, the
+      relaxed p's coverage, the loss curve, solver steps, the effective support
+      1/Σp_i² and exp(entropy) of p, and for the FINAL subset S its coverage
+      min_j (v_jᵀ Σ̃_S v_j)/λ_j and its moment-matching loss.
+    """
+    check_subset_size(n, sketched.shape[0])
+    spectrum = sketched_spectrum(sketched, rank_tol=config.rank_tol)
+    solver = config.solver
+    if config.c_s is None:
+        coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps)
+    else:
+        coverage = 1.0 / config.c_s
+        solved = solve_moment_matching(spectrum, jnp.float32(coverage), n, solver)
+    p = solved.p
+    indices, swaps = _draw(key, spectrum, p, jnp.float32(coverage), n, config, labels)
+    weights = direction_weights(spectrum, solver.weighting)
+    subset_total = jnp.sum(spectrum.moments[indices], axis=0)
+    losses = np.asarray(solved.losses)[: int(solved.steps)]
+    entropy = -float(jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+    diagnostics = {
+        "c_s": 1.0 / coverage,
+        "coverage_required": coverage,
+        "relaxed_coverage": float(solved.coverage),
+        "subset_coverage": float(subset_coverage(indices, spectrum)),
+        "subset_loss": float(_subset_loss(subset_total, jnp.float32(coverage) * spectrum.eigenvalues, weights, n)),
+        "solver_steps": int(solved.steps),
+        "loss_curve": [float(x) for x in losses],
+        "effective_support": float(1.0 / jnp.sum(p * p)),
+        "perplexity_of_p": math.exp(entropy),
+        "active_directions": int(jnp.sum(spectrum.active)),
+        "draw": config.draw,
+        "swaps": int(swaps),
+    }
+    return indices, diagnostics
+
+
+@functools.partial(jax.jit, static_argnames=("n", "config"))
+def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: SkMMConfig = SkMMConfig()) -> Array:
+    """The jittable core of SkMM for a given coverage κ = 1/c_S: G̃ → n indices.
+
+    Composes under ``jit``/``vmap`` over keys (n and config static); ``skmm`` adds
+    the default-c_S bisection and the diagnostics around the same steps. Not for
+    draw="balanced" (labels).
+    """
+    spectrum = sketched_spectrum(sketched, rank_tol=config.rank_tol)
+    solved = solve_moment_matching(spectrum, coverage, n, config.solver)
+    return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
+
+
+def _skmm_selector(key: Array, features: Array, n: int, *, labels: Array | None = None, **options: Any) -> tuple[Array, dict]:
+    solver_fields = {f.name for f in dataclasses.fields(SolverConfig)}
+    solver_options = {k: options.pop(k) for k in list(options) if k in solver_fields}
+    base = SkMMConfig()
+    config = SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
+    return skmm(key, features, n, config=config, labels=labels)
+
+
+METHODS: dict[str, Selector] = {"skmm": _skmm_selector, **baselines.BASELINES}
+"""Every selector by its command-line name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Result of ``select``: indices into the pool plus what was done and measured."""
+
+    indices: np.ndarray
+    method: str
+    n: int
+    diagnostics: dict
+
+    def to_json(self, **extra: Any) -> dict:
+        return {"method": self.method, "n": self.n, **extra, "indices": [int(i) for i in self.indices], "diagnostics": self.diagnostics}
+
+
+def check_features(features: Any, *, name: str = "features") -> np.ndarray | Array:
+    """ValueError unless a 2-D floating [N, d] array without NaN/inf rows (named by index)."""
+    shape = getattr(features, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D [N, d] array (one row per sample), got shape {shape}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {shape}")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {features.dtype}")
+    finite = np.asarray(jnp.all(jnp.isfinite(jnp.asarray(features)), axis=1)) if isinstance(features, jax.Array) else None
+    if finite is None:
+        finite = np.concatenate([np.isfinite(features[s : s + 65536]).all(axis=1) for s in range(0, shape[0], 65536)])
+    if not finite.all():
+        bad = np.flatnonzero(~finite).tolist()
+        raise ValueError(f"{name} rows {bad[:10]}{' …' if len(bad) > 10 else ''} contain NaN or inf")
+    return features
+
+
+def select(
+    method: str | Selector,
+    key: Array,
+    features: Any,
+    n: int,
+    *,
+    labels: Any = None,
+    sketch_kind: str | None = None,
+    sketch_dim: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Selection:
+    """Selects n of the N rows of ``features`` with SkMM, a baseline or your own selector.
+
+    Args:
+      method: a name from ``METHODS`` ("skmm", "uniform", "herding", "kcenter",
+        "adaptive", "leverage", "ridge-leverage") or a function
+        ``(key, features, n, **options) → indices | (indices, diagnostics)``.
+      key: PRNG key. When sketching, the sketch uses ``fold_in(key, 0)`` and the
+        selector ``fold_in(key, 1)``.
+      features: [N, d] floats (NumPy, memmap or jax): per-sample (sketched) gradients
+        or features.
+      n: coreset size, 0 < n ≤ N.
+      labels: optional [N] int classes (SkMM's draw="balanced").
+      sketch_kind, sketch_dim: sketch d → sketch_dim with this kind first (streamed
+        from the host in chunks) — for wide features such as raw gradients.
+      progress: callback for the sketching pass.
+      **options: passed to the selector (for "skmm": ``SkMMConfig`` and
+        ``SolverConfig`` fields, e.g. ``c_s=0.8, draw="swap", optimizer="nesterov"``).
+
+    Returns:
+      ``Selection`` with int64 indices (distinct, in selection order), the method
+      name, n, and diagnostics; every method gets ``subset_coverage`` on the
+      spectrum of the (sketched) features.
+    """
+    from skmm_jax.sketch import make_sketch, sketch_rows
+
+    check_features(features)
+    num = features.shape[0]
+    check_subset_size(n, num)
+    if (sketch_kind is None) != (sketch_dim is None):
+        raise ValueError("sketch_kind and sketch_dim go together: give both or neither")
+    select_key = jax.random.fold_in(key, 1) if sketch_kind is not None else key
+    diagnostics: dict = {}
+    if sketch_kind is not None:
+        sketch = make_sketch(sketch_kind, jax.random.fold_in(key, 0), int(features.shape[1]), int(sketch_dim))
+        features = sketch_rows(sketch, np.asarray(features) if not isinstance(features, np.ndarray) else features, progress=progress)
+        diagnostics["sketch"] = {"kind": sketch_kind, "dim": int(sketch_dim)}
+    features = jnp.asarray(features, jnp.float32)
+    if callable(method):
+        name, selector = getattr(method, "__name__", "custom"), method
+    elif method in METHODS:
+        name, selector = method, METHODS[method]
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass a selector function")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (num,):
+            raise ValueError(f"labels must have shape ({num},) to match features, got {labels.shape}")
+        if name == "skmm" or callable(method):
+            options["labels"] = labels
+    result = selector(select_key, features, n, **options)
+    indices, extra = result if isinstance(result, tuple) else (result, {})
+    indices = np.asarray(indices).astype(np.int64)
+    if indices.shape != (n,) or len(np.unique(indices)) != n or indices.min() < 0 or indices.max() >= num:
+        raise ValueError(f"selector {name!r} returned invalid indices (need {n} distinct values in [0, {num})), got shape {indices.shape}")
+    diagnostics.update(extra)
+    if "subset_coverage" not in diagnostics:
+        diagnostics["subset_coverage"] = float(subset_coverage(jnp.asarray(indices), sketched_spectrum(features)))
+    return Selection(indices, name, n, diagnostics)

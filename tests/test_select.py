@@ -1,0 +1,227 @@
+"""SkMM steps 2–4: spectrum, exact capped-simplex projection, the optax solver, draw rules, select()."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from skmm_jax.draw import _subset_loss, draw_balanced, draw_greedy, refine_swaps
+from skmm_jax.moments import direction_weights, moment_matching_loss, sketched_spectrum, subset_coverage
+from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
+from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
+
+
+def clusters(seed=0, sizes=(120, 60, 30, 8, 3), dim=16, spread=0.3):
+    """Orthogonal, well-separated clusters of very different sizes, with in-cluster spread."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+    rows, labels = [], []
+    for k, size in enumerate(sizes):
+        centre = 3.0 * basis[k]
+        local = basis[len(sizes) + 2 * k : len(sizes) + 2 * k + 2]
+        rows.append(centre + spread * rng.standard_normal((size, 2)) @ local)
+        labels += [k] * size
+    return np.concatenate(rows).astype(np.float32), np.array(labels)
+
+
+def reference_projection(x, total, cap):
+    """Exact projection in float64: Σ clip(x − τ, 0, cap) is piecewise linear in τ with
+    breakpoints at x_i and x_i − cap; find the segment where it equals total."""
+    x = np.asarray(x, np.float64)
+    mass = lambda t: np.clip(x - t, 0, cap).sum()
+    points = np.sort(np.concatenate([x, x - cap]))
+    values = np.array([mass(t) for t in points])  # non-increasing
+    i = np.searchsorted(-values, -total)  # first breakpoint with mass <= total
+    t0, t1 = points[i - 1], points[i]
+    m0, m1 = values[i - 1], values[i]
+    tau = t0 + (m0 - total) * (t1 - t0) / (m0 - m1)
+    return np.clip(x - tau, 0, cap)
+
+
+@pytest.mark.parametrize("num,total,cap,scale", [(50, 1.0, 0.1, 1.0), (200, 20.0, 1.0, 5.0), (1000, 7.5, 0.01 * 1000, 1e-3), (31, 30.0, 1.0, 2.0)])
+def test_projection_is_exact_and_feasible(num, total, cap, scale):
+    x = np.random.default_rng(num).standard_normal(num).astype(np.float32) * scale
+    y = np.asarray(project_capped_simplex(jnp.asarray(x), total, cap=cap))
+    assert y.min() >= 0 and y.max() <= cap * (1 + 1e-6)
+    np.testing.assert_allclose(y.sum(), total, rtol=1e-5)
+    np.testing.assert_allclose(y, reference_projection(x, total, cap), atol=1e-5 * max(cap, 1.0))
+    # A feasible point is its own projection.
+    np.testing.assert_allclose(np.asarray(project_capped_simplex(jnp.asarray(y), total, cap=cap)), y, atol=1e-5 * cap)
+
+
+def test_projection_is_not_clip_and_renormalise():
+    x = jnp.array([0.9, 0.5, 0.1, -0.3], jnp.float32)
+    y = np.asarray(project_capped_simplex(x, 1.0, cap=0.5))
+    clipped = np.clip(np.asarray(x), 0, 0.5)
+    assert not np.allclose(y, clipped / clipped.sum(), atol=1e-3)
+    np.testing.assert_allclose(y, reference_projection(np.asarray(x), 1.0, 0.5), atol=1e-6)
+
+
+def test_spectrum_columns_average_to_eigenvalues():
+    g = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32) * np.linspace(3, 0.1, 12, dtype=np.float32)
+    spec = sketched_spectrum(g)
+    lam = np.linalg.eigvalsh(g.astype(np.float64).T @ g / 300)[::-1]
+    np.testing.assert_allclose(np.asarray(spec.eigenvalues), lam / lam[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(spec.moments).mean(axis=0), np.asarray(spec.eigenvalues), rtol=1e-4, atol=1e-6)
+    # Uniform weights carry exactly λ_j in every direction: zero loss at coverage 1.
+    uniform = jnp.full((300,), 1 / 300, jnp.float32)
+    w = direction_weights(spec, "relative")
+    assert float(moment_matching_loss(uniform, spec, jnp.float32(1.0), w)) < 1e-8
+
+
+def test_rank_deficient_directions_are_inactive():
+    g = np.random.default_rng(1).standard_normal((40, 3)) @ np.random.default_rng(2).standard_normal((3, 10))
+    spec = sketched_spectrum(g.astype(np.float32))
+    assert int(spec.active.sum()) == 3
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov", "pgd"])
+def test_solver_moves_off_uniform_and_does_not_collapse(optimizer):
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    n = 20
+    res = solve_moment_matching(spec, jnp.float32(1.3), n, SolverConfig(optimizer=optimizer, max_steps=400))
+    p = np.asarray(res.p)
+    assert p.min() >= 0 and p.max() <= 1 / n * (1 + 1e-5)
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-5)
+    assert np.abs(p - 1 / len(p)).max() > 1e-3, "p never left the uniform start"
+    losses = np.asarray(res.losses)[: int(res.steps)]
+    assert losses[-1] < losses[0]
+    assert 1 / np.sum(p**2) >= n  # support can never fall below n on the capped simplex
+    assert np.sum(p > 1e-6) >= n
+
+
+def test_adam_reaches_a_feasible_coverage_from_a_bad_start():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    start = jnp.zeros((len(x),), jnp.float32).at[:20].set(1 / 20)  # all in the largest cluster: coverage 0
+    assert float(subset_coverage(jnp.arange(20), spec)) < 0.01
+    res = solve_moment_matching(spec, jnp.float32(1.0), 20, SolverConfig(optimizer="adam", weighting="relative", max_steps=1000), start)
+    assert float(res.coverage) >= 0.98
+
+
+def test_max_feasible_coverage_brackets_the_limit():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    n = 20
+    cfg = SolverConfig(optimizer="adam", weighting="relative", max_steps=600)
+    kappa, solved = max_feasible_coverage(spec, n, cfg, bisection_steps=8)
+    assert 1.0 <= kappa <= len(x) / n
+    assert float(solved.coverage) >= 0.97 * kappa
+    # Asking for clearly more than κ* is not reached.
+    beyond = solve_moment_matching(spec, jnp.float32(kappa * 1.5), n, cfg, solved.p)
+    assert float(beyond.coverage) < kappa * 1.5 * 0.98
+
+
+def test_greedy_draw_covers_every_cluster():
+    x, labels = clusters()
+    spec = sketched_spectrum(x)
+    w = direction_weights(spec, "relative")
+    p = jnp.full((len(x),), 1 / len(x), jnp.float32)
+    idx = np.asarray(draw_greedy(spec, p, jnp.float32(1.0), w, 10))
+    assert len(set(idx.tolist())) == 10
+    assert set(labels[idx].tolist()) == set(range(5)), "greedy moment matching missed a cluster"
+    assert float(subset_coverage(jnp.asarray(idx), spec)) > 0.05
+
+
+def test_swaps_never_increase_the_subset_loss():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    w = direction_weights(spec, "relative")
+    n = 12
+    start = jnp.arange(n, dtype=jnp.int32)  # all from the largest cluster
+    target = jnp.float32(1.0) * spec.eigenvalues
+    before = float(_subset_loss(jnp.sum(spec.moments[start], axis=0), target, w, n))
+    idx, swaps = refine_swaps(spec, start, jnp.float32(1.0), w, n, 50)
+    after = float(_subset_loss(jnp.sum(spec.moments[idx], axis=0), target, w, n))
+    assert int(swaps) > 0 and after < before
+    assert len(set(np.asarray(idx).tolist())) == n
+
+
+def test_balanced_draw_meets_class_quotas():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    p = jnp.asarray(np.full(100, 0.01, np.float32))
+    idx = np.asarray(draw_balanced(jax.random.key(0), p, jnp.asarray(labels), 10, 3))
+    assert len(set(idx.tolist())) == 10
+    assert np.bincount(labels[idx], minlength=3).tolist() == [5, 3, 2]
+
+
+def test_sharded_solver_equals_single_device():
+    x, _ = clusters(sizes=(64, 32, 20, 8, 4))  # N = 128, divisible by 4
+    spec = sketched_spectrum(x)
+    cfg = SolverConfig(optimizer="adam", max_steps=100)
+    single = solve_moment_matching(spec, jnp.float32(1.2), 16, cfg)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded_x = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data", None)))
+    sharded_spec = sketched_spectrum(sharded_x)
+    assert len(sharded_spec.moments.sharding.device_set) == 4
+    sharded = solve_moment_matching(sharded_spec, jnp.float32(1.2), 16, cfg)
+    np.testing.assert_allclose(np.asarray(sharded.p), np.asarray(single.p), atol=1e-6)
+    assert int(sharded.steps) == int(single.steps)
+
+
+def test_skmm_diagnostics_and_subset():
+    x, labels = clusters()
+    idx, diag = skmm(jax.random.key(0), x, 15, config=SkMMConfig(bisection_steps=6))
+    idx = np.asarray(idx)
+    assert len(set(idx.tolist())) == 15
+    assert set(labels[idx].tolist()) == set(range(5))
+    assert diag["c_s"] <= 1.0 and diag["subset_coverage"] > 0
+    assert diag["effective_support"] >= 15 and len(diag["loss_curve"]) == diag["solver_steps"]
+
+
+def test_skmm_core_composes_under_jit_and_vmap():
+    x, _ = clusters()
+    keys = jax.random.split(jax.random.key(0), 3)
+    cfg = SkMMConfig(draw="sample")
+    out = jax.vmap(lambda k: skmm_indices(k, jnp.asarray(x), 10, jnp.float32(1.1), cfg))(keys)
+    assert out.shape == (3, 10)
+    for row in np.asarray(out):
+        assert len(set(row.tolist())) == 10
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_select_every_method(method):
+    x, _ = clusters()
+    options = {"bisection_steps": 4} if method == "skmm" else {}
+    result = select(method, jax.random.key(1), x, 12, **options)
+    assert result.indices.shape == (12,) and len(set(result.indices.tolist())) == 12
+    assert 0 <= result.indices.min() and result.indices.max() < len(x)
+    assert "subset_coverage" in result.diagnostics
+
+
+def test_select_sketches_wide_features_and_takes_a_function():
+    x = np.random.default_rng(0).standard_normal((60, 500)).astype(np.float32)
+    result = select("uniform", jax.random.key(0), x, 5, sketch_kind="sjlt", sketch_dim=32)
+    assert result.diagnostics["sketch"] == {"kind": "sjlt", "dim": 32}
+
+    def first_rows(key, features, n):
+        return jnp.arange(n)
+
+    assert select(first_rows, jax.random.key(0), x, 4).indices.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "features,n,message",
+    [
+        (np.ones((10, 3), np.float32), 11, "0 < n <= N"),
+        (np.ones((10, 3), np.float32), 0, "0 < n <= N"),
+        (np.ones(10, np.float32), 2, "2-D"),
+        (np.ones((10, 3), np.int32), 2, "floating"),
+        (np.where(np.arange(30).reshape(10, 3) == 7, np.nan, 1.0).astype(np.float32), 2, "rows [2]"),
+    ],
+)
+def test_select_errors(features, n, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        select("uniform", jax.random.key(0), features, n)
+
+
+def test_select_rejects_unknown_method_and_bad_config():
+    x = np.ones((10, 3), np.float32)
+    with pytest.raises(ValueError, match="unknown method"):
+        select("nope", jax.random.key(0), x, 2)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        SkMMConfig(draw="best")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        SolverConfig(optimizer="lbfgs")
