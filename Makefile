@@ -32,6 +32,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/sketch_variants.py
+	$(BIN)/python benchmarks/synthetic_regression.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

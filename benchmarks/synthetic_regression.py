@@ -8,9 +8,10 @@ them with α chosen by leave-one-out cross-validation on the coreset only; the m
 is the excess risk against the noiseless targets on the whole pool,
 ‖X(θ_S − θ*)‖²/N. The model is linear, so per-sample gradients are the rows of X.
 
-Methods: every baseline (on the raw rows of X) and SkMM on sketched rows with
-several sketch kinds and dimensions (default c_S by bisection, greedy draw), plus
-SkMM with the plain "sample ∝ p" draw for comparison.
+Methods: every baseline (on the raw rows of X) and SkMM on sketched rows: the
+default (full-matrix greedy draw) with several sketch kinds and dimensions, and at
+m = 64 the other draw rules (diagonal greedy, swap, sampling ∝ p) with the default
+c_S and, for sampling, fixed c_S = 1 and 0.5 (what the default c_S buys).
 
 Part 2 (``--part speed``): seconds per solver iteration and total time of the
 moment-matching solver for N up to 10⁶ at m = 256/512, next to a plain NumPy
@@ -51,13 +52,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NUM_SAMPLES, DIM, CLUSTERS, CLUSTER_RANK = 2000, 2400, 10, 4
 SIZES = (20, 40, 80, 160, 320, 640, 1000)
 ALPHAS = np.logspace(-6, 2, 17)
-SKMM_VARIANTS = {  # name: (sketch kind, sketch dim, draw)
-    "skmm gaussian m=64": ("gaussian", 64, "greedy"),
-    "skmm gaussian m=256": ("gaussian", 256, "greedy"),
-    "skmm sjlt m=64": ("sjlt", 64, "greedy"),
-    "skmm srht m=128": ("srht", 128, "greedy"),
-    "skmm gaussian m=64 swap": ("gaussian", 64, "swap"),
-    "skmm gaussian m=64 sample": ("gaussian", 64, "sample"),
+SKMM_VARIANTS = {  # name: (sketch kind, sketch dim, draw, c_S (None: default by bisection))
+    "skmm (gaussian m=64)": ("gaussian", 64, "greedy", None),
+    "skmm gaussian m=256": ("gaussian", 256, "greedy", None),
+    "skmm sjlt m=64": ("sjlt", 64, "greedy", None),
+    "skmm srht m=128": ("srht", 128, "greedy", None),
+    "skmm m=64 greedy-diagonal": ("gaussian", 64, "greedy-diagonal", None),
+    "skmm m=64 swap": ("gaussian", 64, "swap", None),
+    "skmm m=64 sample": ("gaussian", 64, "sample", None),
+    "skmm m=64 sample c_S=1": ("gaussian", 64, "sample", 1.0),
+    "skmm m=64 sample c_S=0.5": ("gaussian", 64, "sample", 0.5),
 }
 
 
@@ -104,9 +108,10 @@ def ridge_excess_risk(x: np.ndarray, y: np.ndarray, clean: np.ndarray, indices: 
 
 def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
     done = json.loads(out_json.read_text()) if (resume and out_json.exists()) else {"rows": []}
-    finished = {(r["seed"], r["method"], r["n"]) for r in done["rows"]}
-    rows = done["rows"]
     methods = list(BASELINES) + list(SKMM_VARIANTS)
+    # Rows of methods no longer in the list (renamed or retired variants) are dropped.
+    rows = [r for r in done["rows"] if r["method"] in methods or r["method"] == "full data"]
+    finished = {(r["seed"], r["method"], r["n"]) for r in rows}
     for seed in range(seeds):
         x, y, clean, labels = make_pool(seed)
         sketched = {}
@@ -120,11 +125,11 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
                 if method in BASELINES:
                     indices = np.asarray(BASELINES[method](key, jnp.asarray(x), n))
                 else:
-                    kind, dim, draw = SKMM_VARIANTS[method]
+                    kind, dim, draw, c_s = SKMM_VARIANTS[method]
                     if (kind, dim) not in sketched:
                         sketch = make_sketch(kind, jax.random.fold_in(jax.random.key(seed), 10_000), DIM, dim)
                         sketched[kind, dim] = sketch_rows(sketch, x)
-                    indices, diag = skmm(key, sketched[kind, dim], n, config=SkMMConfig(draw=draw))
+                    indices, diag = skmm(key, sketched[kind, dim], n, config=SkMMConfig(draw=draw, c_s=c_s))
                     indices = np.asarray(indices)
                 seconds = time.perf_counter() - start
                 assert len(set(indices.tolist())) == n
@@ -133,7 +138,8 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
                 rows.append({
                     "seed": seed, "method": method, "n": n, "excess_risk": risk, "alpha": alpha, "seconds": seconds,
                     "clusters_covered": clusters_hit,
-                    **{k: diag[k] for k in ("c_s", "subset_coverage", "relaxed_coverage", "solver_steps") if k in diag},
+                    **{k: diag[k] for k in ("c_s", "subset_coverage", "subset_matrix_coverage", "subset_variance",
+                                            "relaxed_coverage", "solver_steps") if k in diag},
                 })
                 print(f"seed {seed} {method:28s} n={n:5d} risk {risk:9.4f} clusters {clusters_hit:2d} {seconds:6.2f}s", flush=True)
             save_json_atomic(out_json, {"rows": rows})

@@ -66,7 +66,7 @@ def select(
     sketch_kind: Optional[str] = typer.Option(None, help="Sketch the features first with this kind (e.g. sjlt)."),
     sketch_dim: Optional[int] = typer.Option(None, help="Sketch dimension m (default 256 when --sketch-kind is given)."),
     c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S (default: smallest feasible, by bisection)."),
-    draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | swap | sample | top | balanced."),
+    draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | greedy-diagonal | swap | sample | top | balanced."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON."""
@@ -90,11 +90,15 @@ def select(
         label_array = load_array(labels) if labels is not None else None
         if sketch_kind is not None and rows.ndim == 2 and sketch_dim >= rows.shape[1]:
             _fail(f"--sketch-dim {sketch_dim} must be smaller than the feature dimension {rows.shape[1]}")
+        from tqdm import tqdm
+
         start = time.perf_counter()
-        result = run_select(
-            method, jax.random.key(seed), rows, n, labels=label_array,
-            sketch_kind=sketch_kind, sketch_dim=sketch_dim, **options,
-        )
+        with tqdm(total=rows.shape[0], unit="row", desc=f"sketch {sketch_kind} m={sketch_dim}", disable=sketch_kind is None) as bar:
+            result = run_select(
+                method, jax.random.key(seed), rows, n, labels=label_array,
+                sketch_kind=sketch_kind, sketch_dim=sketch_dim,
+                progress=lambda done, total: bar.update(done - bar.n), **options,
+            )
         seconds = time.perf_counter() - start
         payload = result.to_json(seed=seed, features=str(features), num_samples=int(rows.shape[0]), seconds=seconds)
         save_json_atomic(out, payload)

@@ -40,6 +40,9 @@ class Spectrum(NamedTuple):
       moments: [N, m] B_ij = (g̃_iᵀ v_j)² / λ_max; its column means are the eigenvalues.
       active: [m] bool, λ_j > rank_tol (directions that carry moment).
       scale: [] λ_max of Σ̃ (in the units of the input).
+      projections: [N, m] Z_ij = g̃_iᵀ v_j / √λ_max (so B = Z²): the sketched gradients
+        in the eigenbasis, kept with their signs for the full-matrix quantities
+        (Σ̃_S in the V basis is Z_SᵀZ_S/|S|).
     """
 
     eigenvalues: Array
@@ -47,6 +50,7 @@ class Spectrum(NamedTuple):
     moments: Array
     active: Array
     scale: Array
+    projections: Array
 
 
 def check_sketched(sketched: Array) -> None:
@@ -69,8 +73,8 @@ def _spectrum(sketched: Array, rank_tol: Array) -> Spectrum:
     lam, vecs = jnp.linalg.eigh(cov)  # ascending
     lam, vecs = jnp.maximum(lam[::-1], 0.0), vecs[:, ::-1]
     scale = jnp.maximum(lam[0], jnp.finfo(jnp.float32).tiny)
-    proj = jnp.matmul(g, vecs, precision=HIGHEST)  # [N, m], rows stay where N is sharded
-    return Spectrum(lam / scale, vecs, proj * proj / scale, lam > rank_tol * scale, scale)
+    proj = jnp.matmul(g, vecs, precision=HIGHEST) / jnp.sqrt(scale)  # [N, m], rows stay where N is sharded
+    return Spectrum(lam / scale, vecs, proj * proj, lam > rank_tol * scale, scale, proj)
 
 
 def sketched_spectrum(sketched: Array, *, rank_tol: float = 1e-6) -> Spectrum:
@@ -128,3 +132,26 @@ def subset_coverage(indices: Array, spectrum: Spectrum) -> Array:
     """min_j (v_jᵀ Σ̃_S v_j)/λ_j over active directions for the subset S = ``indices``:
     the largest κ with κ Σ̃ ≼ Σ̃_S on the diagonal of the V basis (1/c_S achieved)."""
     return jnp.min(direction_coverage(subset_weights(indices, spectrum.moments.shape[0]), spectrum))
+
+
+def subset_matrix_coverage(indices: Array, spectrum: Spectrum) -> Array:
+    """1/c_S of the subset in the full-matrix sense: the largest κ with κ Σ̃ ≼ Σ̃_S on the
+    active eigenspace, i.e. λ_min(Λ^{-1/2} V ᵀΣ̃_S V Λ^{-1/2}). Zero when |S| is smaller
+    than the number of active directions (Σ̃_S is then singular there)."""
+    z = spectrum.projections[jnp.asarray(indices)]  # [n, m]
+    lam = jnp.where(spectrum.active, spectrum.eigenvalues, 1.0)
+    white = z / jnp.sqrt(lam)[None, :]
+    gram = jnp.matmul(white.T, white, precision=HIGHEST) / jnp.float32(z.shape[0])
+    mask = spectrum.active[:, None] & spectrum.active[None, :]
+    # Inactive directions get a huge diagonal so they never set the minimum.
+    gram = jnp.where(mask, gram, 0.0) + jnp.diag(jnp.where(spectrum.active, 0.0, jnp.inf))
+    return jnp.maximum(jnp.linalg.eigvalsh(jnp.where(jnp.isinf(gram), 1e30, gram))[0], 0.0)
+
+
+def subset_variance(indices: Array, spectrum: Spectrum, ridge: float) -> Array:
+    """tr(Σ̃ (Z_SᵀZ_S + ridge·I)^{-1}) in the normalised V basis: the sketched variance
+    term of the SkMM risk bound (up to σ²), regularised so it is finite for any S."""
+    z = spectrum.projections[jnp.asarray(indices)]
+    gram = jnp.matmul(z.T, z, precision=HIGHEST) + jnp.float32(ridge) * jnp.eye(z.shape[1], dtype=jnp.float32)
+    inv = jnp.linalg.inv(gram)
+    return jnp.sum(jnp.diag(inv) * jnp.where(spectrum.active, spectrum.eigenvalues, 0.0))

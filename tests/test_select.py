@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from skmm_jax.draw import _subset_loss, draw_balanced, draw_greedy, refine_swaps
-from skmm_jax.moments import direction_weights, moment_matching_loss, sketched_spectrum, subset_coverage
+from skmm_jax.draw import _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps
+from skmm_jax.moments import (
+    direction_weights,
+    moment_matching_loss,
+    sketched_spectrum,
+    subset_coverage,
+    subset_matrix_coverage,
+    subset_variance,
+)
 from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
@@ -114,15 +121,47 @@ def test_max_feasible_coverage_brackets_the_limit():
     assert float(beyond.coverage) < kappa * 1.5 * 0.98
 
 
-def test_greedy_draw_covers_every_cluster():
+def test_diagonal_greedy_draw_covers_every_cluster():
     x, labels = clusters()
     spec = sketched_spectrum(x)
     w = direction_weights(spec, "relative")
     p = jnp.full((len(x),), 1 / len(x), jnp.float32)
-    idx = np.asarray(draw_greedy(spec, p, jnp.float32(1.0), w, 10))
+    idx = np.asarray(draw_greedy_diagonal(spec, p, jnp.float32(1.0), w, 10))
     assert len(set(idx.tolist())) == 10
     assert set(labels[idx].tolist()) == set(range(5)), "greedy moment matching missed a cluster"
     assert float(subset_coverage(jnp.asarray(idx), spec)) > 0.05
+
+
+def test_full_matrix_greedy_equals_brute_force_and_covers_clusters():
+    x, labels = clusters(sizes=(40, 20, 10, 4, 2))
+    spec = sketched_spectrum(x)
+    z = np.asarray(spec.projections, np.float64)
+    lam = np.where(np.asarray(spec.active), np.asarray(spec.eigenvalues, np.float64), 0.0)
+    ridge, n = 0.2, 8
+
+    def variance(chosen):
+        k = z[chosen].T @ z[chosen] + ridge * np.eye(z.shape[1])
+        return float(np.sum(lam * np.diag(np.linalg.inv(k))))
+
+    chosen, values = [], [variance([])]
+    for _ in range(n):
+        rest = [i for i in range(len(z)) if i not in chosen]
+        best = min(rest, key=lambda i: variance(chosen + [i]))
+        chosen.append(best)
+        values.append(variance(chosen))
+    p = jnp.full((len(x),), 1 / len(x), jnp.float32)
+    idx = np.asarray(draw_greedy(spec, p, jnp.float32(ridge), n))
+    assert idx.tolist() == chosen
+    assert all(b < a for a, b in zip(values, values[1:])), "each greedy pick must lower the variance term"
+    np.testing.assert_allclose(float(subset_variance(jnp.asarray(idx), spec, ridge)), values[-1], rtol=1e-4)
+    assert set(labels[idx].tolist()) == set(range(5)), "full-matrix greedy missed a cluster"
+
+
+def test_matrix_coverage_of_the_whole_pool_is_one():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    assert abs(float(subset_matrix_coverage(jnp.arange(len(x)), spec)) - 1.0) < 1e-3
+    assert float(subset_matrix_coverage(jnp.arange(3), spec)) < 1e-3  # 3 rows cannot span 15 directions
 
 
 def test_swaps_never_increase_the_subset_loss():
@@ -225,3 +264,14 @@ def test_select_rejects_unknown_method_and_bad_config():
         SkMMConfig(draw="best")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         SolverConfig(optimizer="lbfgs")
+
+
+def test_sharded_greedy_draw_equals_single_device():
+    x, _ = clusters(sizes=(64, 32, 20, 8, 4))
+    p = jnp.full((128,), 1 / 128, jnp.float32)
+    single = draw_greedy(sketched_spectrum(x), p, jnp.float32(0.2), 12)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded_x = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data", None)))
+    sharded_p = jax.device_put(p, NamedSharding(mesh, P("data")))
+    sharded = draw_greedy(sketched_spectrum(sharded_x), sharded_p, jnp.float32(0.2), 12)
+    assert np.asarray(sharded).tolist() == np.asarray(single).tolist()
