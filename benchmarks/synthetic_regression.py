@@ -110,7 +110,12 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
     done = json.loads(out_json.read_text()) if (resume and out_json.exists()) else {"rows": []}
     methods = list(BASELINES) + list(SKMM_VARIANTS)
     # Rows of methods no longer in the list (renamed or retired variants) are dropped.
-    rows = [r for r in done["rows"] if r["method"] in methods or r["method"] == "full data"]
+    # SkMM rows are kept only if computed with the variant's current settings.
+    rows = [
+        r for r in done["rows"]
+        if r["method"] in BASELINES or r["method"] == "full data"
+        or (r["method"] in SKMM_VARIANTS and r.get("variant") == list(SKMM_VARIANTS[r["method"]]))
+    ]
     finished = {(r["seed"], r["method"], r["n"]) for r in rows}
     for seed in range(seeds):
         x, y, clean, labels = make_pool(seed)
@@ -138,6 +143,7 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
                 rows.append({
                     "seed": seed, "method": method, "n": n, "excess_risk": risk, "alpha": alpha, "seconds": seconds,
                     "clusters_covered": clusters_hit,
+                    **({"variant": list(SKMM_VARIANTS[method])} if method in SKMM_VARIANTS else {}),
                     **{k: diag[k] for k in ("c_s", "subset_coverage", "subset_matrix_coverage", "subset_variance",
                                             "relaxed_coverage", "solver_steps") if k in diag},
                 })
@@ -195,16 +201,24 @@ def write_risk_report(summary: dict, config: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method, cells in table.items():
-        ns = [n for n in SIZES if n in cells]
-        style = "-" if method.startswith("skmm") else "--"
-        ax.plot(ns, [cells[n]["mean"] for n in ns], style, marker="o", ms=3, label=method)
-    if summary["full_data_mean"]:
-        ax.axhline(summary["full_data_mean"], color="k", lw=0.8, ls=":", label="full data")
-    ax.set(xscale="log", yscale="log", xlabel="coreset size n", ylabel="excess risk (mean over seeds)",
-           title=f"Ridge regression on a GMM (N={NUM_SAMPLES}, r={DIM})")
-    ax.legend(fontsize=7, ncol=2)
+    # Left: every baseline against SkMM's default draw with each sketch; right: SkMM's
+    # draw rules and c_S against uniform. Distinct colours from tab20, dashed = baseline.
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colours = plt.get_cmap("tab20").colors
+    drawn = [m for m in table if m.startswith("skmm m=64 ")]
+    panels = ([m for m in table if m not in drawn], ["uniform", "skmm (gaussian m=64)", *drawn])
+    titles = ("baselines vs SkMM (greedy draw) by sketch", "SkMM draw rules and c_S (m = 64)")
+    for ax, methods, title in zip(axes, panels, titles):
+        for index, method in enumerate(methods):
+            cells = table.get(method, {})
+            ns = [n for n in SIZES if n in cells]
+            style = "-" if method.startswith("skmm") else "--"
+            ax.plot(ns, [cells[n]["mean"] for n in ns], style, marker="o", ms=3, color=colours[index % 20], label=method)
+        if summary["full_data_mean"]:
+            ax.axhline(summary["full_data_mean"], color="k", lw=0.8, ls=":", label="full data")
+        ax.set(xscale="log", yscale="log", xlabel="coreset size n", title=title)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"excess risk, mean over seeds (N={NUM_SAMPLES}, r={DIM})")
     fig.tight_layout()
     fig.savefig(RESULTS / "synthetic_regression.png", dpi=120)
 
