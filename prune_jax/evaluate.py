@@ -1,0 +1,111 @@
+"""Perplexity of a causal LM over non-overlapping token windows, jitted and batched.
+
+For windows w_1 … w_W of T tokens cut from one token stream,
+
+    PPL = exp( Σ_w Σ_{t=1}^{T-1} −log p(w_t | w_<t) / (W (T − 1)) ),
+
+i.e. each window is scored on its own (the first token of a window has no context and
+is not predicted). One compiled function serves every batch: the last batch is padded
+with zero-weight windows, so evaluation never recompiles after the first batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+Progress = Callable[[int, int], None]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_nll(graphdef, state, windows: Array, weights: Array) -> Array:
+    """Σ over windows (weighted) of Σ_t −log p(w_t | w_<t), in float32."""
+    model = nnx.merge(graphdef, state)
+    logits = model(windows[:, :-1])  # [B, T-1, V] float32
+    log_norm = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
+    target = jnp.take_along_axis(logits, windows[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum((log_norm - target) * weights[:, None])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, tokens: Array) -> Array:
+    return nnx.merge(graphdef, state)(tokens)
+
+
+def bucket_length(length: int, *, minimum: int = 16) -> int:
+    """Sequence lengths are padded to the next power of two (≥ ``minimum``), so a
+    stream of arbitrary lengths compiles O(log T_max) forwards, not one per length."""
+    return max(minimum, 1 << max(0, (length - 1).bit_length()))
+
+
+def forward_logits(model, tokens: np.ndarray) -> np.ndarray:
+    """Logits [B, T, V] for any [B, T] token batch, with T padded to a bucket.
+
+    Right padding is exact for a causal model: positions < T never attend to the pad.
+    """
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
+    batch, length = tokens.shape
+    padded = np.zeros((batch, bucket_length(length)), np.int32)
+    padded[:, :length] = tokens
+    graphdef, state = nnx.split(model)
+    return np.asarray(_forward(graphdef, state, jnp.asarray(padded)))[:, :length]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    nll: float  # mean negative log-likelihood per predicted token (nats)
+    tokens: int  # predicted tokens, W · (T − 1)
+    windows: int
+    seq_len: int
+
+
+def perplexity(
+    model,
+    windows: np.ndarray,
+    *,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> PerplexityResult:
+    """exp(mean NLL) of ``model`` over token windows [W, T] (see module docstring).
+
+    Args:
+      model: our LLaMA (any module mapping [B, T] tokens → [B, T, V] logits).
+      windows: [W, T] int token windows (e.g. ``prune_jax.data.eval_windows``).
+      batch_size: windows per step; default keeps the [B, T, V] logits near 16 K tokens.
+      progress: ``progress(windows_done, windows_total)`` after each batch.
+    """
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise ValueError(f"windows must be [W >= 1, T >= 2] tokens, got shape {windows.shape}")
+    if not np.issubdtype(windows.dtype, np.integer):
+        raise ValueError(f"windows must hold integer token ids, got dtype {windows.dtype}")
+    vocab = model.config.vocab_size
+    if windows.min() < 0 or windows.max() >= vocab:
+        raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
+    count, seq_len = windows.shape
+    batch_size = batch_size or max(1, 16384 // seq_len)
+    graphdef, state = nnx.split(model)
+    total = jnp.zeros((), jnp.float32)
+    for start in range(0, count, batch_size):
+        chunk = windows[start : start + batch_size].astype(np.int32)
+        real = chunk.shape[0]
+        if real < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - real, seq_len), np.int32)])
+        weights = (np.arange(batch_size) < real).astype(np.float32)
+        total = total + _batch_nll(graphdef, state, jnp.asarray(chunk), jnp.asarray(weights))  # no host sync here
+        if progress is not None:
+            progress(min(start + batch_size, count), count)
+    predicted = count * (seq_len - 1)
+    nll = float(total) / predicted
+    return PerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=predicted, windows=count, seq_len=seq_len)

@@ -1,0 +1,193 @@
+"""Reading and writing LLaMA checkpoints: HF directories, GGUF files, the embedded model.
+
+- ``load_hf_dir(dir)``: config.json (or our per-layer ``prune_jax_config.json``) +
+  safetensors (one file or a sharded ``model.safetensors.index.json``), any float dtype
+  (bf16 included).
+- ``load_model(source)``: "smollm2-135m" (the embedded GGUF), a ``.gguf`` file or an HF
+  directory → (model, tokenizer or None), with a tokenizer/model vocabulary check.
+- ``save_hf(model, tokenizer, out_dir)``: safetensors + config.json + tokenizer files,
+  written into a temporary sibling directory and renamed into place, so a crash never
+  leaves a half-written checkpoint. Uniform widths → a stock-transformers checkpoint;
+  per-layer widths → ``prune_jax_config.json`` instead of config.json (transformers'
+  LlamaConfig has one width for all layers, so it cannot describe the model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prune_jax.models.llama.modeling import Llama, LlamaConfig
+from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
+
+OUR_CONFIG = "prune_jax_config.json"
+NON_UNIFORM_MESSAGE = (
+    "layers have different numbers of heads or FFN channels, which transformers' LlamaConfig cannot describe: "
+    f"the checkpoint is written with {OUR_CONFIG} (loadable by prune_jax.models.llama.load_model), not config.json, "
+    "so stock transformers.AutoModelForCausalLM cannot load it"
+)
+
+
+def _read_safetensors(directory: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
+    else:
+        files = sorted(p.name for p in directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors weights (and no model.safetensors.index.json)")
+    tensors: dict[str, np.ndarray] = {}
+    for name in files:
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: listed in the index but missing")
+        try:
+            # The flax framework reads bf16 too (NumPy has no bfloat16).
+            with safe_open(str(path), framework="flax") as f:
+                for key in f.keys():
+                    tensors[key] = np.asarray(f.get_tensor(key).astype("float32"))
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    return tensors
+
+
+def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> LlamaConfig:
+    """Our per-layer config when present, else the HF config.json."""
+    directory = Path(directory)
+    for name in (OUR_CONFIG, "config.json"):
+        path = directory / name
+        if path.is_file():
+            try:
+                raw = json.loads(path.read_text())
+            except ValueError as err:
+                raise ValueError(f"{path}: not valid JSON ({err})") from None
+            return LlamaConfig.from_hf(raw, dtype=dtype)
+    raise FileNotFoundError(f"{directory}: no config.json (or {OUR_CONFIG}); is this a model directory?")
+
+
+def load_hf_dir(directory: str | os.PathLike, *, dtype: str = "float32") -> Llama:
+    """A LLaMA from an HF-style directory (config + safetensors)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    config = read_config(directory, dtype=dtype)
+    return model_from_state_dict(config, _read_safetensors(directory))
+
+
+def load_gguf(path: str | os.PathLike, *, dtype: str = "float32") -> Llama:
+    """A LLaMA from a GGUF file (dequantised to float32, q/k un-permuted)."""
+    from prune_jax.models.llama.gguf_io import read_gguf
+
+    hf_config, tensors = read_gguf(path)
+    return model_from_state_dict(LlamaConfig.from_hf(hf_config, dtype=dtype), tensors)
+
+
+def load_tokenizer(source: str | os.PathLike) -> Any | None:
+    """transformers tokenizer for a model directory or GGUF file; None when it has none."""
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return AutoTokenizer.from_pretrained(str(path))
+    return None
+
+
+def check_tokenizer(model: Llama, tokenizer: Any) -> None:
+    """ValueError when the tokenizer can emit ids the model has no embedding for."""
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
+            f"{model.config.vocab_size}; use the tokenizer that belongs to this model"
+        )
+
+
+def resolve_model_source(source: str | os.PathLike) -> Path:
+    """"smollm2-135m" (or another embedded name) → its file; paths are checked to exist."""
+    from prune_jax.embedded import EMBEDDED_MODELS, embedded_model_path
+
+    if str(source) in EMBEDDED_MODELS:
+        return embedded_model_path(str(source))
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"model {source!r}: no such file or directory (and not one of the embedded models {sorted(EMBEDDED_MODELS)})")
+    return path
+
+
+def load_model(source: str | os.PathLike, *, dtype: str = "float32", tokenizer: bool = True) -> tuple[Llama, Any | None]:
+    """(model, tokenizer) from "smollm2-135m", a .gguf file or an HF directory."""
+    path = resolve_model_source(source)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path}: a model file must be .gguf; for safetensors pass the directory holding config.json")
+        model = load_gguf(path, dtype=dtype)
+    else:
+        model = load_hf_dir(path, dtype=dtype)
+    tok = load_tokenizer(path) if tokenizer else None
+    check_tokenizer(model, tok)
+    return model, tok
+
+
+def save_hf(model: Llama, tokenizer: Any | None, out_dir: str | os.PathLike, *, extra_files: dict[str, Any] | None = None) -> str | None:
+    """Writes ``model`` (and tokenizer) as an HF directory, atomically.
+
+    Args:
+      model: our LLaMA (any widths).
+      tokenizer: a transformers tokenizer or None.
+      out_dir: destination; replaced as a whole if it exists.
+      extra_files: {name: JSON-serialisable object} written next to the weights
+        (e.g. a pruning report).
+
+    Returns:
+      None for a stock-transformers-loadable checkpoint, or the message explaining
+      why it is not (non-uniform widths).
+    """
+    import jax.numpy as jnp
+    from safetensors.flax import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+        tensors = {k: jnp.asarray(v, dtype) for k, v in state_dict_from_model(model).items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        hf = config.to_hf_dict()
+        hf["dtype"] = config.dtype
+        message = None
+        if config.uniform:
+            (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        else:
+            (tmp / OUR_CONFIG).write_text(json.dumps(hf, indent=2) + "\n")
+            message = NON_UNIFORM_MESSAGE
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return message

@@ -1,0 +1,345 @@
+"""LLaMA in Flax NNX, sized by its kernels so pruned layers can differ in width.
+
+One decoder block (pre-norm, residual):
+
+    h = x + Attn(RMSNorm(x)),      y = h + MLP(RMSNorm(h)),
+    MLP(x) = W_down (silu(W_gate x) ⊙ W_up x)                       (SwiGLU)
+    Attn: q = x W_q [B,T,N,H], k = x W_k [B,T,K,H], v = x W_v [B,T,K,H];
+          RoPE on q, k (rotate-half layout); query head n reads KV group n // (N/K);
+          softmax(q kᵀ/√H + causal mask) v, then W_o [N,H,D] back to D.
+
+Every module reads N, K, H, F and D from its kernel shapes (q: [D, N, H], k/v:
+[D, K, H], o: [N, H, D], gate/up: [D, F], down: [F, D]), never from the config, so
+physically sliced heads or channels need no config change. The config keeps only
+what kernels cannot say: RoPE parameters, norm epsilon, tying, dtype.
+
+Attention is plain einsum + softmax (an XLA path: differentiable per sample under
+``vmap(grad)``, unlike fused cuDNN attention in this jax release).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+ROPE_TYPES = ("default", "linear", "llama3")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """What a LLaMA needs beyond its kernel shapes (plus the widths used to build it).
+
+    Attributes:
+      vocab_size, hidden_size, num_layers: model sizes.
+      layer_heads: per layer (num_heads N, num_kv_heads K); N % K == 0.
+      layer_intermediate: per layer FFN width F.
+      head_dim: H.
+      rms_norm_eps: RMSNorm ε.
+      rope_theta: RoPE base.
+      rope_type: "default", "linear" or "llama3" (as in transformers' rope_parameters).
+      rope_factor, rope_low_freq_factor, rope_high_freq_factor,
+      rope_original_max_position: scaling parameters ("linear": factor; "llama3": all).
+      tie_word_embeddings: LM head = embeddingᵀ.
+      attention_bias, mlp_bias: biases on the attention / MLP projections.
+      dtype: "float32" or "bfloat16" (parameters and activations; softmax,
+        norms and logits are computed in float32).
+      bos_token_id, eos_token_id: kept for export.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    layer_heads: tuple[tuple[int, int], ...]
+    layer_intermediate: tuple[int, ...]
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    dtype: str = "float32"
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if len(self.layer_heads) != self.num_layers or len(self.layer_intermediate) != self.num_layers:
+            raise ValueError(
+                f"per-layer widths must have num_layers = {self.num_layers} entries, got "
+                f"{len(self.layer_heads)} head pairs and {len(self.layer_intermediate)} FFN widths"
+            )
+        for index, (heads, kv_heads) in enumerate(self.layer_heads):
+            if kv_heads < 1 or heads < 1 or heads % kv_heads:
+                raise ValueError(f"layer {index}: num_heads {heads} must be a positive multiple of num_kv_heads {kv_heads}")
+
+    @property
+    def uniform(self) -> bool:
+        """True when every layer has the same widths (stock transformers can load it)."""
+        return len(set(self.layer_heads)) == 1 and len(set(self.layer_intermediate)) == 1
+
+    def with_dtype(self, dtype: str) -> "LlamaConfig":
+        return dataclasses.replace(self, dtype=dtype)
+
+    @classmethod
+    def from_hf(cls, hf: Any, *, dtype: str = "float32") -> "LlamaConfig":
+        """From a ``transformers.LlamaConfig`` (or its dict); per-layer widths from our
+        optional ``layer_heads`` / ``layer_intermediate`` entries, else uniform."""
+        get = (lambda k, d=None: hf.get(k, d)) if isinstance(hf, dict) else (lambda k, d=None: getattr(hf, k, d))
+        model_type = get("model_type", "llama")
+        if model_type != "llama":
+            raise ValueError(f"unsupported architecture: model_type {model_type!r} (only 'llama' is supported)")
+        heads, kv_heads = get("num_attention_heads"), get("num_key_value_heads") or get("num_attention_heads")
+        hidden, layers = get("hidden_size"), get("num_hidden_layers")
+        rope = dict(get("rope_parameters") or {})
+        if not rope:  # older configs: rope_theta + rope_scaling
+            rope = dict(get("rope_scaling") or {})
+            rope.setdefault("rope_theta", get("rope_theta", 10000.0))
+            if "type" in rope:
+                rope.setdefault("rope_type", rope.pop("type"))
+        rope_type = rope.get("rope_type", "default")
+        layer_heads = get("layer_heads")
+        layer_intermediate = get("layer_intermediate")
+        return cls(
+            vocab_size=get("vocab_size"),
+            hidden_size=hidden,
+            num_layers=layers,
+            layer_heads=tuple(tuple(p) for p in layer_heads) if layer_heads else ((heads, kv_heads),) * layers,
+            layer_intermediate=tuple(layer_intermediate) if layer_intermediate else (get("intermediate_size"),) * layers,
+            head_dim=get("head_dim") or hidden // heads,
+            rms_norm_eps=get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
+            rope_type=rope_type,
+            rope_factor=float(rope.get("factor", 1.0)),
+            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            rope_original_max_position=int(rope.get("original_max_position_embeddings", get("max_position_embeddings", 2048)))
+            if rope_type == "llama3" else 8192,
+            max_position_embeddings=get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+            attention_bias=bool(get("attention_bias", False)),
+            mlp_bias=bool(get("mlp_bias", False)),
+            dtype=dtype,
+            bos_token_id=get("bos_token_id"),
+            eos_token_id=get("eos_token_id"),
+        )
+
+    def to_hf_dict(self) -> dict:
+        """transformers ``LlamaConfig`` keyword arguments (uniform widths from layer 0;
+        the per-layer lists are added when widths differ)."""
+        rope: dict = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
+        if self.rope_type in ("linear", "llama3"):
+            rope["factor"] = self.rope_factor
+        if self.rope_type == "llama3":
+            rope.update(low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+                        original_max_position_embeddings=self.rope_original_max_position)
+        out = {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.layer_intermediate[0],
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.layer_heads[0][0],
+            "num_key_value_heads": self.layer_heads[0][1],
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": "silu",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "dtype": self.dtype,
+        }
+        if not self.uniform:
+            out["layer_heads"] = [list(p) for p in self.layer_heads]
+            out["layer_intermediate"] = list(self.layer_intermediate)
+        return out
+
+
+def rope_inverse_frequencies(config: LlamaConfig) -> np.ndarray:
+    """θ_i = base^{-2i/H} for i < H/2, rescaled as transformers does for "linear"
+    (÷ factor) and "llama3" (÷ factor for long wavelengths, unchanged for short ones,
+    smooth interpolation in between)."""
+    dim = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    inv = inv.astype(np.float32)
+    if config.rope_type == "linear":
+        return inv / np.float32(config.rope_factor)
+    if config.rope_type == "llama3":
+        factor, low, high = config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor
+        old = config.rope_original_max_position
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate-half RoPE: x [B, T, N, H], positions [B, T] → same shape (float32 maths)."""
+    angles = positions[:, :, None].astype(jnp.float32) * inv_freq[None, None, :]  # [B, T, H/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    half = xf.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def _zeros(shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / √(mean(x²) + ε) · w, computed in float32."""
+
+    def __init__(self, dim: int, *, eps: float, dtype: Any):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (xf * self.weight[...].astype(jnp.float32)[None, None, :]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query causal self-attention; N, K, H, D from the kernels."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, *, bias: bool, dtype: Any, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.q_kernel = nnx.Param(init(rngs.params(), (hidden, heads, head_dim), dtype))  # [D, N, H]
+        self.k_kernel = nnx.Param(init(rngs.params(), (hidden, kv_heads, head_dim), dtype))  # [D, K, H]
+        self.v_kernel = nnx.Param(init(rngs.params(), (hidden, kv_heads, head_dim), dtype))  # [D, K, H]
+        self.o_kernel = nnx.Param(init(rngs.params(), (heads, head_dim, hidden), dtype))  # [N, H, D]
+        self.q_bias = nnx.Param(_zeros((heads, head_dim), dtype)) if bias else None
+        self.k_bias = nnx.Param(_zeros((kv_heads, head_dim), dtype)) if bias else None
+        self.v_bias = nnx.Param(_zeros((kv_heads, head_dim), dtype)) if bias else None
+        self.o_bias = nnx.Param(_zeros((hidden,), dtype)) if bias else None
+
+    def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        q_kernel, k_kernel, v_kernel = self.q_kernel[...], self.k_kernel[...], self.v_kernel[...]
+        heads, kv_heads, head_dim = q_kernel.shape[1], k_kernel.shape[1], q_kernel.shape[2]
+        q = jnp.einsum("BTD,DNH->BTNH", x, q_kernel)
+        k = jnp.einsum("BTD,DKH->BTKH", x, k_kernel)
+        v = jnp.einsum("BTD,DKH->BTKH", x, v_kernel)
+        if self.q_bias is not None:
+            q = q + self.q_bias[...][None, None, :, :]
+            k = k + self.k_bias[...][None, None, :, :]
+            v = v + self.v_bias[...][None, None, :, :]
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        batch, length = x.shape[0], x.shape[1]
+        q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)  # [B, T, K, G, H]
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32) / jnp.float32(math.sqrt(head_dim))
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        scores = jnp.where(causal[None, None, None], scores, jnp.float32(-1e30))
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(batch, length, heads, head_dim)
+        out = jnp.einsum("BTNH,NHD->BTD", out, self.o_kernel[...])
+        if self.o_bias is not None:
+            out = out + self.o_bias[...][None, None, :]
+        return out
+
+
+class MLP(nnx.Module):
+    """SwiGLU: W_down (silu(W_gate x) ⊙ W_up x); F from the kernels."""
+
+    def __init__(self, hidden: int, intermediate: int, *, bias: bool, dtype: Any, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.gate_kernel = nnx.Param(init(rngs.params(), (hidden, intermediate), dtype))  # [D, F]
+        self.up_kernel = nnx.Param(init(rngs.params(), (hidden, intermediate), dtype))  # [D, F]
+        self.down_kernel = nnx.Param(init(rngs.params(), (intermediate, hidden), dtype))  # [F, D]
+        self.gate_bias = nnx.Param(_zeros((intermediate,), dtype)) if bias else None
+        self.up_bias = nnx.Param(_zeros((intermediate,), dtype)) if bias else None
+        self.down_bias = nnx.Param(_zeros((hidden,), dtype)) if bias else None
+
+    def __call__(self, x: Array) -> Array:
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_kernel[...])
+        up = jnp.einsum("BTD,DF->BTF", x, self.up_kernel[...])
+        if self.gate_bias is not None:
+            gate, up = gate + self.gate_bias[...][None, None, :], up + self.up_bias[...][None, None, :]
+        out = jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...])
+        if self.down_bias is not None:
+            out = out + self.down_bias[...][None, None, :]
+        return out
+
+
+class DecoderBlock(nnx.Module):
+    def __init__(self, config: LlamaConfig, layer: int, *, rngs: nnx.Rngs):
+        dtype = DTYPES[config.dtype]
+        heads, kv_heads = config.layer_heads[layer]
+        self.input_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype)
+        self.attn = Attention(config.hidden_size, heads, kv_heads, config.head_dim, bias=config.attention_bias, dtype=dtype, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype)
+        self.mlp = MLP(config.hidden_size, config.layer_intermediate[layer], bias=config.mlp_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        x = x + self.attn(self.input_norm(x), positions, inv_freq)
+        return x + self.mlp(self.post_attn_norm(x))
+
+
+class Llama(nnx.Module):
+    """Causal LM: tokens [B, T] → logits [B, T, V] (float32)."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        dtype = DTYPES[config.dtype]
+        self.config = config
+        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), dtype))  # [V, D]
+        self.layers = nnx.List([DecoderBlock(config, i, rngs=rngs) for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype)
+        self.lm_head = None if config.tie_word_embeddings else nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (config.hidden_size, config.vocab_size), dtype))  # [D, V]
+
+    def hidden_states(self, tokens: Array, positions: Array | None = None) -> Array:
+        """Final-norm hidden states [B, T, D]."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
+        inv_freq = jnp.asarray(rope_inverse_frequencies(self.config))
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        for block in self.layers:
+            x = block(x, positions, inv_freq)
+        return self.norm(x)
+
+    def logits(self, hidden: Array) -> Array:
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return jnp.einsum("BTD,DV->BTV", hidden, head, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens: Array, positions: Array | None = None) -> Array:
+        return self.logits(self.hidden_states(tokens, positions))
+
+
+def init_llama(config: LlamaConfig, seed: int = 0) -> Llama:
+    """A randomly initialised model (tests, and the target of checkpoint loading)."""
+    return Llama(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_llama(config: LlamaConfig) -> Llama:
+    """The model's structure with ShapeDtypeStruct leaves (no memory): loaders fill it."""
+    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def num_parameters(model: Llama) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,183 @@
+"""Our Flax NNX LLaMA against transformers' PyTorch LlamaForCausalLM; checkpoint I/O."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prune_jax.models.llama import checkpoint
+from prune_jax.models.llama.checkpoint import NON_UNIFORM_MESSAGE, OUR_CONFIG, load_hf_dir, save_hf
+from prune_jax.models.llama.modeling import LlamaConfig, init_llama
+from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+CASES = {
+    "mha": dict(num_attention_heads=4, num_key_value_heads=4),
+    "gqa2": dict(num_attention_heads=4, num_key_value_heads=2),
+    "gqa3-tied": dict(num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
+    "headdim16": dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16),
+    "llama3-rope": dict(num_attention_heads=4, num_key_value_heads=2, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "linear-rope-bias": dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
+                             rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+}
+
+
+def tiny_hf_model(case: str, seed: int = 0):
+    options = dict(CASES[case])
+    options.setdefault("tie_word_embeddings", False)
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, max_position_embeddings=128,
+        rms_norm_eps=1e-5, **options,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # larger random weights than the init so every term matters
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    return model
+
+
+def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_matmuls():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_transformers(case: str, tmp_path: Path):
+    hf = tiny_hf_model(case)
+    hf.save_pretrained(tmp_path)
+    ours = load_hf_dir(tmp_path)
+    tokens = np.random.default_rng(0).integers(0, 97, (2, 40))
+    expected = torch_logits(hf, tokens)
+    got = np.asarray(ours(jnp.asarray(tokens)))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_round_trip_through_transformers(tmp_path: Path):
+    hf = tiny_hf_model("gqa2")
+    hf.save_pretrained(tmp_path / "src")
+    ours = load_hf_dir(tmp_path / "src")
+    assert save_hf(ours, None, tmp_path / "out") is None
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    tokens = np.random.default_rng(1).integers(0, 97, (1, 33))
+    np.testing.assert_allclose(torch_logits(reloaded, tokens), np.asarray(ours(jnp.asarray(tokens))), atol=1e-4, rtol=1e-4)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directories left
+
+
+def test_non_uniform_widths_round_trip_through_our_format(tmp_path: Path):
+    config = LlamaConfig(vocab_size=50, hidden_size=32, num_layers=3, layer_heads=((4, 2), (2, 1), (4, 4)),
+                         layer_intermediate=(40, 24, 8), head_dim=8, tie_word_embeddings=True)
+    model = init_llama(config, seed=3)
+    message = save_hf(model, None, tmp_path / "pruned")
+    assert message == NON_UNIFORM_MESSAGE and "cannot load" in message
+    assert (tmp_path / "pruned" / OUR_CONFIG).is_file() and not (tmp_path / "pruned" / "config.json").exists()
+    reloaded = load_hf_dir(tmp_path / "pruned")
+    assert reloaded.config == config
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 50, (2, 17)))
+    np.testing.assert_allclose(np.asarray(reloaded(tokens)), np.asarray(model(tokens)), atol=1e-5)
+    # Sizes are read from the kernels: layer 1 really has 2 query heads and 24 channels.
+    assert reloaded.layers[1].attn.q_kernel[...].shape == (32, 2, 8)
+    assert reloaded.layers[2].mlp.down_kernel[...].shape == (8, 32)
+
+
+def test_state_dict_round_trip_is_exact():
+    config = LlamaConfig(vocab_size=40, hidden_size=16, num_layers=2, layer_heads=((4, 2),) * 2,
+                         layer_intermediate=(24,) * 2, head_dim=4, attention_bias=True, mlp_bias=True)
+    model = init_llama(config, seed=1)
+    tensors = state_dict_from_model(model)
+    again = state_dict_from_model(model_from_state_dict(config, tensors))
+    assert tensors.keys() == again.keys()
+    for key in tensors:
+        np.testing.assert_array_equal(tensors[key], again[key])
+
+
+def test_loader_reports_every_problem_at_once(tmp_path: Path):
+    hf = tiny_hf_model("gqa2")
+    tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
+    tensors["model.layers.0.self_attn.q_proj.weight"] = tensors["model.layers.0.self_attn.q_proj.weight"][:-8]
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+    config = LlamaConfig.from_hf(hf.config)
+    with pytest.raises(ValueError) as err:
+        model_from_state_dict(config, tensors)
+    text = str(err.value)
+    assert "3 problems" in text and "q_proj" in text and "missing parameter layers/1/mlp/up_kernel" in text
+    assert "unexpected tensor 'model.layers.0.extra.weight'" in text
+
+
+def test_loader_errors_name_the_path(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_hf_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_hf_dir(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        load_hf_dir(bad)
+    corrupt = tmp_path / "corrupt"
+    tiny_hf_model("mha").save_pretrained(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_hf_dir(corrupt)
+    with pytest.raises(FileNotFoundError, match="embedded models"):
+        checkpoint.load_model(tmp_path / "missing.gguf")
+
+
+def test_bf16_model_runs_and_stays_close():
+    config = LlamaConfig(vocab_size=40, hidden_size=32, num_layers=2, layer_heads=((4, 2),) * 2,
+                         layer_intermediate=(48,) * 2, head_dim=8)
+    f32 = init_llama(config, seed=0)
+    bf16 = model_from_state_dict(config.with_dtype("bfloat16"), state_dict_from_model(f32))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (1, 12)))
+    a, b = np.asarray(f32(tokens)), np.asarray(bf16(tokens))
+    assert b.dtype == np.float32 and bf16.layers[0].attn.q_kernel[...].dtype == jnp.bfloat16
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-3
+
+
+def test_perplexity_matches_torch_cross_entropy_and_is_batch_invariant(tmp_path: Path):
+    from prune_jax.evaluate import forward_logits, perplexity
+
+    hf = tiny_hf_model("gqa3-tied")
+    hf.save_pretrained(tmp_path)
+    ours = load_hf_dir(tmp_path)
+    windows = np.random.default_rng(5).integers(0, 97, (5, 24))
+    with torch.no_grad():
+        out = hf(torch.as_tensor(windows), labels=torch.as_tensor(windows))  # mean CE over the W·(T−1) shifted targets
+    expected = float(np.exp(out.loss.item()))
+    for batch_size in (1, 2, 5):
+        result = perplexity(ours, windows, batch_size=batch_size)
+        assert abs(result.perplexity / expected - 1) < 1e-5
+        assert result.tokens == 5 * 23 and result.windows == 5
+    # Bucketed forward: padding a length-13 batch to 16 changes nothing.
+    np.testing.assert_allclose(forward_logits(ours, windows[:2, :13]), torch_logits(hf, windows[:2, :13]), atol=1e-4, rtol=1e-4)
+
+
+def test_perplexity_rejects_bad_windows():
+    from prune_jax.evaluate import perplexity
+
+    model = init_llama(LlamaConfig(vocab_size=20, hidden_size=16, num_layers=1, layer_heads=((2, 1),),
+                                   layer_intermediate=(8,), head_dim=8))
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        perplexity(model, np.full((2, 5), 20))
+    with pytest.raises(ValueError, match="W >= 1, T >= 2"):
+        perplexity(model, np.zeros((2, 1), np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        perplexity(model, np.zeros((2, 4), np.float32))
