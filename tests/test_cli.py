@@ -154,3 +154,39 @@ def test_select_command_errors_leave_no_output(pool_file: Path, tmp_path: Path):
         assert message in " ".join(result.output.split()), (message, result.output)
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus
+    from prune_jax.evaluate import perplexity
+    from prune_jax.models.llama import LlamaConfig, init_llama, load_hf_dir, save_hf
+
+    text = "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun while the fox runs"
+    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator([text], trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    config = LlamaConfig(vocab_size=64, hidden_size=16, num_layers=1, layer_heads=((2, 1),), layer_intermediate=(24,), head_dim=8)
+    save_hf(init_llama(config, seed=0), tokenizer, tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": str(i), "text": f"{text} {i}"}) for i in range(8)) + "\n")
+    out = tmp_path / "ppl.json"
+    result = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--seq-len", "8", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["seq_len"] == 8 and payload["tokens"] == payload["windows"] * 7 and payload["perplexity"] > 1
+    # Same number from the library directly.
+    model = load_hf_dir(tmp_path / "model")
+    _, evaluation = split_documents(load_documents(corpus), seed=0)
+    windows = eval_windows(tokenize_corpus(evaluation, tokenizer, cache_dir=tmp_path / "cache"), 8)
+    assert abs(perplexity(model, windows).perplexity / payload["perplexity"] - 1) < 1e-5
+
+    bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "missing"), "--data", str(corpus)])
+    assert bad.exit_code == 2 and "no such file or directory" in " ".join(bad.output.split())
+    bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--split", "test"])
+    assert bad.exit_code == 2 and "--split" in bad.output

@@ -181,3 +181,25 @@ def test_perplexity_rejects_bad_windows():
         perplexity(model, np.zeros((2, 1), np.int32))
     with pytest.raises(ValueError, match="integer"):
         perplexity(model, np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("case", ["gqa2", "gqa3-tied"])
+def test_gguf_written_by_llama_cpp_convention_loads_to_the_same_logits(case: str, tmp_path: Path):
+    from prune_jax.models.llama.gguf_io import write_gguf
+
+    hf = tiny_hf_model(case)
+    path = write_gguf(hf.config, {k: v.numpy() for k, v in hf.state_dict().items()}, tmp_path / "tiny.gguf")
+    ours = checkpoint.load_gguf(path)
+    tokens = np.random.default_rng(3).integers(0, 97, (2, 21))
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), torch_logits(hf, tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_tokenizer_model_mismatch_is_an_error():
+    class FakeTokenizer:
+        def __len__(self):
+            return 98
+
+    model = init_llama(LlamaConfig(vocab_size=97, hidden_size=16, num_layers=1, layer_heads=((2, 1),),
+                                   layer_intermediate=(8,), head_dim=8))
+    with pytest.raises(ValueError, match="tokenizer/model mismatch: the tokenizer has 98 tokens"):
+        checkpoint.check_tokenizer(model, FakeTokenizer())

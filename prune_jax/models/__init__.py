@@ -1,0 +1,1 @@
+"""Model families prune_jax can load, prune and export."""

@@ -101,7 +101,9 @@ def load_tokenizer(source: str | os.PathLike) -> Any | None:
 
     path = Path(source)
     if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        from prune_jax.models.llama.gguf_io import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(path)
     if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return AutoTokenizer.from_pretrained(str(path))
     return None
