@@ -203,3 +203,19 @@ def test_tokenizer_model_mismatch_is_an_error():
                                    layer_intermediate=(8,), head_dim=8))
     with pytest.raises(ValueError, match="tokenizer/model mismatch: the tokenizer has 98 tokens"):
         checkpoint.check_tokenizer(model, FakeTokenizer())
+
+
+def test_blocked_causal_attention_equals_one_shot_softmax():
+    from prune_jax.models.llama.modeling import causal_attention
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((2, 37, 2, 3, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 37, 2, 8)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 37, 2, 8)), jnp.float32)
+    scores = np.einsum("btkgh,bskh->bkgts", np.asarray(q), np.asarray(k)) / np.sqrt(8)
+    scores = np.where(np.tril(np.ones((37, 37), bool)), scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = np.einsum("bkgts,bskh->btkgh", probs, np.asarray(v))
+    for block in (5, 16, 37, 128):
+        np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, block=block)), expected, atol=1e-5)
