@@ -103,8 +103,11 @@ def perplexity(
         if real < batch_size:
             chunk = np.concatenate([chunk, np.zeros((batch_size - real, seq_len), np.int32)])
         weights = (np.arange(batch_size) < real).astype(np.float32)
-        total = total + _batch_nll(graphdef, state, jnp.asarray(chunk), jnp.asarray(weights))  # no host sync here
+        total = total + _batch_nll(graphdef, state, jnp.asarray(chunk), jnp.asarray(weights))
         if progress is not None:
+            # Only a progress display waits for each batch; without one, batches are
+            # dispatched back to back and the host syncs once at the end.
+            total.block_until_ready()
             progress(min(start + batch_size, count), count)
     predicted = count * (seq_len - 1)
     nll = float(total) / predicted
