@@ -266,6 +266,17 @@ class Attention(nnx.Module):
         self.o_bias = nnx.Param(_zeros((hidden,), dtype)) if bias else None
 
     def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        return self.project_out(self.heads(x, positions, inv_freq))
+
+    def project_out(self, heads_out: Array) -> Array:
+        """o_proj: [B, T, N, H] per-head outputs → [B, T, D]."""
+        out = jnp.einsum("BTNH,NHD->BTD", heads_out, self.o_kernel[...])
+        if self.o_bias is not None:
+            out = out + self.o_bias[...][None, None, :]
+        return out
+
+    def heads(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """Per-head attention outputs before o_proj, [B, T, N, H] (o_proj's input)."""
         q_kernel, k_kernel, v_kernel = self.q_kernel[...], self.k_kernel[...], self.v_kernel[...]
         heads, kv_heads, head_dim = q_kernel.shape[1], k_kernel.shape[1], q_kernel.shape[2]
         q = jnp.einsum("BTD,DNH->BTNH", x, q_kernel)
@@ -278,11 +289,7 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         batch, length = x.shape[0], x.shape[1]
         q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)  # [B, T, K, G, H]
-        out = causal_attention(q, k, v).reshape(batch, length, heads, head_dim)
-        out = jnp.einsum("BTNH,NHD->BTD", out, self.o_kernel[...])
-        if self.o_bias is not None:
-            out = out + self.o_bias[...][None, None, :]
-        return out
+        return causal_attention(q, k, v).reshape(batch, length, heads, head_dim)
 
 
 class MLP(nnx.Module):
@@ -298,11 +305,24 @@ class MLP(nnx.Module):
         self.down_bias = nnx.Param(_zeros((hidden,), dtype)) if bias else None
 
     def __call__(self, x: Array) -> Array:
+        return self.project_out(self.intermediate(x))
+
+    def pre_activations(self, x: Array) -> tuple[Array, Array]:
+        """(W_G x, W_U x), each [B, T, F]."""
         gate = jnp.einsum("BTD,DF->BTF", x, self.gate_kernel[...])
         up = jnp.einsum("BTD,DF->BTF", x, self.up_kernel[...])
         if self.gate_bias is not None:
             gate, up = gate + self.gate_bias[...][None, None, :], up + self.up_bias[...][None, None, :]
-        out = jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...])
+        return gate, up
+
+    def intermediate(self, x: Array) -> Array:
+        """h = silu(W_G x) ⊙ W_U x, [B, T, F] (down_proj's input)."""
+        gate, up = self.pre_activations(x)
+        return jax.nn.silu(gate) * up
+
+    def project_out(self, hidden: Array) -> Array:
+        """down_proj: [B, T, F] → [B, T, D]."""
+        out = jnp.einsum("BTF,FD->BTD", hidden, self.down_kernel[...])
         if self.down_bias is not None:
             out = out + self.down_bias[...][None, None, :]
         return out

@@ -1,0 +1,97 @@
+"""Unit scores (higher = keep) for FFN channels and attention query heads.
+
+Notation for one block: first maps W_G, W_U [D, F] (gate_kernel, up_kernel), second map
+W_D [F, D] (down_kernel; its row j is HF's down_proj column j), SwiGLU intermediate
+h = silu(W_Gᵀx) ⊙ W_Uᵀx; attention o_proj input z [N, H] per token (o_kernel [N, H, D]).
+Statistics are over calibration tokens of the block's input (see ``calibrate``):
+
+  FFN channel j                                   attention head n (sum over its H columns)
+  random        U(0, 1)                           U(0, 1)
+  magnitude     ‖(W_G, W_U)[:, j]‖_p              ‖W_Q[:, n]‖_p
+  depth2        ‖(W_G, W_U)[:, j]‖₂ ‖W_D[j]‖₂     ‖W_Q[:, n]‖₂ ‖W_O[n]‖₂
+  wanda-sp      mean_i |W_D[j, i]| ‖h_j‖₂         Σ_c mean_i |W_O[c, i]| ‖z_c‖₂
+  flap          Var(h_j) ‖W_D[j]‖²                Σ_c Var(z_c) ‖W_O[c]‖²
+  dap (paper)   ‖W_D[j]‖⁴ E[(u_jᵀx)²] E[(g_jᵀx)²]  Σ_c ‖W_O[c]‖² E[z_c²]   (second moment)
+  dap-empirical ‖W_D[j]‖² E[h_j²]                 same
+
+The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
+pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
+moment of the channel's pre-activation — accumulated per channel, no D×D Σ needed. The
+head score treats (attention output, W_O) as the depth-2 unit: a query head's share of
+the block output has energy Σ_c ‖W_O[c]‖² E[z_c²].
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from prune_jax.pruning.calibrate import AttentionStats, MLPStats
+
+METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-empirical")
+
+
+def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
+    return np.abs(x).sum(axis=axis) if p == "l1" else np.sqrt((x * x).sum(axis=axis))
+
+
+def ffn_channel_scores(method: str, mlp, stats: MLPStats, *, key: jax.Array, norm: str = "l2") -> np.ndarray:
+    """[F] scores of the FFN channels of one block (see module docstring)."""
+    gate = np.asarray(mlp.gate_kernel[...], np.float32)  # [D, F]
+    up = np.asarray(mlp.up_kernel[...], np.float32)
+    down = np.asarray(mlp.down_kernel[...], np.float32)  # [F, D]
+    first = np.concatenate([gate, up], axis=0)  # [2D, F]
+    down_sq = (down * down).sum(axis=1)  # ‖W_D[j]‖²
+    if method == "random":
+        return np.asarray(jax.random.uniform(key, (down.shape[0],)))
+    if method == "magnitude":
+        return _norm(first, 0, norm)
+    if method == "depth2":
+        return _norm(first, 0, "l2") * np.sqrt(down_sq)
+    if method == "wanda-sp":
+        return np.abs(down).mean(axis=1) * np.sqrt(stats.h_sq_sum)
+    if method == "flap":
+        return stats.h_var * down_sq
+    if method == "dap":
+        return down_sq * down_sq * stats.up_sq_mean * stats.gate_sq_mean
+    if method == "dap-empirical":
+        return down_sq * stats.h_sq_mean
+    raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
+
+
+def head_scores(method: str, attn, stats: AttentionStats, *, key: jax.Array, norm: str = "l2") -> np.ndarray:
+    """[N] scores of the query heads of one block (see module docstring)."""
+    q = np.asarray(attn.q_kernel[...], np.float32)  # [D, N, H]
+    o = np.asarray(attn.o_kernel[...], np.float32)  # [N, H, D]
+    o_sq = (o * o).sum(axis=2)  # [N, H]: ‖W_O[c]‖² per o_proj input column
+    if method == "random":
+        return np.asarray(jax.random.uniform(key, (q.shape[1],)))
+    if method == "magnitude":
+        return _norm(q.transpose(1, 0, 2).reshape(q.shape[1], -1), 1, norm)
+    if method == "depth2":
+        return _norm(q.transpose(1, 0, 2).reshape(q.shape[1], -1), 1, "l2") * np.sqrt(o_sq.sum(axis=1))
+    if method == "wanda-sp":
+        return (np.abs(o).mean(axis=2) * np.sqrt(stats.z_sq_sum)).sum(axis=1)
+    if method == "flap":
+        return (stats.z_var * o_sq).sum(axis=1)
+    if method in ("dap", "dap-empirical"):
+        return (stats.z_sq_mean * o_sq).sum(axis=1)
+    raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
+
+
+def keep_top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Sorted indices of the ``keep`` largest scores (ties to the lower index)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return np.sort(order[:keep])
+
+
+def keep_heads_per_group(scores: np.ndarray, kv_heads: int, remove_per_group: int) -> np.ndarray:
+    """Query heads to keep when every KV group loses the same number of its query heads
+    (GQA shapes stay valid: N' = K · (G − r)). Sorted global head indices."""
+    groups = np.asarray(scores).reshape(kv_heads, -1)  # head n = k·G + g
+    size = groups.shape[1]
+    keep = []
+    for k in range(kv_heads):
+        keep.extend(k * size + keep_top(groups[k], size - remove_per_group))
+    return np.asarray(sorted(keep))
+
