@@ -32,6 +32,68 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@app.command("prune")
+def prune_command(
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
+    method: str = typer.Option("dap", help="random | magnitude | depth2 | wanda-sp | flap | dap | dap-empirical"),
+    sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
+    recover: bool = typer.Option(False, "--recover", help="Refit o_proj / down_proj to the dense outputs (ridge LS)."),
+    calib: str = typer.Option("wiki-sample", help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
+    calib_samples: int = typer.Option(64, help="Calibration sequences."),
+    calib_seq_len: int = typer.Option(128, help="Tokens per calibration sequence."),
+    seed: int = typer.Option(0, help="Seed of the document split, the calibration windows and random scores."),
+    head_mode: str = typer.Option("per-group", help="per-group (same query heads removed in every KV group) | kv-groups."),
+    layer_start: Optional[int] = typer.Option(None, help="First block to prune (default: the paper's 4)."),
+    layer_stop: Optional[int] = typer.Option(None, help="Block after the last one to prune (default L − 2)."),
+    attention_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer head ratio (instead of --sparsity)."),
+    ffn_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer FFN channel ratio (instead of --sparsity)."),
+    out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with pruning.json."),
+) -> None:
+    """Prune a LLaMA model structurally and save it as an HF directory."""
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from prune_jax.data import calibration_batches, load_documents, split_documents, tokenize_corpus
+    from prune_jax.models.llama import load_model, save_hf
+    from prune_jax.pruning import PruneConfig, prune
+
+    try:
+        layer_range = None
+        if layer_start is not None or layer_stop is not None:
+            if layer_start is None or layer_stop is None:
+                _fail("--layer-start and --layer-stop go together")
+            layer_range = (layer_start, layer_stop)
+        config = PruneConfig(method=method, sparsity=sparsity, recover=recover, head_mode=head_mode, layer_range=layer_range,
+                             attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed)
+        start = time.perf_counter()
+        net, tok = load_model(model)
+        if tok is None:
+            _fail(f"{model} has no tokenizer files")
+        calibration_docs, _ = split_documents(load_documents(calib), seed=seed)
+        tokens = tokenize_corpus(calibration_docs, tok)
+        batches = calibration_batches(tokens, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
+        with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
+            net, report = prune(net, batches, config, progress=lambda done, total: bar.update(done - bar.n))
+        report["calibration"] = {
+            "source": calib, "documents": [d.id for d in calibration_docs], "tokens": int(np.asarray(batches).size),
+            "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
+        }
+        report["model"] = str(model)
+        report["total_seconds"] = time.perf_counter() - start
+        message = save_hf(net, tok, out, extra_files={"pruning.json": report})
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        _fail(str(err))
+    console.print(
+        f"{method}{' + recovery' if recover else ''}: removed {report['fraction_of_prunable_removed']:.1%} of prunable "
+        f"({report['fraction_of_all_removed']:.1%} of all) parameters, {report['parameters_before']:,} → "
+        f"{report['parameters_after']:,}; wrote {out} in {report['total_seconds']:.0f} s"
+    )
+    if message:
+        console.print(f"[yellow]note:[/yellow] {message}")
+
+
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),

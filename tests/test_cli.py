@@ -156,25 +156,37 @@ def test_select_command_errors_leave_no_output(pool_file: Path, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
+TINY_TEXT = "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun while the fox runs"
+
+
+def _tiny_model_and_corpus(tmp_path: Path, num_layers: int = 1, documents: int = 8):
     import json
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus
-    from prune_jax.evaluate import perplexity
-    from prune_jax.models.llama import LlamaConfig, init_llama, load_hf_dir, save_hf
+    from prune_jax.models.llama import LlamaConfig, init_llama, save_hf
 
-    text = "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun while the fox runs"
     backend = Tokenizer(models.BPE(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator([text], trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+    backend.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    config = LlamaConfig(vocab_size=64, hidden_size=16, num_layers=1, layer_heads=((2, 1),), layer_intermediate=(24,), head_dim=8)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, num_layers=num_layers, layer_heads=((4, 2),) * num_layers,
+                         layer_intermediate=(24,) * num_layers, head_dim=8)
     save_hf(init_llama(config, seed=0), tokenizer, tmp_path / "model")
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"id": str(i), "text": f"{text} {i}"}) for i in range(8)) + "\n")
+    corpus.write_text("\n".join(json.dumps({"id": str(i), "text": f"{TINY_TEXT} {i} " * 3}) for i in range(documents)) + "\n")
+    return tmp_path / "model", corpus, tokenizer
+
+
+def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
+    import json
+
+    from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus
+    from prune_jax.evaluate import perplexity
+    from prune_jax.models.llama import load_hf_dir
+
+    _, corpus, tokenizer = _tiny_model_and_corpus(tmp_path)
     out = tmp_path / "ppl.json"
     result = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--seq-len", "8", "--json", str(out)])
     assert result.exit_code == 0, result.output
@@ -190,3 +202,24 @@ def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
     assert bad.exit_code == 2 and "no such file or directory" in " ".join(bad.output.split())
     bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--split", "test"])
     assert bad.exit_code == 2 and "--split" in bad.output
+
+
+def test_prune_jax_prune_then_eval(tmp_path: Path):
+    import json
+
+    model_dir, corpus, _ = _tiny_model_and_corpus(tmp_path, num_layers=3, documents=12)
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(model_dir), "--method", "dap", "--recover", "--sparsity", "0.3", "--calib", str(corpus),
+            "--calib-samples", "4", "--calib-seq-len", "8", "--layer-start", "0", "--layer-stop", "3", "--out", str(out)]
+    result = runner.invoke(prune_app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "pruning.json").read_text())
+    assert report["method"] == "dap" and report["config"]["recover"] is True
+    assert report["calibration"]["tokens"] == 32 and report["calibration"]["documents"]
+    assert report["fraction_of_prunable_removed"] >= 0.3 and (out / "config.json").is_file()  # uniform widths
+    result = runner.invoke(prune_app, ["eval", "--model", str(out), "--data", str(corpus), "--seq-len", "8", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(prune_app, [*args[:7], "1.5", *args[8:]])
+    assert bad.exit_code == 2 and "sparsity must lie in (0, 1)" in " ".join(bad.output.split())
+    short = runner.invoke(prune_app, [*args[:-2], "--calib-seq-len", "100000", "--out", str(tmp_path / "x")])
+    assert short.exit_code == 2 and not (tmp_path / "x").exists()

@@ -1,0 +1,149 @@
+"""Structured pruning of SmolLM2-135M: every method, same calibration, same budget.
+
+Calibration: 64 × 128 tokens from the Wikipedia sample's calibration split (identical
+for every method). Budget: a fraction of the prunable (attention + MLP) parameters,
+blocks [4, 28) as in the paper. Evaluation: perplexity on the evaluation split
+(document-disjoint) at 128- and 2048-token windows, on the first --eval-tokens tokens;
+also parameters removed, pruning wall time, peak RSS, and the pruned model's forward
+throughput (8 × 128) against the dense model in the same process.
+
+    python benchmarks/prune_llama.py                        # 20 % and 40 %
+    python benchmarks/prune_llama.py --sparsity 0.2 --methods dap,flap
+
+Resumable: finished (method, sparsity) rows are kept in the JSON and skipped.
+Results: benchmarks/results/prune_llama.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus  # noqa: E402
+from prune_jax.evaluate import _forward, perplexity  # noqa: E402
+from prune_jax.models.llama import load_model  # noqa: E402
+from prune_jax.pruning import PruneConfig, prune  # noqa: E402
+from skmm_jax.io import save_json_atomic  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = {  # name: PruneConfig options
+    "random": dict(method="random"),
+    "magnitude": dict(method="magnitude"),
+    "depth2": dict(method="depth2"),
+    "wanda-sp": dict(method="wanda-sp"),
+    "flap": dict(method="flap"),
+    "dap": dict(method="dap"),
+    "dap + recovery": dict(method="dap", recover=True),
+    "dap-empirical + recovery": dict(method="dap-empirical", recover=True),
+    "flap + recovery": dict(method="flap", recover=True),
+}
+
+
+def throughput(model, tokens: np.ndarray, repeats: int = 5) -> float:
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(tokens[: 8 * 128].reshape(8, 128), jnp.int32)
+    _forward(graphdef, state, x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _forward(graphdef, state, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 8 * 128 / float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sparsity", default="0.2,0.4")
+    parser.add_argument("--methods", default=",".join(VARIANTS))
+    parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS / "prune_llama.json"
+    rows = [] if args.fresh or not out_json.exists() else json.loads(out_json.read_text())["rows"]
+    done = {(r["method"], r["sparsity"]) for r in rows}
+
+    _, tokenizer = load_model("smollm2-135m", tokenizer=True)
+    calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"))
+    calib = calibration_batches(tokenize_corpus(calibration_docs, tokenizer), num_samples=args.calib_samples, seq_len=128, seed=0)
+    eval_tokens = tokenize_corpus(evaluation_docs, tokenizer)
+    windows = {T: eval_windows(eval_tokens, T, max(1, args.eval_tokens // T)) for T in (128, 2048)}
+
+    def evaluate(model) -> dict:
+        return {f"ppl_{T}": perplexity(model, w).perplexity for T, w in windows.items()}
+
+    if ("dense", 0.0) not in done:
+        dense, _ = load_model("smollm2-135m", tokenizer=False)
+        row = {"method": "dense", "sparsity": 0.0, **evaluate(dense), "tokens_per_s": throughput(dense, eval_tokens),
+               "parameters": sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(nnx.state(dense, nnx.Param)))}
+        rows.append(row)
+        print(row, flush=True)
+        save_json_atomic(out_json, {"rows": rows})
+    dense_row = next(r for r in rows if r["method"] == "dense")
+
+    for sparsity in [float(s) for s in args.sparsity.split(",")]:
+        for name in args.methods.split(","):
+            if (name, sparsity) in done:
+                continue
+            model, _ = load_model("smollm2-135m", tokenizer=False)
+            start = time.perf_counter()
+            model, report = prune(model, calib, PruneConfig(sparsity=sparsity, **VARIANTS[name]))
+            seconds = time.perf_counter() - start
+            row = {
+                "method": name, "sparsity": sparsity, **evaluate(model), "prune_seconds": seconds,
+                "fraction_of_prunable_removed": report["fraction_of_prunable_removed"],
+                "fraction_of_all_removed": report["fraction_of_all_removed"], "parameters": report["parameters_after"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "tokens_per_s": throughput(model, eval_tokens),
+            }
+            row["speedup_vs_dense"] = row["tokens_per_s"] / dense_row["tokens_per_s"]
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+            save_json_atomic(out_json, {"rows": rows})
+    config = {"calibration": f"{args.calib_samples} x 128 tokens, wiki-sample calibration split, seed 0",
+              "eval_tokens_per_window_size": args.eval_tokens, "layer_range": "[4, 28)"}
+    save_json_atomic(out_json, {"rows": rows, "config": config})
+    lines = [
+        "# SmolLM2-135M structured pruning: perplexity by method and sparsity",
+        "",
+        f"Calibration {config['calibration']}; evaluation: first {args.eval_tokens} tokens of the evaluation split per window size; "
+        "sparsity = fraction of the prunable (attention + MLP) parameters removed, blocks [4, 28). Throughput: forward 8 × 128 on this CPU.",
+        "",
+        "| method | sparsity | removed (prunable / all) | PPL@128 | PPL@2048 | prune s | tokens/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["sparsity"], r.get("ppl_128", 0))):
+        removed = f"{r['fraction_of_prunable_removed']:.1%} / {r['fraction_of_all_removed']:.1%}" if r["method"] != "dense" else "—"
+        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {removed} | {r['ppl_128']:.2f} | {r['ppl_2048']:.2f} | "
+                     f"{r.get('prune_seconds', 0):.0f} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_dense', 1.0):.2f}× |")
+    (RESULTS / "prune_llama.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
+        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if r["method"] == name)
+        ax.plot([0.0] + [p[0] for p in pts], [dense_row["ppl_128"]] + [p[1] for p in pts], marker="o", label=name)
+    ax.set(yscale="log", xlabel="fraction of prunable parameters removed", ylabel="perplexity (128-token windows)",
+           title="SmolLM2-135M structured pruning")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "prune_llama.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
