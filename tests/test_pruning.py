@@ -135,3 +135,17 @@ def test_prune_errors():
         prune(model, np.zeros((4, 1), np.int64))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 64\)"):
         prune(model, np.full((2, 8), 99))
+
+
+def test_sharded_calibration_equals_single_device():
+    from jax.sharding import Mesh
+
+    tokens = calib(7, (8, 16))
+    config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8)
+    single, report_single = prune(tiny(seed=2), tokens, config)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded, report_sharded = prune(tiny(seed=2), tokens, config, mesh=mesh)
+    assert report_sharded["layer_heads"] == report_single["layer_heads"]
+    assert [r.get("channels_kept") for r in report_sharded["layers"]] == [r.get("channels_kept") for r in report_single["layers"]]
+    probe = jnp.asarray(calib(8, (2, 12)))
+    np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=1e-4, rtol=1e-4)

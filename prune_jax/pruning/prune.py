@@ -217,13 +217,25 @@ def slice_channels(mlp, keep: np.ndarray) -> None:
         mlp.up_bias = nnx.Param(mlp.up_bias[...][idx])
 
 
-def prune(model: Llama, calibration: np.ndarray, config: PruneConfig = PruneConfig(), *, progress: Progress | None = None) -> tuple[Llama, dict]:
+def prune(
+    model: Llama,
+    calibration: np.ndarray,
+    config: PruneConfig = PruneConfig(),
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
+    progress: Progress | None = None,
+) -> tuple[Llama, dict]:
     """Prunes ``model`` in place (its kernels are replaced by sliced ones) and returns it.
 
     Args:
       model: our LLaMA (float32 recommended for calibration).
       calibration: [S, T] int token sequences (e.g. ``prune_jax.data.calibration_batches``).
       config: see ``PruneConfig``.
+      mesh: optional device mesh; calibration sequences are sharded over ``axis``
+        (data parallel: statistics and Gram matrices are sums over tokens, which
+        XLA all-reduces), the model is replicated. S must divide by the axis size.
+      axis: mesh axis name for the sequences.
       progress: ``progress(blocks_done, num_blocks)``.
 
     Returns:
@@ -254,8 +266,17 @@ def prune(model: Llama, calibration: np.ndarray, config: PruneConfig = PruneConf
     key = jax.random.key(config.seed)
     tokens = jnp.asarray(calibration, jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
-    inv_freq = jnp.asarray(rope_inverse_frequencies(model.config))
     batch = config.batch_size
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        devices = mesh.shape[axis]
+        if tokens.shape[0] % devices:
+            raise ValueError(f"{tokens.shape[0]} calibration sequences do not divide over {devices} devices on mesh axis {axis!r}")
+        sharding = NamedSharding(mesh, PartitionSpec(axis))
+        tokens, positions = jax.device_put(tokens, sharding), jax.device_put(positions, sharding)
+        batch = max(batch, tokens.shape[0])  # one step over all sequences: every device works on its shard
+    inv_freq = jnp.asarray(rope_inverse_frequencies(model.config))
     h_dense = jnp.take(model.embed[...], tokens, axis=0).astype(jnp.float32)
     h_pruned = h_dense
     layer_reports = []
