@@ -94,6 +94,68 @@ def prune_command(
         console.print(f"[yellow]note:[/yellow] {message}")
 
 
+@app.command("demo")
+def demo_command(
+    method: str = typer.Option("dap", help="Pruning score (see prune --help)."),
+    recover: bool = typer.Option(True, "--recover/--no-recover", help="Ridge refit of o_proj / down_proj."),
+    sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove."),
+    calib_samples: int = typer.Option(64, help="Calibration sequences of 128 tokens."),
+    eval_windows_count: int = typer.Option(64, "--eval-windows", help="Evaluation windows of 128 tokens."),
+    out: Path = typer.Option(Path("pruned/smollm2-135m-demo"), "--out", help="Where the pruned model is saved."),
+) -> None:
+    """The main job: prune the embedded SmolLM2-135M on the Wikipedia sample and compare with the dense model."""
+    import time
+
+    import numpy as np
+    from flax import nnx
+    from rich.table import Table
+
+    from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus
+    from prune_jax.evaluate import _forward, perplexity
+    from prune_jax.models.llama import load_model, save_hf
+    from prune_jax.pruning import PruneConfig, prune
+
+    def tokens_per_second(net, tokens) -> float:
+        graphdef, state = nnx.split(net)
+        x = np.asarray(tokens[: 8 * 128].reshape(8, 128), np.int32)
+        _forward(graphdef, state, x).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(3):
+            _forward(graphdef, state, x).block_until_ready()
+        return 3 * 8 * 128 / (time.perf_counter() - start)
+
+    try:
+        net, tok = load_model("smollm2-135m")
+        calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"))
+        calib = calibration_batches(tokenize_corpus(calibration_docs, tok), num_samples=calib_samples, seq_len=128, seed=0)
+        eval_tokens = tokenize_corpus(evaluation_docs, tok)
+        windows = eval_windows(eval_tokens, 128, eval_windows_count)
+        console.print(f"SmolLM2-135M: evaluating the dense model on {len(windows)} × 128 held-out tokens ...")
+        dense_ppl = perplexity(net, windows).perplexity
+        dense_speed = tokens_per_second(net, eval_tokens)
+        console.print(f"pruning {sparsity:.0%} with {method}{' + recovery' if recover else ''} on {calib.shape[0]} × 128 calibration tokens ...")
+        start = time.perf_counter()
+        net, report = prune(net, calib, PruneConfig(method=method, sparsity=sparsity, recover=recover))
+        prune_seconds = time.perf_counter() - start
+        pruned_ppl = perplexity(net, windows).perplexity
+        pruned_speed = tokens_per_second(net, eval_tokens)
+        report["calibration"] = {"source": "wiki-sample", "documents": [d.id for d in calibration_docs],
+                                 "tokens": int(calib.size), "samples": calib_samples, "seq_len": 128, "seed": 0}
+        save_hf(net, tok, out, extra_files={"pruning.json": report})
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    table = Table(title=f"SmolLM2-135M, {method}{' + recovery' if recover else ''}, {sparsity:.0%} of prunable parameters")
+    for col in ("model", "parameters", f"perplexity ({len(windows)}×128)", "tokens/s (8×128)"):
+        table.add_column(col, justify="right")
+    table.add_row("dense", f"{report['parameters_before']:,}", f"{dense_ppl:.2f}", f"{dense_speed:.0f}")
+    table.add_row("pruned", f"{report['parameters_after']:,}", f"{pruned_ppl:.2f}", f"{pruned_speed:.0f}")
+    Console().print(table)
+    console.print(
+        f"removed {report['fraction_of_prunable_removed']:.1%} of prunable / {report['fraction_of_all_removed']:.1%} of all parameters; "
+        f"speed-up {pruned_speed / dense_speed:.2f}×; pruning took {prune_seconds:.0f} s; saved to {out}"
+    )
+
+
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
