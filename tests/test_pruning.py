@@ -149,3 +149,20 @@ def test_sharded_calibration_equals_single_device():
     assert [r.get("channels_kept") for r in report_sharded["layers"]] == [r.get("channels_kept") for r in report_single["layers"]]
     probe = jnp.asarray(calib(8, (2, 12)))
     np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=1e-4, rtol=1e-4)
+
+
+def test_calibration_statistics_match_numpy():
+    from prune_jax.pruning.calibrate import mlp_stats
+
+    model = tiny()
+    mlp = model.layers[0].mlp
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 7, 32)), jnp.float32)
+    stats = mlp_stats(mlp, [x[:2], x[2:]])
+    gate = np.einsum("btd,df->btf", np.asarray(x), np.asarray(mlp.gate_kernel[...])).reshape(-1, 48)
+    up = np.einsum("btd,df->btf", np.asarray(x), np.asarray(mlp.up_kernel[...])).reshape(-1, 48)
+    h = gate / (1 + np.exp(-gate)) * up
+    np.testing.assert_allclose(stats.h_sq_mean, (h**2).mean(0), rtol=1e-4)
+    np.testing.assert_allclose(stats.h_var, h.var(0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(stats.up_var, up.var(0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(stats.gate_sq_mean, (gate**2).mean(0), rtol=1e-4)
+    assert stats.tokens == 21

@@ -30,6 +30,8 @@ class MLPStats:
     h_sq_sum: np.ndarray  # [F]
     up_sq_mean: np.ndarray  # [F]
     gate_sq_mean: np.ndarray  # [F]
+    up_var: np.ndarray  # [F] covariance variant: u_jᵀ Cov(x) u_j
+    gate_var: np.ndarray  # [F]
     tokens: int
 
 
@@ -58,23 +60,23 @@ def _moments(batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray, int]
 
 def mlp_stats(mlp, inputs: Iterable[jax.Array]) -> MLPStats:
     """Statistics of one MLP over normalised inputs (iterable of [B, T, D] batches)."""
-    h_sum = h_sq = up_sq = gate_sq = None
+    sums = None
     count = 0
     for x in inputs:
         gate, up = mlp.pre_activations(x)
-        h = (jax.nn.silu(gate) * up).astype(jnp.float32)
-        parts = [jnp.sum(h, axis=(0, 1)), jnp.sum(h * h, axis=(0, 1)), jnp.sum(up * up, axis=(0, 1)), jnp.sum(gate * gate, axis=(0, 1))]
-        if h_sum is None:
-            h_sum, h_sq, up_sq, gate_sq = parts
-        else:
-            h_sum, h_sq, up_sq, gate_sq = h_sum + parts[0], h_sq + parts[1], up_sq + parts[2], gate_sq + parts[3]
+        gate, up = gate.astype(jnp.float32), up.astype(jnp.float32)
+        h = jax.nn.silu(gate) * up
+        parts = [jnp.sum(v, axis=(0, 1)) for v in (h, h * h, up, up * up, gate, gate * gate)]
+        sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
         count += x.shape[0] * x.shape[1]
     if count == 0:
         raise ValueError("calibration set is empty: no tokens to compute statistics from")
-    h_sum, h_sq = np.asarray(h_sum, np.float64), np.asarray(h_sq, np.float64)
-    mean, sq_mean = h_sum / count, h_sq / count
-    return MLPStats(sq_mean, mean, np.maximum(sq_mean - mean * mean, 0.0), h_sq,
-                    np.asarray(up_sq, np.float64) / count, np.asarray(gate_sq, np.float64) / count, count)
+    h_mean, h_sq_mean, up_mean, up_sq_mean, gate_mean, gate_sq_mean = (np.asarray(v, np.float64) / count for v in sums)
+    return MLPStats(
+        h_sq_mean=h_sq_mean, h_mean=h_mean, h_var=np.maximum(h_sq_mean - h_mean**2, 0.0), h_sq_sum=h_sq_mean * count,
+        up_sq_mean=up_sq_mean, gate_sq_mean=gate_sq_mean, up_var=np.maximum(up_sq_mean - up_mean**2, 0.0),
+        gate_var=np.maximum(gate_sq_mean - gate_mean**2, 0.0), tokens=count,
+    )
 
 
 def attention_stats(head_outputs: Iterable[jax.Array]) -> AttentionStats:

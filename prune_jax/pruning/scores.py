@@ -12,7 +12,8 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
   wanda-sp      mean_i |W_D[j, i]| ‖h_j‖₂         Σ_c mean_i |W_O[c, i]| ‖z_c‖₂
   flap          Var(h_j) ‖W_D[j]‖²                Σ_c Var(z_c) ‖W_O[c]‖²
   dap (paper)   ‖W_D[j]‖⁴ E[(u_jᵀx)²] E[(g_jᵀx)²]  Σ_c ‖W_O[c]‖² E[z_c²]   (second moment)
-  dap-empirical ‖W_D[j]‖² E[h_j²]                 same
+  dap-cov       Σ = covariance: Var(u_jᵀx) etc.   Σ_c ‖W_O[c]‖² Var(z_c)
+  dap-empirical ‖W_D[j]‖² E[h_j²]                 same as dap
 
 The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
 pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
@@ -28,7 +29,7 @@ import numpy as np
 
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats
 
-METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-empirical")
+METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical")
 
 
 def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
@@ -54,6 +55,8 @@ def ffn_channel_scores(method: str, mlp, stats: MLPStats, *, key: jax.Array, nor
         return stats.h_var * down_sq
     if method == "dap":
         return down_sq * down_sq * stats.up_sq_mean * stats.gate_sq_mean
+    if method == "dap-cov":
+        return down_sq * down_sq * stats.up_var * stats.gate_var
     if method == "dap-empirical":
         return down_sq * stats.h_sq_mean
     raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
@@ -76,6 +79,8 @@ def head_scores(method: str, attn, stats: AttentionStats, *, key: jax.Array, nor
         return (stats.z_var * o_sq).sum(axis=1)
     if method in ("dap", "dap-empirical"):
         return (stats.z_sq_mean * o_sq).sum(axis=1)
+    if method == "dap-cov":
+        return (stats.z_var * o_sq).sum(axis=1)
     raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
 
 
