@@ -45,6 +45,7 @@ VARIANTS = {  # name: PruneConfig options
     "flap": dict(method="flap"),
     "dap": dict(method="dap"),
     "dap + recovery": dict(method="dap", recover=True),
+    "dap-cov + recovery": dict(method="dap-cov", recover=True),
     "dap-empirical + recovery": dict(method="dap-empirical", recover=True),
     "flap + recovery": dict(method="flap", recover=True),
 }
@@ -62,6 +63,34 @@ def throughput(model, tokens: np.ndarray, repeats: int = 5) -> float:
     return 8 * 128 / float(np.median(times))
 
 
+def check_export(calib: np.ndarray, windows: np.ndarray) -> dict:
+    """Prune every block (uniform widths), export, reload with stock transformers and
+    compare perplexities on the same windows."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    from prune_jax.models.llama import save_hf
+
+    model, tokenizer = load_model("smollm2-135m")
+    model, report = prune(model, calib, PruneConfig(method="dap", sparsity=0.2, recover=True, layer_range=(0, model.config.num_layers)))
+    ours = perplexity(model, windows).perplexity
+    with tempfile.TemporaryDirectory() as tmp:
+        assert save_hf(model, tokenizer, tmp) is None, "uniform widths must export to a stock checkpoint"
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(windows), 8):
+                batch = torch.as_tensor(windows[start : start + 8], dtype=torch.long)
+                logits = hf(batch[:, :-1]).logits.float()
+                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"))
+                count += batch[:, 1:].numel()
+    theirs = float(np.exp(total / count))
+    return {"method": "dap + recovery, all 30 blocks, 20 %", "ours_perplexity": ours, "transformers_perplexity": theirs,
+            "relative_difference": abs(ours - theirs) / theirs, "windows": int(len(windows)), "parameters_after": report["parameters_after"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sparsity", default="0.2,0.4")
@@ -69,6 +98,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--export-check", action="store_true", help="also prune all blocks uniformly, export, reload in transformers")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "prune_llama.json"
@@ -94,7 +124,7 @@ def main() -> None:
     dense_row = next(r for r in rows if r["method"] == "dense")
 
     for sparsity in [float(s) for s in args.sparsity.split(",")]:
-        for name in args.methods.split(","):
+        for name in [m for m in args.methods.split(",") if m]:
             if (name, sparsity) in done:
                 continue
             model, _ = load_model("smollm2-135m", tokenizer=False)
@@ -112,9 +142,13 @@ def main() -> None:
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             save_json_atomic(out_json, {"rows": rows})
+    export_check = json.loads(out_json.read_text()).get("export_check") if out_json.exists() else None
+    if args.export_check:
+        export_check = check_export(calib, windows[128])
+        print(export_check, flush=True)
     config = {"calibration": f"{args.calib_samples} x 128 tokens, wiki-sample calibration split, seed 0",
               "eval_tokens_per_window_size": args.eval_tokens, "layer_range": "[4, 28)"}
-    save_json_atomic(out_json, {"rows": rows, "config": config})
+    save_json_atomic(out_json, {"rows": rows, "config": config, "export_check": export_check})
     lines = [
         "# SmolLM2-135M structured pruning: perplexity by method and sparsity",
         "",
