@@ -27,12 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus  # noqa: E402
-from prune_jax.evaluate import _forward, perplexity  # noqa: E402
-from prune_jax.models.llama import load_model  # noqa: E402
+from prune_jax.evaluate import forward_tokens_per_second, perplexity  # noqa: E402
+from prune_jax.models.llama import load_model, num_parameters  # noqa: E402
 from prune_jax.pruning import PruneConfig, prune  # noqa: E402
 from skmm_jax.io import save_json_atomic  # noqa: E402
 
@@ -51,16 +49,8 @@ VARIANTS = {  # name: PruneConfig options
 }
 
 
-def throughput(model, tokens: np.ndarray, repeats: int = 5) -> float:
-    graphdef, state = nnx.split(model)
-    x = jnp.asarray(tokens[: 8 * 128].reshape(8, 128), jnp.int32)
-    _forward(graphdef, state, x).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _forward(graphdef, state, x).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 8 * 128 / float(np.median(times))
+def throughput(model, tokens: np.ndarray) -> float:
+    return forward_tokens_per_second(model, np.asarray(tokens[: 8 * 128]).reshape(8, 128))
 
 
 def check_export(calib: np.ndarray, windows: np.ndarray) -> dict:
@@ -117,7 +107,7 @@ def main() -> None:
     if ("dense", 0.0) not in done:
         dense, _ = load_model("smollm2-135m", tokenizer=False)
         row = {"method": "dense", "sparsity": 0.0, **evaluate(dense), "tokens_per_s": throughput(dense, eval_tokens),
-               "parameters": sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(nnx.state(dense, nnx.Param)))}
+               "parameters": num_parameters(dense)}
         rows.append(row)
         print(row, flush=True)
         save_json_atomic(out_json, {"rows": rows})

@@ -107,22 +107,15 @@ def demo_command(
     import time
 
     import numpy as np
-    from flax import nnx
     from rich.table import Table
 
     from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus
-    from prune_jax.evaluate import _forward, perplexity
+    from prune_jax.evaluate import forward_tokens_per_second, perplexity
     from prune_jax.models.llama import load_model, save_hf
     from prune_jax.pruning import PruneConfig, prune
 
     def tokens_per_second(net, tokens) -> float:
-        graphdef, state = nnx.split(net)
-        x = np.asarray(tokens[: 8 * 128].reshape(8, 128), np.int32)
-        _forward(graphdef, state, x).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(3):
-            _forward(graphdef, state, x).block_until_ready()
-        return 3 * 8 * 128 / (time.perf_counter() - start)
+        return forward_tokens_per_second(net, np.asarray(tokens[: 8 * 128]).reshape(8, 128), repeats=3)
 
     try:
         net, tok = load_model("smollm2-135m")

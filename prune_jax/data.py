@@ -38,6 +38,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 
+from skmm_jax.io import atomic_write
+
 __all__ = [
     "DOCUMENT_SEPARATOR",
     "WIKI_SAMPLE_GENSIM_VERSION",
@@ -79,26 +81,6 @@ def default_cache_dir() -> Path:
     """``$PRUNE_JAX_CACHE`` if set and non-empty, else ``~/.cache/prune_jax``."""
     configured = os.environ.get("PRUNE_JAX_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "prune_jax"
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes ``path`` through a temp file in the same folder + ``os.replace``.
-
-    A crash (or a concurrent writer) never leaves a half-written file under the final
-    name: readers see either no file or a complete one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            write(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; cached data is not secret
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------ embedded wiki sample
@@ -237,7 +219,7 @@ def fetch_wiki_sample(
         data = _wiki_sample_from_wheel(Path(wheel))
     else:
         data = _wiki_sample_from_installed_gensim() or _wiki_sample_from_pip()
-    _write_atomically(target, lambda out: out.write(data))
+    atomic_write(target, lambda out: out.write(data))
     return target
 
 
@@ -753,7 +735,7 @@ def tokenize_corpus(
     if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
         raise ValueError(f"token ids span [{ids.min()}, {ids.max()}], which does not fit in int32")
     tokens = ids.astype(np.int32)
-    _write_atomically(cache_path, lambda out: np.save(out, tokens, allow_pickle=False))
+    atomic_write(cache_path, lambda out: np.save(out, tokens, allow_pickle=False))
     report(f"tokenised into {tokens.size} tokens; cached at {cache_path}")
     return tokens
 

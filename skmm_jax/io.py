@@ -34,7 +34,13 @@ def load_rows(path: str | os.PathLike) -> np.ndarray:
     return rows
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Writes ``path`` through a temporary file in the same folder + ``os.replace``.
+
+    ``write(f)`` gets a binary file. A crash never leaves a half-written file under the
+    final name: readers see the old file, no file, or the complete new one.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -42,6 +48,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are not secret
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,12 +57,12 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Writes ``array`` to ``path`` via a temporary file and rename: never half-written."""
-    _atomic_write(Path(path), lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def save_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes ``obj`` as indented JSON to ``path`` atomically."""
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 _SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
