@@ -8,10 +8,13 @@ Pipeline, one module per step:
   ``draw``      p → a discrete coreset (greedy / swap moment matching, sampling, top-n, balanced)
   ``select``    ``skmm`` end to end and ``select(method, key, features, n)`` for every method
   ``baselines`` uniform, herding, k-center, adaptive sampling, (ridge) leverage scores
+  ``deepcore``  label-aware baselines on a linear proxy: EL2N, GraNd, forgetting,
+                uncertainty (entropy, margin, least confidence), contextual diversity
 """
 
-from skmm_jax import baselines, sketch
+from skmm_jax import baselines, deepcore, sketch
 from skmm_jax.baselines import BASELINES
+from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.gradients import per_sample_grads, sketch_per_sample_grads
 from skmm_jax.moments import Spectrum, sketched_spectrum, subset_coverage
 from skmm_jax.select import METHODS, Selection, SkMMConfig, select, skmm, skmm_indices
@@ -22,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BASELINES",
+    "DEEPCORE",
     "KINDS",
     "METHODS",
     "Selection",
@@ -29,6 +33,7 @@ __all__ = [
     "SolverConfig",
     "Spectrum",
     "baselines",
+    "deepcore",
     "make_pytree_sketch",
     "make_sketch",
     "max_feasible_coverage",

@@ -59,7 +59,11 @@ def sketch(
 def select(
     features: Path = typer.Option(..., "--features", help="[N, d] per-sample (sketched) gradients or features: .npy / .safetensors (memory-mapped) or .npz."),
     n: int = typer.Option(..., "--n", help="Coreset size, 0 < n <= N."),
-    method: str = typer.Option("skmm", help="skmm | uniform | herding | kcenter | adaptive | leverage | ridge-leverage"),
+    method: str = typer.Option(
+        "skmm",
+        help="skmm | uniform | herding | kcenter | adaptive | leverage | ridge-leverage | with --labels: el2n | grand | "
+        "forgetting | entropy | margin | least-confidence | contextual-diversity",
+    ),
     seed: int = typer.Option(0, help="Seed of every random choice (sketch, draws)."),
     out: Path = typer.Option(..., "--out", help="Output JSON (indices, method, n, seed, diagnostics), written atomically."),
     array: Optional[str] = typer.Option(None, help="Array name inside a .npz / .safetensors file holding several."),
@@ -67,17 +71,20 @@ def select(
     sketch_dim: Optional[int] = typer.Option(None, help="Sketch dimension m (default 256 when --sketch-kind is given)."),
     c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S (default: smallest feasible, by bisection)."),
     draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | greedy-diagonal | swap | sample | top | balanced."),
-    labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (SkMM draw=balanced)."),
+    labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON."""
     import jax
 
+    from skmm_jax.deepcore import DEEPCORE
     from skmm_jax.io import load_array, save_json_atomic
     from skmm_jax.select import METHODS
     from skmm_jax.select import select as run_select
 
     if method not in METHODS:
         _fail(f"--method {method!r} is not one of {sorted(METHODS)}")
+    if method in DEEPCORE and labels is None:
+        _fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
     options = {}
     if method == "skmm":
         options = {k: v for k, v in (("c_s", c_s), ("draw", draw)) if v is not None}

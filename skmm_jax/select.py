@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from skmm_jax import baselines
+from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, draw_sample, draw_top, refine_swaps
 from skmm_jax.moments import Spectrum, direction_weights, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
 from skmm_jax.sampling import check_subset_size
@@ -167,7 +168,7 @@ def _skmm_selector(key: Array, features: Array, n: int, *, labels: Array | None 
     return skmm(key, features, n, config=config, labels=labels)
 
 
-METHODS: dict[str, Selector] = {"skmm": _skmm_selector, **baselines.BASELINES}
+METHODS: dict[str, Selector] = {"skmm": _skmm_selector, **baselines.BASELINES, **DEEPCORE}
 """Every selector by its command-line name."""
 
 
@@ -218,14 +219,17 @@ def select(
 
     Args:
       method: a name from ``METHODS`` ("skmm", "uniform", "herding", "kcenter",
-        "adaptive", "leverage", "ridge-leverage") or a function
+        "adaptive", "leverage", "ridge-leverage", or one of the label-aware
+        ``DEEPCORE`` selectors "el2n", "grand", "forgetting", "entropy", "margin",
+        "least-confidence", "contextual-diversity") or a function
         ``(key, features, n, **options) → indices | (indices, diagnostics)``.
       key: PRNG key. When sketching, the sketch uses ``fold_in(key, 0)`` and the
         selector ``fold_in(key, 1)``.
       features: [N, d] floats (NumPy, memmap or jax): per-sample (sketched) gradients
         or features.
       n: coreset size, 0 < n ≤ N.
-      labels: optional [N] int classes (SkMM's draw="balanced").
+      labels: [N] int classes: required by the ``DEEPCORE`` methods, optional for
+        SkMM (draw="balanced") and custom selectors, ignored by the other baselines.
       sketch_kind, sketch_dim: sketch d → sketch_dim with this kind first (streamed
         from the host in chunks) — for wide features such as raw gradients.
       progress: callback for the sketching pass.
@@ -242,6 +246,9 @@ def select(
     check_features(features)
     num = features.shape[0]
     check_subset_size(n, num)
+    needs_labels = method in DEEPCORE.values() if callable(method) else method in DEEPCORE
+    if needs_labels and labels is None:
+        raise ValueError(f"method {getattr(method, '__name__', method)!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
     if (sketch_kind is None) != (sketch_dim is None):
         raise ValueError("sketch_kind and sketch_dim go together: give both or neither")
     select_key = jax.random.fold_in(key, 1) if sketch_kind is not None else key
@@ -261,7 +268,7 @@ def select(
         labels = np.asarray(labels)
         if labels.shape != (num,):
             raise ValueError(f"labels must have shape ({num},) to match features, got {labels.shape}")
-        if name == "skmm" or callable(method):
+        if name == "skmm" or needs_labels or callable(method):
             options["labels"] = labels
     result = selector(select_key, features, n, **options)
     indices, extra = result if isinstance(result, tuple) else (result, {})

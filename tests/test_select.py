@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps
 from skmm_jax.moments import (
     direction_weights,
@@ -222,8 +223,10 @@ def test_skmm_core_composes_under_jit_and_vmap():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_select_every_method(method):
-    x, _ = clusters()
+    x, labels = clusters()
     options = {"bisection_steps": 4} if method == "skmm" else {}
+    if method in DEEPCORE:
+        options["labels"] = labels
     result = select(method, jax.random.key(1), x, 12, **options)
     assert result.indices.shape == (12,) and len(set(result.indices.tolist())) == 12
     assert 0 <= result.indices.min() and result.indices.max() < len(x)
