@@ -35,16 +35,24 @@ from prune_jax.pruning import PruneConfig, prune  # noqa: E402
 from skmm_jax.io import save_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {  # name: PruneConfig options
+VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit order)
     "random": dict(method="random"),
     "magnitude": dict(method="magnitude"),
     "depth2": dict(method="depth2"),
     "wanda-sp": dict(method="wanda-sp"),
     "flap": dict(method="flap"),
+    "flap adaptive": dict(method="flap", allocation="adaptive"),
     "dap": dict(method="dap"),
+    "dap + o/down refit": dict(method="dap", recover=True, refit="second"),
     "dap + recovery": dict(method="dap", recover=True),
+    "dap + similarity + recovery": dict(method="dap", head_criterion="similarity", recover=True),
+    "dap adaptive + recovery": dict(method="dap", allocation="adaptive", recover=True),
     "dap-cov + recovery": dict(method="dap-cov", recover=True),
     "dap-empirical + recovery": dict(method="dap-empirical", recover=True),
+    "dap-empirical adaptive + recovery": dict(method="dap-empirical", allocation="adaptive", recover=True),
+    "dap + recovery + bias": dict(method="dap", recover=True, bias_compensation=True),
+    "dap-empirical + recovery + bias": dict(method="dap-empirical", recover=True, bias_compensation=True),
+    "taylor": dict(method="taylor"),
     "flap + recovery": dict(method="flap", recover=True),
 }
 
@@ -93,7 +101,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "prune_llama.json"
     rows = [] if args.fresh or not out_json.exists() else json.loads(out_json.read_text())["rows"]
-    done = {(r["method"], r["sparsity"]) for r in rows}
+    done = {(r["method"], r["sparsity"], r.get("calib_samples", 64)) for r in rows}
 
     _, tokenizer = load_model("smollm2-135m", tokenizer=True)
     calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"))
@@ -104,7 +112,7 @@ def main() -> None:
     def evaluate(model) -> dict:
         return {f"ppl_{T}": perplexity(model, w).perplexity for T, w in windows.items()}
 
-    if ("dense", 0.0) not in done:
+    if ("dense", 0.0, 64) not in done:
         dense, _ = load_model("smollm2-135m", tokenizer=False)
         row = {"method": "dense", "sparsity": 0.0, **evaluate(dense), "tokens_per_s": throughput(dense, eval_tokens),
                "parameters": num_parameters(dense)}
@@ -115,14 +123,14 @@ def main() -> None:
 
     for sparsity in [float(s) for s in args.sparsity.split(",")]:
         for name in [m for m in args.methods.split(",") if m]:
-            if (name, sparsity) in done:
+            if (name, sparsity, args.calib_samples) in done:
                 continue
             model, _ = load_model("smollm2-135m", tokenizer=False)
             start = time.perf_counter()
             model, report = prune(model, calib, PruneConfig(sparsity=sparsity, **VARIANTS[name]))
             seconds = time.perf_counter() - start
             row = {
-                "method": name, "sparsity": sparsity, **evaluate(model), "prune_seconds": seconds,
+                "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, **evaluate(model), "prune_seconds": seconds,
                 "fraction_of_prunable_removed": report["fraction_of_prunable_removed"],
                 "fraction_of_all_removed": report["fraction_of_all_removed"], "parameters": report["parameters_after"],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

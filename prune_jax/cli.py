@@ -35,9 +35,13 @@ def _fail(message: str) -> None:
 @app.command("prune")
 def prune_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
-    method: str = typer.Option("dap", help="random | magnitude | depth2 | wanda-sp | flap | dap | dap-empirical"),
+    method: str = typer.Option("dap", help="random | magnitude | depth2 | wanda-sp | flap | dap | dap-cov | dap-empirical"),
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
-    recover: bool = typer.Option(False, "--recover", help="Refit o_proj / down_proj to the dense outputs (ridge LS)."),
+    recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
+    refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
+    head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
+    similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats)."),
+    allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores)."),
     calib: str = typer.Option("wiki-sample", help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
     calib_samples: int = typer.Option(64, help="Calibration sequences."),
     calib_seq_len: int = typer.Option(128, help="Tokens per calibration sequence."),
@@ -65,8 +69,9 @@ def prune_command(
             if layer_start is None or layer_stop is None:
                 _fail("--layer-start and --layer-stop go together")
             layer_range = (layer_start, layer_stop)
-        config = PruneConfig(method=method, sparsity=sparsity, recover=recover, head_mode=head_mode, layer_range=layer_range,
-                             attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed)
+        config = PruneConfig(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
+                             head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
+                             layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed)
         start = time.perf_counter()
         net, tok = load_model(model)
         if tok is None:
@@ -97,7 +102,7 @@ def prune_command(
 @app.command("demo")
 def demo_command(
     method: str = typer.Option("dap", help="Pruning score (see prune --help)."),
-    recover: bool = typer.Option(True, "--recover/--no-recover", help="Ridge refit of o_proj / down_proj."),
+    recover: bool = typer.Option(True, "--recover/--no-recover", help="Layer-wise recovery (ridge refit of every linear map)."),
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove."),
     calib_samples: int = typer.Option(64, help="Calibration sequences of 128 tokens."),
     eval_windows_count: int = typer.Option(64, "--eval-windows", help="Evaluation windows of 128 tokens."),

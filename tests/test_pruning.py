@@ -93,23 +93,129 @@ def test_recovery_is_exact_with_full_rank_gram_and_never_hurts():
     assert info2["held_out_error"] <= info2["errors"]["unrefit"]
 
 
-def test_recovery_lowers_the_block_reconstruction_error():
+@pytest.mark.parametrize("refit", ["full", "second"])
+def test_recovery_lowers_the_block_reconstruction_error(refit):
     tokens = calib(3, (24, 16))
     dense = tiny(seed=1)
     probe = jnp.asarray(calib(4, (4, 16)))
     reference = np.asarray(dense(probe))
     errors = {}
     for recover in (False, True):
-        pruned, report = prune(tiny(seed=1), tokens, PruneConfig(method="dap", sparsity=0.3, recover=recover, layer_range=(1, 3)))
+        config = PruneConfig(method="dap", sparsity=0.3, recover=recover, refit=refit, layer_range=(1, 3))
+        pruned, report = prune(tiny(seed=1), tokens, config)
         errors[recover] = float(np.mean((np.asarray(pruned(probe)) - reference) ** 2))
     assert errors[True] < errors[False]
-    assert all("down_proj_recovery" in layer for layer in report["layers"][1:3])
+    # Every block from the first pruned one on is refit (block 3 sees a changed stream too).
+    assert all("down_proj_recovery" in layer and "o_proj_recovery" in layer for layer in report["layers"][1:])
+    assert not any("o_proj_recovery" in layer for layer in report["layers"][:1])
+    first_maps = ("qkv_proj_recovery", "gate_up_proj_recovery")
+    assert all((name in layer) == (refit == "full") for layer in report["layers"][1:] for name in first_maps)
+    for layer in report["layers"][1:]:  # the chosen refit never loses to the unrefit map on held-out tokens
+        for name in ("o_proj_recovery", "down_proj_recovery") + (first_maps if refit == "full" else ()):
+            assert layer[name]["held_out_error"] <= layer[name]["errors"]["unrefit"]
 
 
-def test_flap_bias_compensation_exports_with_biases(tmp_path: Path):
+def test_attention_probabilities_are_causal_rows_that_reproduce_the_heads():
+    from prune_jax.models.llama.modeling import rope_inverse_frequencies
+
+    model = tiny()
+    attn = model.layers[1].attn
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 10, 32)), jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(10)[None], (2, 10))
+    inv_freq = jnp.asarray(rope_inverse_frequencies(model.config))
+    probs = np.asarray(attn.probabilities(x, positions, inv_freq))  # [B, N, T, T]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(probs, k=1) == 0)
+    _, _, v = attn.projections(x)
+    group = 6 // 2
+    v_per_head = np.repeat(np.asarray(v), group, axis=2)  # [B, T, N, H]: head n reads KV head n // G
+    np.testing.assert_allclose(np.einsum("bnts,bsnh->btnh", probs, v_per_head), np.asarray(attn.heads(x, positions, inv_freq)), atol=1e-5)
+
+
+def test_head_divergence_is_the_textbook_jensen_shannon_mean():
+    from prune_jax.pruning.calibrate import head_divergence
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 4, 5, 5))
+    causal = np.tril(np.ones((5, 5), bool))
+    probs = np.where(causal, np.exp(logits), 0.0)
+    probs /= probs.sum(-1, keepdims=True)
+    probs[:, 3] = probs[:, 1]  # heads 1 and 3 identical
+    divergence = head_divergence([jnp.asarray(probs[:2], jnp.float32), jnp.asarray(probs[2:], jnp.float32)])
+
+    def kl(p, q):
+        mask = p > 0
+        return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+    expected = np.zeros((4, 4))
+    for a in range(4):
+        for b in range(4):
+            rows = [(probs[s, a, t], probs[s, b, t]) for s in range(3) for t in range(5)]
+            expected[a, b] = np.mean([0.5 * kl(p, (p + q) / 2) + 0.5 * kl(q, (p + q) / 2) for p, q in rows])
+    np.testing.assert_allclose(divergence, expected, atol=1e-5)
+    assert divergence[1, 3] < 1e-6 and np.all(divergence <= np.log(2) + 1e-6)
+
+
+def test_similarity_greedy_marks_one_head_of_each_similar_pair():
+    from prune_jax.pruning.scores import prefer_marked, similar_heads
+
+    d = np.full((5, 5), 0.5)
+    np.fill_diagonal(d, 0.0)
+    d[0, 1] = d[1, 0] = 0.01  # pair (0, 1): head 0 scores lower, so it goes
+    d[1, 2] = d[2, 1] = 0.05  # (1, 2): head 1 is kept as 0's representative; 2 is marked
+    d[3, 4] = d[4, 3] = 0.3  # above τ: both survive
+    scores = np.array([1.0, 5.0, 2.0, 0.1, 0.2])
+    marked = similar_heads(d, scores, tau=0.2)
+    assert marked.tolist() == [True, False, True, False, False]
+    # With a budget of 3 removals: marked heads first (by score), then the lowest score.
+    order = np.argsort(prefer_marked(scores, marked))
+    assert order[:3].tolist() == [0, 2, 3]
+
+
+def test_similarity_criterion_removes_a_duplicated_head():
+    from flax import nnx
+
+    model = tiny(seed=3)
+    attn = model.layers[1].attn
+    q, o = attn.q_kernel[...], attn.o_kernel[...]
+    # Head 1 copies head 0 (same KV group, same queries): identical attention maps, D = 0.
+    attn.q_kernel = nnx.Param(q.at[:, 1].set(q[:, 0]))
+    attn.o_kernel = nnx.Param(o.at[1].set(o[0] * 3.0))  # a large output norm: the score alone would keep both
+    config = PruneConfig(method="dap", attention_ratio=0.34, ffn_ratio=0.0, layer_range=(1, 2), head_criterion="similarity", similarity_tau=1e-4)
+    _, report = prune(model, calib(), config)
+    kept = report["layers"][1]["heads_kept"]
+    assert len(kept) == 4 and (0 in kept) != (1 in kept)
+    assert set(report["layers"][1]["similar_heads_marked"]) & {0, 1}
+
+
+def test_adaptive_allocation_meets_the_budget_with_a_global_threshold():
+    from prune_jax.pruning.prune import adaptive_cuts, prunable_parameters
+
+    model = tiny()
+    rng = np.random.default_rng(0)
+    # Layer 1's channel scores have a long low tail (a few units far below the rest), layer 2's are
+    # symmetric: after per-layer standardisation the global threshold cuts more of layer 1.
+    skewed = np.concatenate([rng.normal(0, 0.05, 40), np.full(8, -10.0)])
+    scores = {1: (rng.standard_normal(6), skewed), 2: (rng.standard_normal(6), rng.standard_normal(48))}
+    cuts = adaptive_cuts(model, scores, sparsity=0.05, head_mode="per-group")
+    assert cuts[1][1] > cuts[2][1]
+    removed = sum(h * 2 * (2 * 32 * 8) + c * 3 * 32 for h, c in cuts.values())
+    assert removed >= 0.05 * prunable_parameters(model)
+    for sparsity in (0.1, 0.25):  # end to end: the exact fraction is reached, widths may differ per layer
+        pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=sparsity, allocation="adaptive", layer_range=(0, 4)))
+        assert sparsity <= report["fraction_of_prunable_removed"] < sparsity + 0.12
+        assert all(h % kv == 0 for h, kv in report["layer_heads"])
+        assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
+
+
+@pytest.mark.parametrize("recover", [False, True])
+def test_flap_bias_compensation_exports_with_biases(tmp_path: Path, recover):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=0.25, layer_range=(0, 4)))
+    # With recovery, every bias is refit jointly with its kernel (intercept column).
+    pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=0.25, layer_range=(0, 4), recover=recover))
+    if recover:
+        assert all(layer["down_proj_recovery"]["held_out_error"] <= layer["down_proj_recovery"]["errors"]["unrefit"] for layer in report["layers"])
     assert pruned.config.attention_bias and pruned.config.mlp_bias
     assert save_hf(pruned, None, tmp_path / "flap") is None  # uniform widths: stock-loadable
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "flap").eval()
@@ -129,6 +235,10 @@ def test_prune_errors():
         PruneConfig(sparsity=0.0)
     with pytest.raises(ValueError, match="method must be one of"):
         PruneConfig(method="sparsegpt")
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        PruneConfig(allocation="global")
+    with pytest.raises(ValueError, match="head_criterion must be one of"):
+        PruneConfig(head_criterion="entropy")
     with pytest.raises(ValueError, match="calibration must be"):
         prune(model, np.zeros((0, 16), np.int64))
     with pytest.raises(ValueError, match="calibration must be"):
@@ -166,3 +276,29 @@ def test_calibration_statistics_match_numpy():
     np.testing.assert_allclose(stats.up_var, up.var(0), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(stats.gate_sq_mean, (gate**2).mean(0), rtol=1e-4)
     assert stats.tokens == 21
+
+
+def test_taylor_importance_matches_torch_autograd(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from prune_jax.pruning.calibrate import taylor_importance
+
+    model = tiny(seed=4, hidden_size=48)  # transformers wants hidden = heads · head_dim
+    tokens = calib(9, (4, 12))
+    ours = taylor_importance(model, tokens, batch_size=3)  # batches of 3 and 1: accumulation is exact
+    save_hf(model, None, tmp_path / "m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32)
+    batch = torch.as_tensor(tokens, dtype=torch.long)
+    logits = hf(batch[:, :-1]).logits
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
+    for layer, (heads, channels) in enumerate(ours):
+        attn, mlp = hf.model.layers[layer].self_attn, hf.model.layers[layer].mlp
+
+        def saliency(linear):
+            return (linear.weight * linear.weight.grad).abs().detach().numpy()  # [out, in]
+
+        q = saliency(attn.q_proj).reshape(6, 8, 48).sum(axis=(1, 2))  # q_proj rows of head n
+        o = saliency(attn.o_proj).reshape(48, 6, 8).sum(axis=(0, 2))  # o_proj columns of head n
+        np.testing.assert_allclose(heads, q + o, rtol=2e-3, atol=1e-7)
+        expected = saliency(mlp.gate_proj).sum(1) + saliency(mlp.up_proj).sum(1) + saliency(mlp.down_proj).sum(0)
+        np.testing.assert_allclose(channels, expected, rtol=2e-3, atol=1e-7)

@@ -8,6 +8,10 @@ highest matmul precision:
     E[h_j²], Var(h_j), Σ h_j² (= ‖h_j‖₂²), E[(W_Uᵀx)_j²], E[(W_Gᵀx)_j²], E[h_j]
   AttentionStats (o_proj input column c = (head n, dim d)):
     E[z_c²], Var(z_c), Σ z_c², E[z_c]
+  head_divergence (attention maps P_n [T, T] of query head n):
+    D_ab = mean over sequences and query positions t of JS(P_a[t], P_b[t])
+  taylor_importance (LLM-Pruner "element-1"): Σ_{w ∈ unit} |w · ∂L/∂w| with L the
+    mean next-token cross-entropy of the dense model on the calibration tokens
 """
 
 from __future__ import annotations
@@ -93,3 +97,79 @@ def gram(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     xf = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     yf = y.reshape(-1, y.shape[-1]).astype(jnp.float32)
     return jnp.matmul(xf.T, xf, precision=HIGHEST), jnp.matmul(xf.T, yf, precision=HIGHEST)
+
+
+def _js_row(p: jax.Array, probs: jax.Array) -> jax.Array:
+    """Σ over batch and query positions of JS(p[t], probs[n, t]) for every head n.
+
+    p [B, T, T] (one head), probs [B, N, T, T] → [N]. JS(p, q) = ½KL(p‖m) + ½KL(q‖m),
+    m = (p + q)/2, in nats (at most ln 2); masked (zero) entries contribute 0.
+    """
+    p = p[:, None]
+    m = 0.5 * (p + probs)
+    kl_p = jnp.sum(jax.scipy.special.xlogy(p, p) - jax.scipy.special.xlogy(p, m), axis=-1)
+    kl_q = jnp.sum(jax.scipy.special.xlogy(probs, probs) - jax.scipy.special.xlogy(probs, m), axis=-1)
+    return jnp.sum(0.5 * (kl_p + kl_q), axis=(0, 2))
+
+
+_js_row_jit = jax.jit(_js_row)
+
+
+def head_divergence(prob_batches: Iterable[jax.Array]) -> np.ndarray:
+    """[N, N] mean Jensen–Shannon divergence between the heads' attention rows.
+
+    Args:
+      prob_batches: iterable of [B, N, T, T] attention maps (``Attention.probabilities``).
+    """
+    total, count = None, 0
+    for probs in prob_batches:
+        probs = probs.astype(jnp.float32)
+        rows = jnp.stack([_js_row_jit(probs[:, a], probs) for a in range(probs.shape[1])])
+        total = rows if total is None else total + rows
+        count += probs.shape[0] * probs.shape[2]
+    if count == 0:
+        raise ValueError("calibration set is empty: no attention maps to compare")
+    divergence = np.asarray(total, np.float64) / count
+    return 0.5 * (divergence + divergence.T)
+
+
+def taylor_importance(model, tokens: np.ndarray, *, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """First-order Taylor importance of every query head and FFN channel (LLM-Pruner,
+    element-wise, summed over the unit's weights) of the dense model.
+
+    Query head n: its q columns and o rows; FFN channel j: gate/up columns and down
+    row. ∂L/∂w is accumulated over batches of ``batch_size`` sequences.
+
+    Returns:
+      per layer, (head scores [N], channel scores [F]).
+    """
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tokens = jnp.asarray(tokens, jnp.int32)
+
+    @jax.jit
+    def loss_sum(p, batch):
+        logits = nnx.merge(graphdef, p, rest)(batch[:, :-1])
+        log_norm = jax.nn.logsumexp(logits, axis=-1)
+        target = jnp.take_along_axis(logits, batch[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(log_norm - target)
+
+    grad_fn = jax.jit(jax.grad(loss_sum))
+    grads = None
+    for start in range(0, tokens.shape[0], batch_size):
+        g = grad_fn(params, tokens[start : start + batch_size])
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    count = tokens.shape[0] * (tokens.shape[1] - 1)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    graded = nnx.merge(graphdef, grads, rest)
+    out = []
+    for block, gblock in zip(model.layers, graded.layers):
+        def saliency(module, gmodule, name):
+            return np.abs(np.asarray(getattr(module, name)[...], np.float32) * np.asarray(getattr(gmodule, name)[...], np.float32))
+
+        heads = saliency(block.attn, gblock.attn, "q_kernel").sum(axis=(0, 2)) + saliency(block.attn, gblock.attn, "o_kernel").sum(axis=(1, 2))
+        channels = (saliency(block.mlp, gblock.mlp, "gate_kernel").sum(0) + saliency(block.mlp, gblock.mlp, "up_kernel").sum(0)
+                    + saliency(block.mlp, gblock.mlp, "down_kernel").sum(1))
+        out.append((heads, channels))
+    return out

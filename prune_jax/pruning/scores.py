@@ -14,12 +14,22 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
   dap (paper)   ‖W_D[j]‖⁴ E[(u_jᵀx)²] E[(g_jᵀx)²]  Σ_c ‖W_O[c]‖² E[z_c²]   (second moment)
   dap-cov       Σ = covariance: Var(u_jᵀx) etc.   Σ_c ‖W_O[c]‖² Var(z_c)
   dap-empirical ‖W_D[j]‖² E[h_j²]                 same as dap
+  taylor        Σ |w ∂L/∂w| over the channel's     Σ |w ∂L/∂w| over the head's q columns
+                gate/up columns and down row       and o rows (LLM-Pruner element-1; from
+                                                   the dense model, ``taylor_importance``)
 
 The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
 pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
 moment of the channel's pre-activation — accumulated per channel, no D×D Σ needed. The
 head score treats (attention output, W_O) as the depth-2 unit: a query head's share of
 the block output has energy Σ_c ‖W_O[c]‖² E[z_c²].
+
+Head similarity (paper §3.2, ``similar_heads``): with D_ab the mean Jensen–Shannon
+divergence between the attention maps of heads a and b, pairs are visited in
+ascending D; while D < τ and neither head is marked yet, the lower-scoring head of
+the pair is marked as redundant (one representative of each similar pair survives).
+A fixed budget is then met by removing marked heads first and filling (or
+truncating) by the score (``prefer_marked``).
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ import numpy as np
 
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats
 
-METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical")
+METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical", "taylor")
+GRADIENT_METHODS = ("taylor",)  # scored from gradients of the dense model, not from activation statistics
 
 
 def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
@@ -100,3 +111,24 @@ def keep_heads_per_group(scores: np.ndarray, kv_heads: int, remove_per_group: in
         keep.extend(k * size + keep_top(groups[k], size - remove_per_group))
     return np.asarray(sorted(keep))
 
+
+
+def similar_heads(divergence: np.ndarray, scores: np.ndarray, tau: float) -> np.ndarray:
+    """Boolean [N]: heads marked redundant by the greedy over pairs with D_ab < τ."""
+    divergence = np.asarray(divergence)
+    heads = divergence.shape[0]
+    a, b = np.triu_indices(heads, k=1)
+    marked = np.zeros(heads, bool)
+    for i in np.argsort(divergence[a, b], kind="stable"):
+        if divergence[a[i], b[i]] >= tau:
+            break
+        if not (marked[a[i]] or marked[b[i]]):
+            marked[a[i] if scores[a[i]] <= scores[b[i]] else b[i]] = True
+    return marked
+
+
+def prefer_marked(scores: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Scores reordered so every marked head ranks below every unmarked one (within
+    each set the score's order is kept): removal takes marked heads first."""
+    ranks = np.argsort(np.argsort(np.asarray(scores), kind="stable"), kind="stable").astype(np.float64)
+    return ranks - len(ranks) * np.asarray(marked, np.float64)

@@ -275,21 +275,39 @@ class Attention(nnx.Module):
             out = out + self.o_bias[...][None, None, :]
         return out
 
-    def heads(self, x: Array, positions: Array, inv_freq: Array) -> Array:
-        """Per-head attention outputs before o_proj, [B, T, N, H] (o_proj's input)."""
-        q_kernel, k_kernel, v_kernel = self.q_kernel[...], self.k_kernel[...], self.v_kernel[...]
-        heads, kv_heads, head_dim = q_kernel.shape[1], k_kernel.shape[1], q_kernel.shape[2]
-        q = jnp.einsum("BTD,DNH->BTNH", x, q_kernel)
-        k = jnp.einsum("BTD,DKH->BTKH", x, k_kernel)
-        v = jnp.einsum("BTD,DKH->BTKH", x, v_kernel)
+    def projections(self, x: Array) -> tuple[Array, Array, Array]:
+        """(q [B, T, N, H], k, v [B, T, K, H]) before RoPE, biases included."""
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_kernel[...])
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_kernel[...])
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_kernel[...])
         if self.q_bias is not None:
             q = q + self.q_bias[...][None, None, :, :]
             k = k + self.k_bias[...][None, None, :, :]
             v = v + self.v_bias[...][None, None, :, :]
+        return q, k, v
+
+    def _grouped_qkv(self, x: Array, positions: Array, inv_freq: Array) -> tuple[Array, Array, Array]:
+        q, k, v = self.projections(x)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        batch, length, heads, head_dim = q.shape
+        kv_heads = k.shape[2]
+        return q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim), k, v  # q [B, T, K, G, H]
+
+    def heads(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """Per-head attention outputs before o_proj, [B, T, N, H] (o_proj's input)."""
+        q, k, v = self._grouped_qkv(x, positions, inv_freq)
         batch, length = x.shape[0], x.shape[1]
-        q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)  # [B, T, K, G, H]
-        return causal_attention(q, k, v).reshape(batch, length, heads, head_dim)
+        return causal_attention(q, k, v).reshape(batch, length, -1, q.shape[-1])
+
+    def probabilities(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """Attention maps softmax(q kᵀ/√H + causal mask), float32 [B, N, T, T] (calibration
+        of the head-similarity criterion; O(T²) memory, so short sequences only)."""
+        q, k, _ = self._grouped_qkv(x, positions, inv_freq)
+        length = q.shape[1]
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(q.shape[-1]))
+        causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+        probs = jax.nn.softmax(jnp.where(causal, scores, jnp.float32(-1e30)), axis=-1)
+        return probs.reshape(probs.shape[0], -1, length, length)
 
 
 class MLP(nnx.Module):
