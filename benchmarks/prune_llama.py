@@ -89,6 +89,38 @@ def check_export(calib: np.ndarray, windows: np.ndarray) -> dict:
             "relative_difference": abs(ours - theirs) / theirs, "windows": int(len(windows)), "parameters_after": report["parameters_after"]}
 
 
+def measure_speed(tokens: np.ndarray, sparsities: list[float], rounds: int = 5) -> list[dict]:
+    """Forward tokens/s (8 × 128) of the dense shape vs the uniformly pruned shapes, interleaved
+    in rounds in one process (the speed-up depends on shapes only, not on which units were
+    removed); ratio = median over rounds of pruned / dense in the same round."""
+    import dataclasses
+
+    from prune_jax.models.llama import init_llama
+    from prune_jax.pruning.prune import _layer_cuts, default_layer_range, solve_ratio
+
+    dense, _ = load_model("smollm2-135m", tokenizer=False)
+    config = dense.config
+    layers = range(*default_layer_range(config.num_layers))
+    batch = np.asarray(tokens[: 8 * 128]).reshape(8, 128)
+    models = {}
+    for sparsity in sparsities:
+        ratio = solve_ratio(dense, layers, sparsity, "per-group")
+        heads, widths = list(config.layer_heads), list(config.layer_intermediate)
+        for layer in layers:
+            head_cut, channel_cut = _layer_cuts(dense, layer, ratio, ratio, "per-group")
+            n, k = heads[layer]
+            heads[layer], widths[layer] = (n - head_cut * k, k), widths[layer] - channel_cut
+        models[sparsity] = init_llama(dataclasses.replace(config, layer_heads=tuple(heads), layer_intermediate=tuple(widths)))
+    samples = {s: [] for s in [0.0, *sparsities]}
+    for _ in range(rounds):
+        samples[0.0].append(forward_tokens_per_second(dense, batch, repeats=3))
+        for sparsity, model in models.items():
+            samples[sparsity].append(forward_tokens_per_second(model, batch, repeats=3))
+    return [{"sparsity": s, "tokens_per_s": float(np.median(v)), "parameters": num_parameters(models[s]) if s else num_parameters(dense),
+             "speedup_vs_dense": 1.0 if s == 0.0 else float(np.median(np.asarray(v) / np.asarray(samples[0.0])))}
+            for s, v in samples.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sparsity", default="0.2,0.4")
@@ -97,6 +129,7 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--export-check", action="store_true", help="also prune all blocks uniformly, export, reload in transformers")
+    parser.add_argument("--speed", action="store_true", help="also measure dense vs pruned-shape forward speed, interleaved")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "prune_llama.json"
@@ -140,13 +173,22 @@ def main() -> None:
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
             save_json_atomic(out_json, {"rows": rows})
-    export_check = json.loads(out_json.read_text()).get("export_check") if out_json.exists() else None
+    previous = json.loads(out_json.read_text()) if out_json.exists() else {}
+    export_check, speed = previous.get("export_check"), previous.get("speed")
+    if args.speed:
+        speed = measure_speed(eval_tokens, sorted({float(s) for s in args.sparsity.split(",")} | {0.2, 0.4}))
+        print(speed, flush=True)
     if args.export_check:
         export_check = check_export(calib, windows[128])
         print(export_check, flush=True)
-    config = {"calibration": f"{args.calib_samples} x 128 tokens, wiki-sample calibration split, seed 0",
+    config = {"calibration": "64 x 128 tokens (unless a row says otherwise), wiki-sample calibration split, seed 0",
               "eval_tokens_per_window_size": args.eval_tokens, "layer_range": "[4, 28)"}
-    save_json_atomic(out_json, {"rows": rows, "config": config, "export_check": export_check})
+    save_json_atomic(out_json, {"rows": rows, "config": config, "export_check": export_check, "speed": speed})
+
+    def label(r: dict) -> str:
+        calib_samples = r.get("calib_samples", 64)
+        return r["method"] + ("" if calib_samples == 64 else f" ({calib_samples} calibration sequences)")
+
     lines = [
         "# SmolLM2-135M structured pruning: perplexity by method and sparsity",
         "",
@@ -156,10 +198,19 @@ def main() -> None:
         "| method | sparsity | removed (prunable / all) | PPL@128 | PPL@2048 | prune s | tokens/s | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
     for r in sorted(rows, key=lambda r: (r["sparsity"], r.get("ppl_128", 0))):
         removed = f"{r['fraction_of_prunable_removed']:.1%} / {r['fraction_of_all_removed']:.1%}" if r["method"] != "dense" else "—"
-        lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {removed} | {r['ppl_128']:.2f} | {r['ppl_2048']:.2f} | "
+        lines.append(f"| {label(r)} | {r['sparsity']:.0%} | {removed} | {r['ppl_128']:.2f} | {r['ppl_2048']:.2f} | "
                      f"{r.get('prune_seconds', 0):.0f} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_dense', 1.0):.2f}× |")
+    if speed:
+        lines += ["", "Forward speed of the pruned shapes (uniform allocation, random weights of the same shapes), 8 × 128 tokens, "
+                  "interleaved with the dense model in one process (`--speed`); the per-row tokens/s above were measured while "
+                  "other jobs shared the CPU.", "", "| sparsity | parameters | tokens/s | speed-up |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['sparsity']:.0%} | {r['parameters']:,} | {r['tokens_per_s']:.0f} | {r['speedup_vs_dense']:.2f}× |" for r in speed]
+    if export_check:
+        lines += ["", f"Export check: {export_check['method']} → save_hf → stock transformers: perplexity {export_check['ours_perplexity']:.4f} (ours) "
+                  f"vs {export_check['transformers_perplexity']:.4f} (transformers), relative difference {export_check['relative_difference']:.1e}."]
     (RESULTS / "prune_llama.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -167,8 +218,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if r["method"] == name)
+    for name in dict.fromkeys(label(r) for r in rows if r["method"] != "dense"):
+        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if label(r) == name)
         ax.plot([0.0] + [p[0] for p in pts], [dense_row["ppl_128"]] + [p[1] for p in pts], marker="o", label=name)
     ax.set(yscale="log", xlabel="fraction of prunable parameters removed", ylabel="perplexity (128-token windows)",
            title="SmolLM2-135M structured pruning")

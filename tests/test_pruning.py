@@ -302,3 +302,16 @@ def test_taylor_importance_matches_torch_autograd(tmp_path: Path):
         np.testing.assert_allclose(heads, q + o, rtol=2e-3, atol=1e-7)
         expected = saliency(mlp.gate_proj).sum(1) + saliency(mlp.up_proj).sum(1) + saliency(mlp.down_proj).sum(0)
         np.testing.assert_allclose(channels, expected, rtol=2e-3, atol=1e-7)
+
+
+def test_data_free_scores_equal_dap_on_white_inputs():
+    from prune_jax.pruning.calibrate import mlp_stats
+    from prune_jax.pruning.scores import ffn_channel_scores
+
+    model = tiny()
+    mlp = model.layers[0].mlp
+    # Tokens √D·e_i, i = 1..D: their second moment E[xxᵀ] is exactly I.
+    x = jnp.asarray(np.sqrt(32.0) * np.eye(32)[None], jnp.float32)  # [1, 32 tokens, 32]
+    stats = mlp_stats(mlp, [x])
+    key = jax.random.key(0)
+    np.testing.assert_allclose(ffn_channel_scores("dap", mlp, stats, key=key), ffn_channel_scores("dap-data-free", mlp, stats, key=key), rtol=1e-4)

@@ -14,6 +14,8 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
   dap (paper)   ‖W_D[j]‖⁴ E[(u_jᵀx)²] E[(g_jᵀx)²]  Σ_c ‖W_O[c]‖² E[z_c²]   (second moment)
   dap-cov       Σ = covariance: Var(u_jᵀx) etc.   Σ_c ‖W_O[c]‖² Var(z_c)
   dap-empirical ‖W_D[j]‖² E[h_j²]                 same as dap
+  dap-data-free Σ = I: ‖W_D[j]‖⁴ ‖u_j‖² ‖g_j‖²      Σ_c ‖W_O[c]‖² ‖W_V[:, c]‖²  (no calibration
+                                                   statistics; a head's values ≈ its input)
   taylor        Σ |w ∂L/∂w| over the channel's     Σ |w ∂L/∂w| over the head's q columns
                 gate/up columns and down row       and o rows (LLM-Pruner element-1; from
                                                    the dense model, ``taylor_importance``)
@@ -39,7 +41,7 @@ import numpy as np
 
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats
 
-METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical", "taylor")
+METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical", "dap-data-free", "taylor")
 GRADIENT_METHODS = ("taylor",)  # scored from gradients of the dense model, not from activation statistics
 
 
@@ -70,6 +72,8 @@ def ffn_channel_scores(method: str, mlp, stats: MLPStats, *, key: jax.Array, nor
         return down_sq * down_sq * stats.up_var * stats.gate_var
     if method == "dap-empirical":
         return down_sq * stats.h_sq_mean
+    if method == "dap-data-free":
+        return down_sq * down_sq * (up * up).sum(axis=0) * (gate * gate).sum(axis=0)
     raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
 
 
@@ -92,6 +96,11 @@ def head_scores(method: str, attn, stats: AttentionStats, *, key: jax.Array, nor
         return (stats.z_sq_mean * o_sq).sum(axis=1)
     if method == "dap-cov":
         return (stats.z_var * o_sq).sum(axis=1)
+    if method == "dap-data-free":  # Σ = I: E[z_c²] → ‖W_V[:, c]‖² of the head's KV group
+        v = np.asarray(attn.v_kernel[...], np.float32)  # [D, K, H]
+        group = q.shape[1] // v.shape[1]
+        v_sq = np.repeat((v * v).sum(axis=0), group, axis=0)  # [N, H]
+        return (v_sq * o_sq).sum(axis=1)
     raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
 
 
