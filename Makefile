@@ -47,7 +47,10 @@ test: $(VENV)/.installed-test data
 bench: $(VENV)/.installed-bench data
 	$(BIN)/python benchmarks/sketch_variants.py
 	$(BIN)/python benchmarks/synthetic_regression.py
+	$(BIN)/python benchmarks/per_sample_grads.py
+	$(BIN)/python benchmarks/real_lp_ft.py
 	$(BIN)/python benchmarks/llama_eval.py
+	$(BIN)/python benchmarks/prune_llama.py --speed
 
 clean:
 	rm -rf $(VENV) .pytest_cache
