@@ -48,11 +48,13 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "dap + similarity + recovery": dict(method="dap", head_criterion="similarity", recover=True),
     "dap adaptive + recovery": dict(method="dap", allocation="adaptive", recover=True),
     "dap-cov + recovery": dict(method="dap-cov", recover=True),
+    "dap-cov + recovery + bias": dict(method="dap-cov", recover=True, bias_compensation=True),
     "dap-empirical + recovery": dict(method="dap-empirical", recover=True),
     "dap-empirical adaptive + recovery": dict(method="dap-empirical", allocation="adaptive", recover=True),
     "dap + recovery + bias": dict(method="dap", recover=True, bias_compensation=True),
     "dap-empirical + recovery + bias": dict(method="dap-empirical", recover=True, bias_compensation=True),
     "taylor": dict(method="taylor"),
+    "dap-data-free": dict(method="dap-data-free"),
     "flap + recovery": dict(method="flap", recover=True),
 }
 
