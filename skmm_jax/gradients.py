@@ -182,6 +182,8 @@ def sketch_per_sample_grads(
     mesh: jax.sharding.Mesh | None = None,
     axis: str = "data",
     progress: Progress | None = None,
+    out: np.ndarray | None = None,
+    start_row: int = 0,
 ) -> np.ndarray:
     """Returns G̃ = G Γ [N, m] (float32, host) without ever holding G [N, r].
 
@@ -208,9 +210,15 @@ def sketch_per_sample_grads(
         one device.
       axis: the mesh axis the samples are sharded over.
       progress: optional callback ``(samples_done, samples_total)`` after each chunk.
+      out: optional preallocated float32 [N, m] array to write the rows into — e.g.
+        ``np.lib.format.open_memmap(path, "w+", np.float32, (N, m))`` for pools whose
+        sketches do not fit in memory; each chunk's rows are written as it finishes.
+      start_row: resume an interrupted run: rows [0, start_row) of ``out`` are taken
+        as done and only samples from ``start_row`` on are evaluated (needs ``out``).
 
     Returns:
-      float32 NumPy array [N, m]; row i is g_i Γ with g_i = ∇_θ loss(θ0; sample i).
+      float32 NumPy array [N, m] (``out`` when given); row i is g_i Γ with
+      g_i = ∇_θ loss(θ0; sample i).
 
     Raises:
       ValueError: inconsistent data, a sketch of the wrong size, a bad mesh axis,
@@ -242,7 +250,14 @@ def sketch_per_sample_grads(
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         params, frozen, sketch = jax.device_put((params, frozen, sketch), replicated)
 
-    out = np.empty((n, sketch.out_dim), np.float32)
+    if out is None:
+        if start_row:
+            raise ValueError("start_row needs out=: the rows before it must already be there")
+        out = np.empty((n, sketch.out_dim), np.float32)
+    elif out.shape != (n, sketch.out_dim) or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 [{n}, {sketch.out_dim}] array, got {out.dtype} {out.shape}")
+    if not 0 <= start_row <= n:
+        raise ValueError(f"start_row must lie in [0, {n}], got {start_row}")
 
     def finish(start: int, stop: int, result: tuple[Array, Array]) -> None:
         sketched, ok = result
@@ -259,7 +274,7 @@ def sketch_per_sample_grads(
             progress(stop, n)
 
     pending = None
-    for start in range(0, n, size):
+    for start in range(start_row, n, size):
         stop = min(start + size, n)
         chunk = [_host_chunk(leaf, start, stop, size) for leaf in leaves]
         chunk = jax.device_put(chunk, chunk_sharding) if chunk_sharding is not None else jax.device_put(chunk)
@@ -269,7 +284,8 @@ def sketch_per_sample_grads(
         if pending is not None:
             finish(*pending)
         pending = (start, stop, result)
-    finish(*pending)
+    if pending is not None:
+        finish(*pending)
     return out
 
 

@@ -347,3 +347,31 @@ def test_optax_reference_value():
     want = optax.softmax_cross_entropy_with_integer_labels(linear_head(params, x), y)
     np.testing.assert_allclose(labelled_loss(linear_head)(params, (x, y)), want, rtol=1e-6)
 
+
+
+def test_sketches_stream_into_a_memmap_and_an_interrupted_run_resumes(problem, tmp_path):
+    params, data = problem
+    sketch = make_pytree_sketch("kronecker", jax.random.key(5), params, M)
+    expected = sketch_per_sample_grads(LOSS, params, data, sketch, chunk_size=CHUNK)
+    path = tmp_path / "sketch.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=expected.shape)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_chunk(done, total):
+        if done >= CHUNK:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        sketch_per_sample_grads(LOSS, params, data, sketch, chunk_size=CHUNK, out=out, progress=stop_after_first_chunk)
+    out.flush()
+    del out
+    resumed = np.load(path, mmap_mode="r+")
+    got = sketch_per_sample_grads(LOSS, params, data, sketch, chunk_size=CHUNK, out=resumed, start_row=CHUNK)
+    assert got is resumed
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    with pytest.raises(ValueError, match="start_row needs out="):
+        sketch_per_sample_grads(LOSS, params, data, sketch, start_row=3)
+    with pytest.raises(ValueError, match="out must be a float32"):
+        sketch_per_sample_grads(LOSS, params, data, sketch, out=np.zeros((N, M + 1), np.float32))
