@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import html
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -38,7 +37,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from skmm_jax.io import atomic_write
+from skmm_jax.io import atomic_write, iter_jsonl
 
 __all__ = [
     "DOCUMENT_SEPARATOR",
@@ -474,20 +473,10 @@ def _record_document(record: dict[str, Any], where: str) -> Document | None:
 
 def _jsonl_documents(path: Path) -> list[Document]:
     documents = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err}") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with a `text` field, got {type(record).__name__}")
-            document = _record_document(record, where)
-            if document is not None:
-                documents.append(document)
+    for where, record in iter_jsonl(path):
+        document = _record_document(record, where)
+        if document is not None:
+            documents.append(document)
     if not documents:
         raise ValueError(f"{path} has no records with non-blank `text`")
     return documents

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -32,6 +32,24 @@ def load_rows(path: str | os.PathLike) -> np.ndarray:
     if not np.issubdtype(rows.dtype, np.floating):
         raise ValueError(f"{path}: expected floating-point rows, got dtype {rows.dtype}")
     return rows
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """(where, record) for every non-blank line of a .jsonl file; ``where`` = "path line k"
+    for error messages. ValueError naming the line on invalid JSON or a non-object."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON: {err}") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skmm_jax.io import save_json_atomic
+from skmm_jax.io import iter_jsonl, save_json_atomic
 
 __all__ = [
     "ExtractedFeatures",
@@ -406,27 +406,18 @@ def jsonl_task(
         raise FileNotFoundError(f"jsonl task file {path} does not exist")
     report = progress or (lambda message: None)
     records: list[tuple[str, Any, str]] = []  # (text, label, source id)
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err}") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for key in (text_key, label_key):
-                if key not in record:
-                    raise ValueError(f"{where}: no {key!r} field (fields: {sorted(record)})")
-            text, label = record[text_key], record[label_key]
-            if not isinstance(text, str):
-                raise ValueError(f"{where}: {text_key!r} is {type(text).__name__}, expected a string")
-            if isinstance(label, bool) or not isinstance(label, (str, int)):
-                raise ValueError(f"{where}: {label_key!r} is {type(label).__name__}, expected a string or an integer")
-            source_id = str(record[id_key]) if record.get(id_key) is not None else f"{path.name}:{line_number}"
-            records.append((text, label, source_id))
+    for where, record in iter_jsonl(path):
+        for key in (text_key, label_key):
+            if key not in record:
+                raise ValueError(f"{where}: no {key!r} field (fields: {sorted(record)})")
+        text, label = record[text_key], record[label_key]
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: {text_key!r} is {type(text).__name__}, expected a string")
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise ValueError(f"{where}: {label_key!r} is {type(label).__name__}, expected a string or an integer")
+        line_number = where.rsplit(" ", 1)[-1]
+        source_id = str(record[id_key]) if record.get(id_key) is not None else f"{path.name}:{line_number}"
+        records.append((text, label, source_id))
     if not records:
         raise ValueError(f"{path} has no records")
     order = _label_order([label for _, label, _ in records], path)
