@@ -94,7 +94,7 @@ SKMM_FT: dict[str, Any] = {"input": "ft-grad", "sketch_kind": "gaussian", "sketc
 # sizes / methods of the FT table. FT_BASELINES are filled from the LP results when
 # empty: uniform + the FT_TOP_BASELINES strongest other LP methods by mean test accuracy.
 FT_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4)
-FT_EPOCHS = (1, 2)  # capped by the CPU budget: one FT epoch of n samples ≈ 0.04·n s here
+FT_EPOCHS = (1, 2, 5, 10)
 FT_BATCH = 32
 FT_FRACTIONS = (0.05, 0.10, 0.15)
 FT_TOP_BASELINES = 3
@@ -343,14 +343,15 @@ def choose_ft_hparams(data: Data, store: Store) -> dict:
     """lr × epochs on VALIDATION accuracy, uniform coreset of the middle FT size, seed 0; cached in the JSON."""
     saved = store.data.get("ft_hparams")
     grid = [{"learning_rate": lr, "epochs": ep} for lr in FT_LEARNING_RATES for ep in FT_EPOCHS]
-    if saved and saved.get("grid") == grid and all("val_accuracy" in s for s in saved["scores"]) and len(saved["scores"]) == len(grid):
+    if saved and saved.get("grid") == grid and "chosen" in saved:
         return saved
     sizes = pool_sizes(data, FT_FRACTIONS)
     n = sizes[len(sizes) // 2]
     pool = data.split("train")
     indices, _, _ = run_selection(data, "uniform", 0, n, SKMM_FT)
     chosen = pool[indices]
-    scores = list(saved["scores"]) if saved and saved.get("grid") == grid else []
+    # Grid points already measured (same n, seed, coreset rule) are reused when the grid grows.
+    scores = [s for s in (saved or {}).get("scores", []) if saved.get("n") == n and {"learning_rate": s["learning_rate"], "epochs": s["epochs"]} in grid]
     done = {(s["learning_rate"], s["epochs"]) for s in scores}
     for point in grid:
         if (point["learning_rate"], point["epochs"]) in done:
@@ -442,7 +443,7 @@ def run_tune(data: Data, store: Store, variants: list[dict]) -> None:
     for variant in todo:
         for seed in TUNE_SEEDS:
             for n in pool_sizes(data, POOL_FRACTIONS):
-                if any(t["variant"] == variant and t["seed"] == seed and t["n"] == n for t in tuning):
+                if any(t["variant"] == variant and t["seed"] == seed and t["n"] == n and t.get("ft") == hparams for t in tuning):
                     continue
                 method = "uniform" if variant["input"] == "uniform" else "skmm"
                 indices, seconds, _ = run_selection(data, method, seed, n, variant)
@@ -451,6 +452,38 @@ def run_tune(data: Data, store: Store, variants: list[dict]) -> None:
                 store.save()
         accs = [t["val_accuracy"] for t in tuning if t["variant"] == variant]
         print(f"tune {json.dumps(variant)}: mean val acc {np.mean(accs):.4f}", flush=True)
+
+
+TUNE_FT_VARIANTS = [  # compared on FT validation accuracy at the middle FT n (after the LP-validation pass)
+    {"input": "uniform"},
+    {"input": "standardized", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2},
+    {"input": "ft-grad-shared-standardized-l2", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2},
+    {"input": "features+ft-grad", "grad_weight": 0.5, "sketch_kind": None, "sketch_dim": None, "ridge": 0.2},
+]
+
+
+def run_tune_ft(data: Data, store: Store, variants: list[dict]) -> None:
+    """FT validation accuracy of SkMM input variants (and uniform) at the middle FT n, seeds TUNE_SEEDS; no test data."""
+    hparams = choose_ft_hparams(data, store)["chosen"]
+    config = FinetuneConfig(learning_rate=hparams["learning_rate"], epochs=hparams["epochs"], batch_size=hparams["batch_size"])
+    sizes = pool_sizes(data, FT_FRACTIONS)
+    n = sizes[len(sizes) // 2]
+    pool = data.split("train")
+    tuning = store.data.setdefault("tuning_ft", [])
+    for variant in variants:
+        for seed in TUNE_SEEDS:
+            if any(t["variant"] == variant and t["seed"] == seed and t["n"] == n and t.get("ft") == hparams for t in tuning):
+                continue
+            method = "uniform" if variant["input"] == "uniform" else "skmm"
+            indices, seconds, _ = run_selection(data, method, seed, n, variant)
+            result, probe, _, ft_seconds = _finetune_once(data, seed, pool[indices], config)
+            val = _ft_eval(data, result.model, "val")
+            tuning.append({"variant": variant, "seed": seed, "n": n, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                           "lp_init_val_accuracy": probe_metrics(data, probe, "val")["accuracy"], "finetune_seconds": ft_seconds,
+                           "ft": hparams})  # fmt: skip
+            store.save()
+        accs = [t["val_accuracy"] for t in tuning if t["variant"] == variant and t["n"] == n and t.get("ft") == hparams]
+        print(f"tune-ft {json.dumps(variant)}: mean FT val acc {np.mean(accs):.4f}", flush=True)
 
 
 # -------------------------------------------------------------------- report
@@ -576,6 +609,20 @@ def write_report(store: Store, data: Data) -> None:
             by_variant.setdefault(json.dumps(t["variant"]), []).append(t["val_accuracy"])
         lines += [f"| `{v}` | {100 * np.mean(a):.2f} |" for v, a in by_variant.items()]
         lines.append("")
+    if store.data.get("tuning_ft"):
+        lines += ["## SkMM inputs compared on FT validation accuracy (uniform-chosen FT hyperparameters, seeds 100–101)", "",
+                  "| variant | n | FT val accuracy (%) | LP-init val accuracy (%) |", "|---|---:|---:|---:|"]  # fmt: skip
+        by_variant: dict[tuple, list[dict]] = {}
+        chosen = (store.data.get("ft_hparams") or {}).get("chosen")
+        for t in store.data["tuning_ft"]:
+            if t.get("ft") != chosen:
+                continue
+            by_variant.setdefault((json.dumps(t["variant"]), t["n"]), []).append(t)
+        lines += [
+            f"| `{v}` | {n} | {100 * np.mean([t['val_accuracy'] for t in ts]):.2f} | {100 * np.mean([t['lp_init_val_accuracy'] for t in ts]):.2f} |"
+            for (v, n), ts in by_variant.items()
+        ]
+        lines.append("")
     timing = config.get("timing", {})
     if timing:
         lines += ["Runtime (this 2-core CPU, shared): " + ", ".join(f"{k} {v:.0f}s" for k, v in timing.items() if v is not None), ""]
@@ -617,7 +664,7 @@ def write_plot(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["lp", "ft", "all", "tune", "report"], default="all")
+    parser.add_argument("--part", choices=["lp", "ft", "all", "tune", "tune-ft", "report"], default="all")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", default=None, help="comma-separated; default: every LP method / skmm + uniform + top LP baselines for FT")
     parser.add_argument("--fresh", action="store_true", help="ignore saved results and start over")
@@ -638,13 +685,17 @@ def main() -> None:
         "pool_fractions": POOL_FRACTIONS, "lp_sizes": pool_sizes(data, POOL_FRACTIONS), "ft_sizes": pool_sizes(data, FT_FRACTIONS),
         "probe_grid": [dataclasses.asdict(c) for c in PROBE_GRID], "skmm_lp": SKMM_LP, "skmm_ft": SKMM_FT,
         "grad_sketch": GRAD_SKETCH, "ft_grid": {"learning_rates": FT_LEARNING_RATES, "epochs": FT_EPOCHS, "batch_size": FT_BATCH},
-        "tune_seeds": TUNE_SEEDS, "tune_lp_variants": TUNE_LP_VARIANTS,
+        "tune_seeds": TUNE_SEEDS, "tune_lp_variants": TUNE_LP_VARIANTS, "tune_ft_variants": TUNE_FT_VARIANTS,
         "jax": jax.__version__, "platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
     })  # fmt: skip
     if args.part == "tune":
         t0 = time.perf_counter()
         run_tune(data, store, TUNE_LP_VARIANTS)
         timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
+    if args.part == "tune-ft":
+        t0 = time.perf_counter()
+        run_tune_ft(data, store, TUNE_FT_VARIANTS)
+        timing["tune_ft_s"] = timing.get("tune_ft_s", 0.0) + time.perf_counter() - t0
     if args.part in ("lp", "all"):
         t0 = time.perf_counter()
         run_lp(data, store, args.seeds, methods or list(LP_METHODS))
