@@ -14,16 +14,19 @@ cached in ~/.cache/prune_jax/real_lp_ft/).
   is both the selection key (folded with n) and the training key.
 - FT: the last decoder block's MLP + a linear head are finetuned on the coreset from the
   cached layer inputs, starting from the LP probe trained on the same coreset (LP-FT).
-  SkMM selects from label-free sketched per-sample gradients of (MLP, head) at the
-  pretrained point with a random head (Jacobian sketch, Kronecker pytree sketch); the
-  baselines select from the pooled features exactly as in LP. The FT learning rate and
-  epochs are chosen ONCE on the validation split with a uniform coreset of the middle
-  n (seed 0) and then fixed for every method.
-- Tuning (``--part tune``): SkMM's options (input representation, sketch, greedy ridge)
-  compared on VALIDATION accuracy only, seeds 100–101, never test; the winners are the
-  ``SKMM_LP`` / ``SKMM_FT`` constants below, and what was tried is stored in the JSON.
+  Two label-free SkMM rows: ``skmm`` (the input that won on FT validation accuracy) and
+  ``skmm-grad`` (sketched per-sample gradients of (MLP, head) at the pretrained point
+  with a random head: Jacobian sketch, Kronecker pytree sketch); the baselines select
+  from the pooled features exactly as in LP. The FT learning rate and epochs are chosen
+  ONCE on the validation split with a uniform coreset of the middle n (seed 0) and then
+  fixed for every method.
+- Tuning (``--part tune``, ``--part tune-ft``): SkMM's options (input representation,
+  sketch, greedy ridge) compared on VALIDATION accuracy only (LP probe, then FT), seeds
+  100–101, never test; the winners are the ``SKMM_LP`` / ``SKMM_FT_VARIANTS`` constants
+  below, and what was tried is stored in the JSON (``tuning``, ``tuning_ft``).
 
-    python benchmarks/real_lp_ft.py --part tune          # SkMM options, validation only
+    python benchmarks/real_lp_ft.py --part tune          # SkMM options, LP validation only
+    python benchmarks/real_lp_ft.py --part tune-ft       # FT grid + SkMM inputs, FT validation only
     python benchmarks/real_lp_ft.py --part lp --seeds 5  # resumable
     python benchmarks/real_lp_ft.py --part ft --seeds 5  # resumable; after lp
     python benchmarks/real_lp_ft.py                      # lp then ft
@@ -84,11 +87,17 @@ PROBE_GRID = default_probe_grid()  # lr (1e-3, 1e-2) × weight decay (1e-4, 1e-2
 # sees them up to the coreset's own statistics), "raw", "l2" (unit rows) or "ft-grad"
 # (the FT gradient sketch); "sketch_dim": None = the 576 features unsketched.
 SKMM_LP: dict[str, Any] = {"input": "standardized", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2}
-# SkMM for FT: per-sample gradients of (last MLP, head) at θ0, random head from key 0,
-# Rademacher output weights from key 1, sketched once with a Kronecker pytree sketch
-# (key 2) to GRAD_DIM, then per seed by a Gaussian sketch to "sketch_dim" (None: keep).
+# The FT Jacobian sketch: per-sample gradients of (last MLP, head) at θ0, random head
+# from key 0, Rademacher readout weights from key 1 (shared by all samples by default, see
+# ft_gradient_sketch), Kronecker pytree sketch (key 2) to m = 1024.
 GRAD_SKETCH = {"kind": "kronecker", "dim": 1024, "head_key": 0, "weights_key": 1, "sketch_key": 2, "chunk_size": 16}
-SKMM_FT: dict[str, Any] = {"input": "ft-grad", "sketch_kind": "gaussian", "sketch_dim": 256, "ridge": 0.2}
+# SkMM for FT, two rows in the FT table (both label-free): "skmm" = the input that won on
+# FT validation accuracy (--part tune-ft), "skmm-grad" = the best input built from the FT
+# Jacobian sketch alone (on LP validation: z-scored columns, then unit rows).
+SKMM_FT_VARIANTS: dict[str, dict[str, Any]] = {
+    "skmm": {"input": "standardized", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2},
+    "skmm-grad": {"input": "ft-grad-shared-standardized-l2", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2},
+}
 
 # FT: the grid searched once on validation (uniform coreset, middle n, seed 0) and the
 # sizes / methods of the FT table. FT_BASELINES are filled from the LP results when
@@ -97,7 +106,7 @@ FT_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4)
 FT_EPOCHS = (1, 2, 5, 10)
 FT_BATCH = 32
 FT_FRACTIONS = (0.05, 0.10, 0.15)
-FT_TOP_BASELINES = 3
+FT_TOP_BASELINES = 4
 
 
 # ------------------------------------------------------------------------- data
@@ -348,7 +357,7 @@ def choose_ft_hparams(data: Data, store: Store) -> dict:
     sizes = pool_sizes(data, FT_FRACTIONS)
     n = sizes[len(sizes) // 2]
     pool = data.split("train")
-    indices, _, _ = run_selection(data, "uniform", 0, n, SKMM_FT)
+    indices, _, _ = run_selection(data, "uniform", 0, n, {})
     chosen = pool[indices]
     # Grid points already measured (same n, seed, coreset rule) are reused when the grid grows.
     scores = [s for s in (saved or {}).get("scores", []) if saved.get("n") == n and {"learning_rate": s["learning_rate"], "epochs": s["epochs"]} in grid]
@@ -382,7 +391,7 @@ def lp_ranking(store: Store) -> list[str]:
 
 def run_ft(data: Data, store: Store, seeds: int, methods: list[str] | None) -> None:
     if methods is None:
-        methods = ["skmm", "uniform", *lp_ranking(store)[:FT_TOP_BASELINES]]
+        methods = [*SKMM_FT_VARIANTS, "uniform", *lp_ranking(store)[:FT_TOP_BASELINES]]
     store.data["config"]["ft_methods"] = methods
     chosen_hparams = choose_ft_hparams(data, store)["chosen"]
     config = FinetuneConfig(
@@ -392,10 +401,10 @@ def run_ft(data: Data, store: Store, seeds: int, methods: list[str] | None) -> N
     for seed in range(seeds):
         for n in pool_sizes(data, FT_FRACTIONS):
             for method in methods:
-                variant = dict(SKMM_FT) if method == "skmm" else None
+                variant = dict(SKMM_FT_VARIANTS[method]) if method in SKMM_FT_VARIANTS else None
                 if store.find("ft", method, n, seed, variant):
                     continue
-                indices, sel_seconds, diag = run_selection(data, method, seed, n, SKMM_FT)
+                indices, sel_seconds, diag = run_selection(data, "skmm" if variant else method, seed, n, variant or {})
                 chosen = pool[indices]
                 result, probe, hparams, seconds = _finetune_once(data, seed, chosen, config)
                 test = _ft_eval(data, result.model, "test")
@@ -527,17 +536,18 @@ def markdown_table(table: dict, sizes: list[int], pool: int, title_metric: str) 
     return lines
 
 
-def target_check(table: dict, sizes: list[int]) -> str:
-    if "skmm" not in table or "uniform" not in table:
-        return "target: not evaluated (skmm or uniform missing)"
-    gaps = [table["skmm"][n][0] - table["uniform"][n][0] for n in sizes if n in table["skmm"] and n in table["uniform"]]
+def target_check(table: dict, sizes: list[int], method: str = "skmm") -> str:
+    """``method`` − uniform per n, and its mean over n against the best non-SkMM method."""
+    if method not in table or "uniform" not in table:
+        return "not evaluated (method or uniform missing)"
+    gaps = [table[method][n][0] - table["uniform"][n][0] for n in sizes if n in table[method] and n in table["uniform"]]
     methods = [m for m in table if m != FULL_POOL and all(n in table[m] for n in sizes)]
     avg = {m: np.mean([table[m][n][0] for n in sizes]) for m in methods}
-    best_other = max((m for m in methods if m != "skmm"), key=lambda m: avg[m])
+    best_other = max((m for m in methods if not m.startswith("skmm")), key=lambda m: avg[m])
     return (
-        f"SkMM − uniform per n: {', '.join(f'{100 * g:+.2f}' for g in gaps)} points "
-        f"({'≥ 0 at every n' if min(gaps) >= 0 else 'below uniform at some n'}); mean over n: SkMM {100 * avg['skmm']:.2f} "
-        f"vs best other ({best_other}) {100 * avg[best_other]:.2f} ({100 * (avg['skmm'] - avg[best_other]):+.2f})."
+        f"{method} − uniform per n: {', '.join(f'{100 * g:+.2f}' for g in gaps)} points "
+        f"({'≥ 0 at every n' if min(gaps) >= 0 else 'below uniform at some n'}); mean over n: {method} {100 * avg[method]:.2f} "
+        f"vs best non-SkMM method ({best_other}) {100 * avg[best_other]:.2f} ({100 * (avg[method] - avg[best_other]):+.2f})."
     )
 
 
@@ -576,23 +586,46 @@ def write_report(store: Store, data: Data) -> None:
             lines += [
                 f"## Finetuning: last MLP + head, LP-FT ({len(seeds)} seeds)",
                 "",
-                "Finetuned: the last decoder block's MLP (gate/up/down, 2.65 M parameters) and the linear head, on the "
-                "cached residual stream entering that MLP; head initialised with the LP probe trained on the same coreset "
-                "(its hyperparameters chosen on validation as in LP). SkMM selects from label-free sketched per-sample "
-                f"gradients of (MLP, head) at the pretrained point with a random head (Jacobian sketch: Σ_c w_c f_c, "
-                f"Rademacher w; {GRAD_SKETCH['kind']} pytree sketch to m = {GRAD_SKETCH['dim']}, then settings "
-                f"{json.dumps(SKMM_FT)}); baselines select from the pooled features as in LP. "
-                f"FT hyperparameters chosen ONCE on the validation split with a uniform coreset of n = {hp.get('n')} "
-                f"(seed 0) from learning rate {list(FT_LEARNING_RATES)} × epochs {list(FT_EPOCHS)}, then fixed for every "
-                f"method: AdamW, learning rate {chosen.get('learning_rate')}, {chosen.get('epochs')} epochs, "
-                f"batch {chosen.get('batch_size')}. Methods: SkMM, uniform and the {FT_TOP_BASELINES} baselines with the "
-                "best mean LP test accuracy (the strongest competitors).",
+                "Finetuned: the last decoder block's MLP (gate/up/down, 2.65 M parameters) and the linear head (AdamW, "
+                "cross-entropy) on the cached residual stream entering that MLP; the head starts from the LP probe trained "
+                "on the same coreset (hyperparameters chosen on validation as in LP). Selection, all label-free for SkMM: "
+                f"`skmm` = {json.dumps(SKMM_FT_VARIANTS['skmm'])} (the input with the best FT validation accuracy, see "
+                "below); `skmm-grad` = the FT Jacobian sketch alone: per-sample gradients of Σ_c w_c f_c(h; θ0) w.r.t. "
+                "(MLP, head) at the pretrained point with a random head and one shared Rademacher readout w, "
+                f"{GRAD_SKETCH['kind']} pytree sketch to m = {GRAD_SKETCH['dim']}, columns z-scored and rows scaled to unit "
+                "norm (the best gradient-only input on validation). Baselines select from the pooled features as in LP. "
+                f"Methods: SkMM, uniform and the {FT_TOP_BASELINES} baselines with the best mean LP test accuracy.",
+                "",
+                f"FT hyperparameters were chosen ONCE on the validation split with a uniform coreset of n = {hp.get('n')} "
+                f"(seed 0) over learning rate × epochs, then fixed for every method and n: AdamW, learning rate "
+                f"{chosen.get('learning_rate')}, {chosen.get('epochs')} epoch(s), batch {chosen.get('batch_size')}, no weight "
+                "decay. Validation accuracy of that grid (LP-init head alone: "
+                f"{100 * hp['scores'][0]['lp_init_val_accuracy']:.2f} %):" if hp.get("scores") else "",
                 "",
             ]
+            if hp.get("scores"):
+                lrs = sorted({s["learning_rate"] for s in hp["scores"]})
+                eps = sorted({s["epochs"] for s in hp["scores"]})
+                acc = {(s["learning_rate"], s["epochs"]): s["val_accuracy"] for s in hp["scores"]}
+                lines += ["| learning rate | " + " | ".join(f"{e} epoch{'s' if e > 1 else ''}" for e in eps) + " |",
+                          "|---|" + "---:|" * len(eps)]  # fmt: skip
+                lines += [f"| {lr:g} | " + " | ".join(f"{100 * acc[lr, e]:.2f}" if (lr, e) in acc else "" for e in eps) + " |" for lr in lrs]
+                losses = [s["losses"][0] for s in hp["scores"]]
+                lines += [
+                    "",
+                    "No FT setting beats the LP-init head on validation: the probe chosen on validation already fits its "
+                    f"coreset (first-epoch FT training loss {min(losses):.3f}–{max(losses):.3f}), so cross-entropy has almost "
+                    "nothing left to fit, and more epochs or larger steps only drift. The validation rule therefore picks the "
+                    "smallest step (ties: fewest epochs, smallest learning rate), and the FT table below is, to within a "
+                    "few test samples, the LP accuracy of each method's coreset; the LP-init table after it shows that.",
+                    "",
+                ]  # fmt: skip
         for metric, title in (("accuracy", "Test accuracy (%)"), ("macro_f1", "Test macro-F1 (%)")):
             table = summarise(rows, part, metric)
             lines += [f"### {title}", "", *markdown_table(table, sizes, pool, metric), ""]
             lines += [f"Target check ({metric}): {target_check(table, sizes)}", ""]
+            if "skmm-grad" in table:
+                lines += [f"Gradient-only SkMM ({metric}): {target_check(table, sizes, 'skmm-grad')}", ""]
         if part == "ft":
             table = summarise([{**r, "accuracy": r["lp_init"]["accuracy"]} for r in part_rows], "ft", "accuracy")
             lines += ["### For reference: test accuracy (%) of the LP-init head on the same coresets (before FT)", "",
@@ -671,7 +704,7 @@ def main() -> None:
     args = parser.parse_args()
     methods = args.methods.split(",") if args.methods else None
     for m in methods or []:
-        if m not in METHODS:
+        if m not in METHODS and m not in SKMM_FT_VARIANTS:
             parser.error(f"unknown method {m!r}; choose from {sorted(METHODS)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = Store(OUT_JSON, args.fresh)
@@ -683,7 +716,7 @@ def main() -> None:
         "model": MODEL, "task": data.task.summary(), "pool": int(len(data.split("train"))),
         "val": int(len(data.split("val"))), "test": int(len(data.split("test"))), "num_classes": data.num_classes,
         "pool_fractions": POOL_FRACTIONS, "lp_sizes": pool_sizes(data, POOL_FRACTIONS), "ft_sizes": pool_sizes(data, FT_FRACTIONS),
-        "probe_grid": [dataclasses.asdict(c) for c in PROBE_GRID], "skmm_lp": SKMM_LP, "skmm_ft": SKMM_FT,
+        "probe_grid": [dataclasses.asdict(c) for c in PROBE_GRID], "skmm_lp": SKMM_LP, "skmm_ft": SKMM_FT_VARIANTS,
         "grad_sketch": GRAD_SKETCH, "ft_grid": {"learning_rates": FT_LEARNING_RATES, "epochs": FT_EPOCHS, "batch_size": FT_BATCH},
         "tune_seeds": TUNE_SEEDS, "tune_lp_variants": TUNE_LP_VARIANTS, "tune_ft_variants": TUNE_FT_VARIANTS,
         "jax": jax.__version__, "platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
@@ -702,9 +735,8 @@ def main() -> None:
         timing["lp_s"] = timing.get("lp_s", 0.0) + time.perf_counter() - t0
     if args.part in ("ft", "all"):
         t0 = time.perf_counter()
-        weights = "per-sample" if SKMM_FT["input"] in ("ft-grad", "ft-grad-standardized") else "shared"
-        ft_gradient_sketch(data, weights)
-        timing["ft_gradients_s"] = grad_sketch_seconds(weights)
+        ft_gradient_sketch(data, "shared")
+        timing["ft_gradients_s"] = grad_sketch_seconds("shared")
         run_ft(data, store, args.seeds, methods)
         timing["ft_s"] = timing.get("ft_s", 0.0) + time.perf_counter() - t0
     store.data["config"]["timing"] = timing
