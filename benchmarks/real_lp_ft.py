@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,8 +83,9 @@ PROBE_GRID = default_probe_grid()  # lr (1e-3, 1e-2) × weight decay (1e-4, 1e-2
 
 # SkMM for LP, fixed after --part tune (validation accuracy only). "input": what the
 # selection sees — "standardized" pooled features (z-scored over the pool, as the probe
-# sees them up to the coreset's own statistics), "raw", "l2" (unit rows) or "ft-grad"
-# (the FT gradient sketch); "sketch_dim": None = the 576 features unsketched.
+# sees them up to the coreset's own statistics), "raw", "l2" (unit rows), or the FT
+# Jacobian sketch in several forms ("ft-grad*", see skmm_input); "sketch_dim": None =
+# no further sketch (the 576 features, or the m = 1024 gradient sketch, as they are).
 SKMM_LP: dict[str, Any] = {"input": "standardized", "sketch_kind": None, "sketch_dim": None, "ridge": 0.2}
 # The FT Jacobian sketch: per-sample gradients of (last MLP, head) at θ0, random head
 # from key 0, Rademacher readout weights from key 1 (shared by all samples by default, see
@@ -100,8 +100,8 @@ SKMM_FT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 # FT: the grid searched once on validation (uniform coreset, middle n, seed 0) and the
-# sizes / methods of the FT table. FT_BASELINES are filled from the LP results when
-# empty: uniform + the FT_TOP_BASELINES strongest other LP methods by mean test accuracy.
+# sizes of the FT table. Methods (unless --methods): both SkMM rows, uniform and the
+# FT_TOP_BASELINES other LP methods with the best mean LP test accuracy.
 FT_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4)
 FT_EPOCHS = (1, 2, 5, 10)
 FT_BATCH = 32
@@ -134,10 +134,13 @@ def load_data() -> Data:
 
     model, tokenizer = load_model(MODEL)
     task = wiki_passage_task(tokenizer)
+    progress_file = CACHE / "features" / "progress.json"
+    was_complete = progress_file.exists() and json.loads(progress_file.read_text()).get("complete", False)
     start = time.perf_counter()
     features = extract_features(model, task.tokens, cache=CACHE / "features", batch_size=16, layer_input="float16")
-    seconds = time.perf_counter() - start
-    if seconds > 30:
+    if not was_complete:  # the last (possibly resumed) extraction's time, for the runtime line
+        seconds = time.perf_counter() - start
+        save_json_atomic(CACHE / "features_timing.json", {"seconds": seconds, "passages": int(task.num_passages)})
         print(f"features extracted in {seconds:.0f}s", flush=True)
     return Data(model, task, np.asarray(features.pooled, np.float32), features.layer_inputs, np.asarray(task.labels))
 
@@ -577,7 +580,9 @@ def write_report(store: Store, data: Data) -> None:
                 f"(settings {json.dumps(SKMM_LP)}, chosen on validation, see the JSON `tuning`); the DeepCore methods "
                 "(el2n, grand, forgetting, entropy, margin, least-confidence, contextual-diversity) train a linear proxy on "
                 "the pool's features and labels. Probe: softmax regression (AdamW, 100 epochs) on the coreset only, "
-                "learning rate × weight decay in {1e-3, 1e-2} × {1e-4, 1e-2, 1e-1} chosen per run on validation accuracy.",
+                "learning rate × weight decay in {1e-3, 1e-2} × {1e-4, 1e-2, 1e-1} chosen per run on validation accuracy. "
+                "SkMM with no sketch and the greedy draw is deterministic given the pool, so its ± reflects only the "
+                "probe's minibatch order (the baselines' also includes their random selection).",
                 "",
             ]
         else:
@@ -614,7 +619,7 @@ def write_report(store: Store, data: Data) -> None:
                 lines += [
                     "",
                     "No FT setting beats the LP-init head on validation: the probe chosen on validation already fits its "
-                    f"coreset (first-epoch FT training loss {min(losses):.3f}–{max(losses):.3f}), so cross-entropy has almost "
+                    f"coreset (first-epoch FT training loss {min(losses):.1e}–{max(losses):.1e}), so cross-entropy has almost "
                     "nothing left to fit, and more epochs or larger steps only drift. The validation rule therefore picks the "
                     "smallest step (ties: fewest epochs, smallest learning rate), and the FT table below is, to within a "
                     "few test samples, the LP accuracy of each method's coreset; the LP-init table after it shows that.",
@@ -633,7 +638,8 @@ def write_report(store: Store, data: Data) -> None:
         sel = {}
         for r in part_rows:
             sel.setdefault(r["method"], []).append(r["selection_seconds"])
-        lines += ["Mean selection seconds per run: " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in sel.items() if m != FULL_POOL), ""]
+        lines += ["Mean selection seconds per run (wall clock on the shared CPU, other jobs running: indicative only; "
+                  "SkMM's input preparation, e.g. the gradient sketch, is cached and not included): " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in sel.items() if m != FULL_POOL), ""]
     if store.data.get("tuning"):
         lines += ["## SkMM options tried on validation (LP, seeds 100–101, mean validation accuracy over the 5 n)", "",
                   "| variant | val accuracy (%) |", "|---|---:|"]  # fmt: skip
@@ -674,14 +680,21 @@ def write_plot(rows: list[dict]) -> None:
         return
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 5), squeeze=False)
     colours = plt.get_cmap("tab20").colors
+    fixed = {  # SkMM solid black, uniform solid grey, every other baseline dashed in its own colour
+        "skmm": dict(lw=2.4, color="k"),
+        "skmm-grad": dict(lw=1.4, color="k", marker="s"),
+        "uniform": dict(lw=1.6, color="tab:grey"),
+    }
+    others = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in fixed and m != FULL_POOL]  # same colour in both panels
     for ax, part in zip(axes[0], parts):
         table = summarise(rows, part, "accuracy")
-        for index, method in enumerate(m for m in table if m != FULL_POOL):
+        for method in (m for m in table if m != FULL_POOL):
             ns = sorted(table[method])
             means = np.array([table[method][n][0] for n in ns]) * 100
             stds = np.array([table[method][n][1] for n in ns]) * 100
-            style = dict(lw=2.2, color="k") if method == "skmm" else dict(lw=1.0, ls="--", color=colours[index % 20])
-            ax.errorbar(ns, means, yerr=stds, marker="o", ms=3, capsize=2, label=method, **style)
+            style = fixed.get(method) or dict(lw=1.0, ls="--", color=colours[(2 * others.index(method)) % 20 + (others.index(method) >= 10)])
+            style = {"marker": "o", **style}
+            ax.errorbar(ns, means, yerr=stds, ms=3, capsize=2, label=method, **style)
         if FULL_POOL in table:
             (mean, _, _), = table[FULL_POOL].values()
             ax.axhline(100 * mean, color="grey", lw=0.8, ls=":", label=FULL_POOL)
@@ -711,7 +724,10 @@ def main() -> None:
     start = time.perf_counter()
     data = load_data()
     timing = store.data["config"].get("timing", {})
-    timing["load_and_features_s"] = time.perf_counter() - start
+    timing["load_s"] = time.perf_counter() - start
+    timing.pop("load_and_features_s", None)
+    if (CACHE / "features_timing.json").exists():
+        timing["feature_extraction_s"] = json.loads((CACHE / "features_timing.json").read_text())["seconds"]
     store.data["config"].update({
         "model": MODEL, "task": data.task.summary(), "pool": int(len(data.split("train"))),
         "val": int(len(data.split("val"))), "test": int(len(data.split("test"))), "num_classes": data.num_classes,
