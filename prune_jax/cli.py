@@ -8,8 +8,18 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from prune_jax.pruning.scores import METHODS
+from skmm_jax.cli_common import check_output_dir, check_output_file, fail, run_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distribution-aware structured pruning of LLaMA models in JAX.")
 console = Console()
+DTYPES = ("float32", "bfloat16")
+SPLITS = ("auto", "eval", "calibration", "all")
+SPLIT_HELP = (
+    "auto | eval | calibration | all: which document-disjoint part of the corpus. auto = the evaluation half for the "
+    "shipped wiki-sample (the other half calibrates the demo) and ALL of a user's own file (a single long .txt is "
+    "cut into paragraph groups, so eval/calibration work on it too)."
+)
 
 
 @app.command()
@@ -27,31 +37,60 @@ def env() -> None:
             console.print(f"{name}: [yellow]not installed[/yellow] — {err}")
 
 
-def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
+def _resolve_split(split: str, source: str, *, auto: str) -> str:
+    if split not in SPLITS:
+        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return (auto if source == "wiki-sample" else "all") if split == "auto" else split
+
+
+def _load_model_with_status(model: str, dtype: str = "float32"):
+    """Loads (model, tokenizer) behind a spinner: a GGUF file is dequantised, which takes a while."""
+    from prune_jax.models.llama import load_model
+
+    with console.status(f"loading {model} ({dtype}) ..."):
+        return load_model(model, dtype=dtype)
+
+
+def _documents(source: str, split: str, seed: int):
+    """The chosen part of a corpus (`split` already resolved)."""
+    from prune_jax.data import load_documents, split_documents
+
+    docs = load_documents(source)
+    if split == "all":
+        return docs
+    calibration, evaluation = split_documents(docs, seed=seed)
+    return evaluation if split == "eval" else calibration
+
+
+def _tokens(docs, tok):
+    from prune_jax.data import tokenize_corpus
+
+    with console.status(f"tokenising {len(docs)} documents (cached after the first time) ..."):
+        return tokenize_corpus(docs, tok)
 
 
 @app.command("prune")
 def prune_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
-    method: str = typer.Option("dap", help="random | magnitude | depth2 | wanda-sp | flap | dap | dap-cov | dap-empirical"),
+    method: str = typer.Option("dap", help=" | ".join(METHODS) + " (dap = the paper's distribution-aware score)."),
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
     refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
     head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
-    similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats)."),
+    similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats), > 0."),
     allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores)."),
     calib: str = typer.Option("wiki-sample", help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
-    calib_samples: int = typer.Option(64, help="Calibration sequences."),
-    calib_seq_len: int = typer.Option(128, help="Tokens per calibration sequence."),
+    calib_split: str = typer.Option("auto", help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
+    calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),
+    calib_seq_len: int = typer.Option(128, min=2, help="Tokens per calibration sequence (at most the model's context)."),
     seed: int = typer.Option(0, help="Seed of the document split, the calibration windows and random scores."),
     head_mode: str = typer.Option("per-group", help="per-group (same query heads removed in every KV group) | kv-groups."),
-    layer_start: Optional[int] = typer.Option(None, help="First block to prune (default: the paper's 4)."),
-    layer_stop: Optional[int] = typer.Option(None, help="Block after the last one to prune (default L − 2)."),
-    attention_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer head ratio (instead of --sparsity)."),
-    ffn_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer FFN channel ratio (instead of --sparsity)."),
-    out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with pruning.json."),
+    layer_start: Optional[int] = typer.Option(None, min=0, help="First block to prune (default: the paper's 4)."),
+    layer_stop: Optional[int] = typer.Option(None, min=1, help="Block after the last one to prune (default L − 2)."),
+    attention_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer head ratio in [0, 1) (instead of --sparsity)."),
+    ffn_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer FFN channel ratio in [0, 1) (instead of --sparsity)."),
+    out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with pruning.json; an existing directory is replaced only if an earlier run wrote it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
 ) -> None:
     """Prune a LLaMA model structurally and save it as an HF directory."""
     import time
@@ -59,37 +98,45 @@ def prune_command(
     import numpy as np
     from tqdm import tqdm
 
-    from prune_jax.data import calibration_batches, load_documents, split_documents, tokenize_corpus
-    from prune_jax.models.llama import load_model, save_hf
+    from prune_jax.data import calibration_batches
+    from prune_jax.models.llama import save_hf
     from prune_jax.pruning import PruneConfig, prune
 
+    # Every cheap check first: a bad flag must not cost a model load.
+    check_output_dir(out, overwrite=overwrite)
+    calib_split = _resolve_split(calib_split, calib, auto="calibration")
+    layer_range = None
+    if layer_start is not None or layer_stop is not None:
+        if layer_start is None or layer_stop is None:
+            fail("--layer-start and --layer-stop go together")
+        layer_range = (layer_start, layer_stop)
     try:
-        layer_range = None
-        if layer_start is not None or layer_stop is not None:
-            if layer_start is None or layer_stop is None:
-                _fail("--layer-start and --layer-stop go together")
-            layer_range = (layer_start, layer_stop)
         config = PruneConfig(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
                              head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
                              layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed)
+    except ValueError as err:
+        fail(str(err))
+    try:
         start = time.perf_counter()
-        net, tok = load_model(model)
+        net, tok = _load_model_with_status(model)
         if tok is None:
-            _fail(f"{model} has no tokenizer files")
-        calibration_docs, _ = split_documents(load_documents(calib), seed=seed)
-        tokens = tokenize_corpus(calibration_docs, tok)
-        batches = calibration_batches(tokens, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
+            fail(f"{model} has no tokenizer files")
+        net.config.check_sequence_length(calib_seq_len, name="--calib-seq-len")
+        if layer_range is not None and not 0 <= layer_range[0] < layer_range[1] <= net.config.num_layers:
+            fail(f"--layer-start/--layer-stop must satisfy 0 <= start < stop <= {net.config.num_layers} (the model's layers), got {layer_range}")
+        calibration_docs = _documents(calib, calib_split, seed)
+        batches = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
             net, report = prune(net, batches, config, progress=lambda done, total: bar.update(done - bar.n))
         report["calibration"] = {
-            "source": calib, "documents": [d.id for d in calibration_docs], "tokens": int(np.asarray(batches).size),
-            "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
+            "source": calib, "split": calib_split, "documents": [d.id for d in calibration_docs],
+            "tokens": int(np.asarray(batches).size), "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
         }
         report["model"] = str(model)
         report["total_seconds"] = time.perf_counter() - start
-        message = save_hf(net, tok, out, extra_files={"pruning.json": report})
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        _fail(str(err))
+        message = save_hf(net, tok, out, extra_files={"pruning.json": report}, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+        fail(str(err))
     console.print(
         f"{method}{' + recovery' if recover else ''}: removed {report['fraction_of_prunable_removed']:.1%} of prunable "
         f"({report['fraction_of_all_removed']:.1%} of all) parameters, {report['parameters_before']:,} → "
@@ -101,48 +148,62 @@ def prune_command(
 
 @app.command("demo")
 def demo_command(
-    method: str = typer.Option("dap", help="Pruning score (see prune --help)."),
+    method: str = typer.Option("dap", help="Pruning score: " + " | ".join(METHODS) + "."),
     recover: bool = typer.Option(True, "--recover/--no-recover", help="Layer-wise recovery (ridge refit of every linear map)."),
-    sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove."),
-    calib_samples: int = typer.Option(64, help="Calibration sequences of 128 tokens."),
-    eval_windows_count: int = typer.Option(64, "--eval-windows", help="Evaluation windows of 128 tokens."),
+    sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove, in (0, 1)."),
+    calib_samples: int = typer.Option(64, min=1, help="Calibration sequences of 128 tokens."),
+    eval_windows_count: int = typer.Option(64, "--eval-windows", min=1, help="Evaluation windows of 128 tokens."),
     out: Path = typer.Option(Path("pruned/smollm2-135m-demo"), "--out", help="Where the pruned model is saved."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
 ) -> None:
-    """The main job: prune the embedded SmolLM2-135M on the Wikipedia sample and compare with the dense model."""
+    """The main job: prune the embedded SmolLM2-135M on the Wikipedia sample and compare with the dense model.
+
+    The paper's protocol keeps the first 4 and the last 2 blocks dense, so the layers
+    end up with different widths: the export carries our prune_jax_config.json
+    (loadable by prune-jax eval / load_model), which stock transformers cannot read.
+    """
     import time
 
     import numpy as np
     from rich.table import Table
+    from tqdm import tqdm
 
-    from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus
+    from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents
     from prune_jax.evaluate import forward_tokens_per_second, perplexity
-    from prune_jax.models.llama import load_model, save_hf
+    from prune_jax.models.llama import save_hf
     from prune_jax.pruning import PruneConfig, prune
 
     def tokens_per_second(net, tokens) -> float:
         return forward_tokens_per_second(net, np.asarray(tokens[: 8 * 128]).reshape(8, 128), repeats=3)
 
+    check_output_dir(out, overwrite=overwrite)
     try:
-        net, tok = load_model("smollm2-135m")
-        calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"))
-        calib = calibration_batches(tokenize_corpus(calibration_docs, tok), num_samples=calib_samples, seq_len=128, seed=0)
-        eval_tokens = tokenize_corpus(evaluation_docs, tok)
+        config = PruneConfig(method=method, sparsity=sparsity, recover=recover)
+    except ValueError as err:
+        fail(str(err))
+    try:
+        net, tok = _load_model_with_status("smollm2-135m")
+        calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"), seed=0)
+        calib = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=128, seed=0)
+        eval_tokens = _tokens(evaluation_docs, tok)
         windows = eval_windows(eval_tokens, 128, eval_windows_count)
-        console.print(f"SmolLM2-135M: evaluating the dense model on {len(windows)} × 128 held-out tokens ...")
-        dense_ppl = perplexity(net, windows).perplexity
+        with tqdm(total=len(windows), unit="window", desc="dense perplexity") as bar:
+            dense_ppl = perplexity(net, windows, progress=lambda done, total: bar.update(done - bar.n)).perplexity
         dense_speed = tokens_per_second(net, eval_tokens)
-        console.print(f"pruning {sparsity:.0%} with {method}{' + recovery' if recover else ''} on {calib.shape[0]} × 128 calibration tokens ...")
         start = time.perf_counter()
-        net, report = prune(net, calib, PruneConfig(method=method, sparsity=sparsity, recover=recover))
+        desc = f"prune {sparsity:.0%} {method}{' + recovery' if recover else ''}, {calib.shape[0]}×128 calibration tokens"
+        with tqdm(total=net.config.num_layers, unit="block", desc=desc) as bar:
+            net, report = prune(net, calib, config, progress=lambda done, total: bar.update(done - bar.n))
         prune_seconds = time.perf_counter() - start
-        pruned_ppl = perplexity(net, windows).perplexity
+        with tqdm(total=len(windows), unit="window", desc="pruned perplexity") as bar:
+            pruned_ppl = perplexity(net, windows, progress=lambda done, total: bar.update(done - bar.n)).perplexity
         pruned_speed = tokens_per_second(net, eval_tokens)
-        report["calibration"] = {"source": "wiki-sample", "documents": [d.id for d in calibration_docs],
+        report["calibration"] = {"source": "wiki-sample", "split": "calibration", "documents": [d.id for d in calibration_docs],
                                  "tokens": int(calib.size), "samples": calib_samples, "seq_len": 128, "seed": 0}
-        save_hf(net, tok, out, extra_files={"pruning.json": report})
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
-    table = Table(title=f"SmolLM2-135M, {method}{' + recovery' if recover else ''}, {sparsity:.0%} of prunable parameters")
+        message = save_hf(net, tok, out, extra_files={"pruning.json": report}, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        fail(str(err))
+    table = Table(title=f"SmolLM2-135M-Instruct (Q4_1, dequantised), {method}{' + recovery' if recover else ''}, {sparsity:.0%} of prunable parameters")
     for col in ("model", "parameters", f"perplexity ({len(windows)}×128)", "tokens/s (8×128)"):
         table.add_column(col, justify="right")
     table.add_row("dense", f"{report['parameters_before']:,}", f"{dense_ppl:.2f}", f"{dense_speed:.0f}")
@@ -152,19 +213,21 @@ def demo_command(
         f"removed {report['fraction_of_prunable_removed']:.1%} of prunable / {report['fraction_of_all_removed']:.1%} of all parameters; "
         f"speed-up {pruned_speed / dense_speed:.2f}×; pruning took {prune_seconds:.0f} s; saved to {out}"
     )
+    if message:
+        console.print(f"[yellow]note:[/yellow] {message}")
 
 
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
     data: str = typer.Option("wiki-sample", help="wiki-sample | path.txt | path.jsonl | path.parquet | hf:dataset[:config]:split."),
-    seq_len: int = typer.Option(128, help="Tokens per window (non-overlapping windows)."),
-    split: str = typer.Option("eval", help="eval | calibration | all: which document-disjoint part of the corpus."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per window (non-overlapping windows), at most the model's context."),
+    split: str = typer.Option("auto", help=SPLIT_HELP),
     seed: int = typer.Option(0, help="Seed of the document split."),
-    max_windows: Optional[int] = typer.Option(None, help="Evaluate only the first this many windows."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per step (default ≈ 16K tokens per step)."),
+    max_windows: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first this many windows."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default ≈ 16K tokens per step)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory, when the model has none of its own."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (or .gguf), when the model has none of its own."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (atomically)."),
 ) -> None:
     """Perplexity of a LLaMA model on a corpus: exp(mean NLL) over non-overlapping windows."""
@@ -172,37 +235,38 @@ def eval_command(
 
     from tqdm import tqdm
 
-    from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus
+    from prune_jax.data import eval_windows
     from prune_jax.evaluate import perplexity
-    from prune_jax.models.llama import load_model, load_tokenizer
+    from prune_jax.models.llama import load_tokenizer
     from prune_jax.models.llama.checkpoint import check_tokenizer
     from skmm_jax.io import save_json_atomic
 
-    if split not in ("eval", "calibration", "all"):
-        _fail(f"--split must be eval, calibration or all, got {split!r}")
-    if seq_len < 2:
-        _fail(f"--seq-len must be at least 2, got {seq_len}")
+    split = _resolve_split(split, data, auto="eval")
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_output_file(json_out, "--json")
+    if tokenizer is not None and not tokenizer.exists():
+        fail(f"--tokenizer {tokenizer} does not exist (expected a tokenizer/model directory or a .gguf file)")
     try:
         start = time.perf_counter()
-        net, tok = load_model(model, dtype=dtype)
+        net, tok = _load_model_with_status(model, dtype)
+        net.config.check_sequence_length(seq_len, name="--seq-len")
         if tokenizer is not None:
             tok = load_tokenizer(tokenizer)
+            if tok is None:
+                fail(f"--tokenizer {tokenizer} holds no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model)")
             check_tokenizer(net, tok)
         if tok is None:
-            _fail(f"{model} has no tokenizer files; pass --tokenizer DIR")
-        docs = load_documents(data)
-        if split != "all":
-            calibration, evaluation = split_documents(docs, seed=seed)
-            docs = evaluation if split == "eval" else calibration
-        tokens = tokenize_corpus(docs, tok)
-        windows = eval_windows(tokens, seq_len, max_windows)
+            fail(f"{model} has no tokenizer files; pass --tokenizer DIR")
+        docs = _documents(data, split, seed)
+        windows = eval_windows(_tokens(docs, tok), seq_len, max_windows)
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
         with tqdm(total=len(windows), unit="window", desc=f"perplexity T={seq_len}") as bar:
             result = perplexity(net, windows, batch_size=batch_size, progress=lambda done, total: bar.update(done - bar.n))
         seconds = time.perf_counter() - start
     except (ValueError, FileNotFoundError, TypeError) as err:
-        _fail(str(err))
+        fail(str(err))
     payload = {
         "model": str(model), "data": str(data), "split": split, "seed": seed, "dtype": dtype,
         "perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens, "windows": result.windows,
@@ -218,7 +282,7 @@ def eval_command(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

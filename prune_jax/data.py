@@ -436,6 +436,32 @@ def _content_id(text: str) -> str:
 _TXT_DOCUMENT_BREAK_RE = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines
 
 
+_PARAGRAPH_BREAK_RE = re.compile(r"\n[ \t]*\n")
+# A text with no document breaks is cut into groups of whole paragraphs of about this
+# many characters (~1 000 tokens), so one long file can still be split into
+# document-disjoint calibration and evaluation parts.
+TXT_CHUNK_CHARS = 4000
+
+
+def paragraph_chunks(text: str, target_chars: int = TXT_CHUNK_CHARS) -> list[str]:
+    """Consecutive paragraphs grouped into chunks of at least ``target_chars`` characters
+    (the last one may be shorter and is merged into its predecessor when under half the
+    target). ``"\n\n".join(chunks)`` gives back the paragraphs, so the token stream
+    of ``"\n\n"``-joined chunks is the stream of the whole text."""
+    paragraphs = [p.strip() for p in _PARAGRAPH_BREAK_RE.split(text) if p.strip()]
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for paragraph in paragraphs:
+        if size >= target_chars:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(paragraph)
+        size += len(paragraph) + 2
+    if len(chunks) > 1 and sum(len(p) + 2 for p in chunks[-1]) < target_chars // 2:
+        chunks[-2].extend(chunks.pop())
+    return ["\n\n".join(chunk) for chunk in chunks if chunk]
+
+
 def _txt_documents(path: Path) -> list[Document]:
     try:
         text = path.read_text(encoding="utf-8")  # universal newlines: \r\n → \n
@@ -443,6 +469,8 @@ def _txt_documents(path: Path) -> list[Document]:
         raise ValueError(f"{path} is not UTF-8 text: {err}") from err
     parts = text.split("\f") if "\f" in text else _TXT_DOCUMENT_BREAK_RE.split(text)
     parts = [part.strip() for part in parts]
+    if sum(1 for part in parts if part) == 1:  # no document breaks: one long text
+        parts = paragraph_chunks(next(part for part in parts if part))
     documents = [
         Document(id=_content_id(part), title=f"{path.name} [{index}]", text=part)
         for index, part in enumerate(parts)
@@ -540,9 +568,11 @@ def load_documents(source: str | os.PathLike[str]) -> list[Document]:
     - ``"wiki-sample"``: `wiki_documents()` of the embedded Wikipedia sample.
     - ``*.txt`` (UTF-8): if the file contains form feeds (``\\f``), each form-feed
       separated part is a document; otherwise documents are separated by **two or more
-      blank lines** (a single blank line is a paragraph break inside a document), so a
-      file without such separators is one document. Parts are stripped; blank parts
-      are dropped.
+      blank lines** (a single blank line is a paragraph break inside a document). A
+      file without such separators is one text: it is cut into document-like chunks of
+      whole paragraphs (`paragraph_chunks`, ~4 000 characters each), so a user's single
+      file can still be split into calibration and evaluation parts. Parts are
+      stripped; blank parts are dropped.
     - ``*.jsonl``: one JSON object per line with a string ``text`` field and optional
       ``id`` and ``title``; blank lines and records with blank text are skipped.
     - ``*.parquet``: a ``text`` column (+ optional ``id``, ``title``); needs pyarrow.
@@ -628,7 +658,9 @@ def split_documents(
     ids = {doc.id for doc in docs}
     if len(ids) < 2:
         raise ValueError(
-            f"split_documents needs at least 2 documents with distinct ids, got {len(docs)} ({len(ids)} ids)"
+            f"split_documents needs at least 2 documents with distinct ids, got {len(docs)} ({len(ids)} ids); "
+            "a corpus this small cannot be split into calibration and evaluation parts: use all of it "
+            "(--split all) or add text"
         )
     position = {doc_id: _split_position(doc_id, seed) for doc_id in ids}
     eval_ids = {doc_id for doc_id, u in position.items() if u < eval_fraction}

@@ -47,14 +47,17 @@ def bucket_length(length: int, *, minimum: int = 16) -> int:
 
 
 def forward_logits(model, tokens: np.ndarray) -> np.ndarray:
-    """Logits [B, T, V] for any [B, T] token batch, with T padded to a bucket.
+    """Logits [B, T, V] for any [B, T] token batch (T within the model's context),
+    with T padded to a bucket.
 
-    Right padding is exact for a causal model: positions < T never attend to the pad.
+    Right padding is exact for a causal model: positions < T never attend to the pad
+    (so the bucket may exceed the context; only T is checked).
     """
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
     batch, length = tokens.shape
+    model.config.check_sequence_length(length, name="tokens.shape[1]")
     padded = np.zeros((batch, bucket_length(length)), np.int32)
     padded[:, :length] = tokens
     graphdef, state = nnx.split(model)
@@ -96,19 +99,28 @@ def perplexity(
     """exp(mean NLL) of ``model`` over token windows [W, T] (see module docstring).
 
     Args:
-      model: our LLaMA (any module mapping [B, T] tokens → [B, T, V] logits).
-      windows: [W, T] int token windows (e.g. ``prune_jax.data.eval_windows``).
+      model: our LLaMA (a module mapping [B, T] tokens → [B, T, V] logits whose
+        ``config`` has ``vocab_size`` and ``check_sequence_length``).
+      windows: [W, T] int token windows (e.g. ``prune_jax.data.eval_windows``);
+        T must not exceed the model's context (``max_position_embeddings``).
       batch_size: windows per step; default keeps the [B, T, V] logits near 16 K tokens.
       progress: ``progress(windows_done, windows_total)`` after each batch.
+
+    Raises:
+      ValueError: windows of the wrong shape or dtype, token ids outside the vocabulary,
+        or T above the model's context (checked before anything is compiled).
     """
     windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
         raise ValueError(f"windows must be [W >= 1, T >= 2] tokens, got shape {windows.shape}")
     if not np.issubdtype(windows.dtype, np.integer):
         raise ValueError(f"windows must hold integer token ids, got dtype {windows.dtype}")
+    model.config.check_sequence_length(windows.shape[1], name="windows.shape[1]")
     vocab = model.config.vocab_size
     if windows.min() < 0 or windows.max() >= vocab:
         raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive number of windows or None (≈ 16 K tokens per step), got {batch_size!r}")
     count, seq_len = windows.shape
     batch_size = min(batch_size or max(1, 16384 // seq_len), count)
     graphdef, state = nnx.split(model)

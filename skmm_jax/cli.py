@@ -1,9 +1,15 @@
-"""``skmm-jax``: a thin command line over the library."""
+"""``skmm-jax``: a thin command line over the library.
+
+Every command checks all of its arguments and its output path before loading or
+computing anything, so a typo costs a second rather than a long run; every user error
+is one line on stderr with exit code 2 (``cli_common.fail``), never a traceback.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -11,48 +17,133 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from skmm_jax.cli_common import check_output_file, fail, run_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sketchy Moment Matching data selection in JAX.")
 console = Console(stderr=True)
 
+SEED_MAX = 2**32 - 1  # jax.random.key(seed) keeps only the low 32 bits: 2**32 would be seed 0 again
+INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
+
+def _seed_option(help: str = "Seed of every random choice.") -> int:
+    return typer.Option(0, min=0, max=SEED_MAX, help=f"{help} 0 <= seed < 2**32.")
+
+
+def _write(out: Path, flag: str, write) -> None:
+    """Runs ``write()`` (an atomic save); an OS error becomes one line naming the flag."""
+    try:
+        write()
+    except OSError as err:
+        fail(f"{flag} {out}: could not write it ({err.strerror or err})")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 @app.command()
 def sketch(
     input: Path = typer.Option(..., "--input", help="[N, r] float .npy of row vectors (memory-mapped)."),
     kind: str = typer.Option("sjlt", help="gaussian | rademacher | sjlt | countsketch | srht | kronecker"),
-    dim: int = typer.Option(512, help="Sketch dimension m."),
-    seed: int = typer.Option(0, help="Seed of the transform; same seed, same Γ."),
+    dim: int = typer.Option(512, min=1, help="Sketch dimension m, 0 < m < r."),
+    seed: int = _seed_option("Seed of the transform; same seed, same Γ."),
     out: Path = typer.Option(..., "--out", help="Output [N, m] float32 .npy (written atomically)."),
-    nnz: Optional[int] = typer.Option(None, help="sjlt: non-zeros per input coordinate (default 4)."),
+    nnz: Optional[int] = typer.Option(None, min=1, help="sjlt: non-zeros per input coordinate (default 4; must divide --dim)."),
     hashing: Optional[str] = typer.Option(None, help="sjlt/countsketch: shift (default) | uniform."),
-    chunk_size: int = typer.Option(256, help="Rows per device step."),
+    chunk_size: int = typer.Option(256, min=1, help="Rows per device step."),
 ) -> None:
     """Sketch the rows of G: S = G Γ, streamed in chunks with a progress bar."""
+    check_output_file(out, "--out")
     import jax
     from tqdm import tqdm
 
     from skmm_jax.io import load_rows, save_npy_atomic
-    from skmm_jax.sketch import make_sketch, sketch_rows
+    from skmm_jax.sketch import KINDS, make_sketch, sketch_rows
+    from skmm_jax.sketch.sparse import HASHINGS
 
+    if kind not in KINDS:
+        fail(f"--kind {kind!r}: unknown sketch kind; choose one of {', '.join(KINDS)}")
+    if nnz is not None and kind != "sjlt":
+        fail(f"--nnz applies to --kind sjlt only (got --kind {kind})")
+    if hashing is not None and hashing not in HASHINGS:
+        fail(f"--hashing {hashing!r} is not one of {', '.join(HASHINGS)}")
+    if hashing is not None and kind not in ("sjlt", "countsketch"):
+        fail(f"--hashing applies to --kind sjlt or countsketch only (got --kind {kind})")
     options = {k: v for k, v in (("nnz", nnz), ("hashing", hashing)) if v is not None}
     try:
         rows = load_rows(input)
+        if rows.shape[0] == 0:
+            fail(f"--input {input} has no rows (shape {rows.shape})")
         if dim >= rows.shape[1]:
-            _fail(f"--dim {dim} must be smaller than the input dimension r = {rows.shape[1]} (a sketch reduces dimension)")
+            fail(f"--dim {dim} must be smaller than the input dimension r = {rows.shape[1]} (a sketch reduces dimension)")
         transform = make_sketch(kind, jax.random.key(seed), rows.shape[1], dim, **options)
         start = time.perf_counter()
         with tqdm(total=rows.shape[0], unit="row", desc=f"{kind} r={rows.shape[1]}→m={dim}", file=None) as bar:
             sketched = sketch_rows(transform, rows, chunk_size=chunk_size, progress=lambda done, total: bar.update(done - bar.n))
-        save_npy_atomic(out, sketched)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(str(err))
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    _write(out, "--out", lambda: save_npy_atomic(out, sketched))
     console.print(
         f"wrote {out} [{sketched.shape[0]}, {sketched.shape[1]}] ({kind}, seed {seed}) in {time.perf_counter() - start:.2f} s"
     )
+
+
+class _SelectProgress:
+    """What ``select`` shows while it works: a tqdm bar over rows while sketching, then
+    a spinner (on a terminal) or one line per SkMM solve (in a log) for the selection."""
+
+    def __init__(self, method: str, n: int, num: int, sketching: bool):
+        self.method, self.n, self.num = method, n, num
+        self.start = time.perf_counter()
+        self.bar = None
+        self.status = None
+        if sketching:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=num, unit="row", desc="sketching")
+        else:
+            self._selecting()
+
+    def _selecting(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.status is None and console.is_terminal:
+            self.status = console.status(f"{self.method}: selecting {self.n} of {self.num} ...")
+            self.status.start()
+
+    def sketched(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= total:
+                self._selecting()
+
+    def solved(self, done: int, total: int) -> None:
+        """SkMM's ``progress(solves_done, solves_total)``, between jitted solves."""
+        self._selecting()
+        elapsed = time.perf_counter() - self.start
+        what = "bisection on c_S" if total > 1 else "at the given c_S"
+        if done < total:
+            text = f"skmm: solving the relaxation, {done}/{total} solves done ({what}), {elapsed:.0f} s"
+        else:
+            text = f"skmm: {total} solves done in {elapsed:.0f} s; drawing {self.n} of {self.num}"
+        if self.status is not None:
+            self.status.update(text)
+        elif done > 0:
+            console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.status is not None:
+            self.status.stop()
+
+    def __enter__(self) -> "_SelectProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @app.command()
@@ -64,53 +155,77 @@ def select(
         help="skmm | uniform | herding | kcenter | adaptive | leverage | ridge-leverage | with --labels: el2n | grand | "
         "forgetting | entropy | margin | least-confidence | contextual-diversity",
     ),
-    seed: int = typer.Option(0, help="Seed of every random choice (sketch, draws)."),
+    seed: int = _seed_option("Seed of every random choice (sketch, draws)."),
     out: Path = typer.Option(..., "--out", help="Output JSON (indices, method, n, seed, diagnostics), written atomically."),
     array: Optional[str] = typer.Option(None, help="Array name inside a .npz / .safetensors file holding several."),
     sketch_kind: Optional[str] = typer.Option(None, help="Sketch the features first with this kind (e.g. sjlt)."),
-    sketch_dim: Optional[int] = typer.Option(None, help="Sketch dimension m (default 256 when --sketch-kind is given)."),
-    c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S (default: smallest feasible, by bisection)."),
+    sketch_dim: Optional[int] = typer.Option(None, min=1, help="Sketch dimension m, 0 < m < d (default 256 when --sketch-kind is given)."),
+    c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S > 0 (default: smallest feasible, by bisection)."),
     draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | greedy-diagonal | swap | sample | top | balanced."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
-    """Select n samples of a pool with SkMM or a baseline; write the indices as JSON."""
+    """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
+
+    With the default c_S, SkMM solves its relaxation 1 + 10 times (a bisection on c_S);
+    on a large pool each solve can take a minute, and progress is shown per solve.
+    """
+    check_output_file(out, "--out")
     import jax
 
     from skmm_jax.deepcore import DEEPCORE
+    from skmm_jax.draw import DRAWS
     from skmm_jax.io import load_array, save_json_atomic
     from skmm_jax.select import METHODS
     from skmm_jax.select import select as run_select
+    from skmm_jax.sketch import KINDS
 
+    if n < 1:
+        fail(f"--n {n}: the coreset size must satisfy 0 < n <= N (the number of rows of --features)")
     if method not in METHODS:
-        _fail(f"--method {method!r} is not one of {sorted(METHODS)}")
+        fail(f"--method {method!r} is not one of {sorted(METHODS)}")
     if method in DEEPCORE and labels is None:
-        _fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
+        fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
     options = {}
     if method == "skmm":
         options = {k: v for k, v in (("c_s", c_s), ("draw", draw)) if v is not None}
     elif c_s is not None or draw is not None:
-        _fail("--c-s and --draw apply to --method skmm only")
+        fail("--c-s and --draw apply to --method skmm only")
+    if c_s is not None and not (math.isfinite(c_s) and c_s > 0):
+        fail(f"--c-s {c_s}: c_S must be a positive finite number (omit --c-s for the smallest feasible c_S)")
+    if draw is not None and draw not in DRAWS:
+        fail(f"--draw {draw!r} is not one of {', '.join(DRAWS)}")
+    if draw == "balanced" and labels is None:
+        fail("--draw balanced needs --labels: an [N] .npy of integer classes 0..C-1")
+    if sketch_kind is not None and sketch_kind not in KINDS:
+        fail(f"--sketch-kind {sketch_kind!r}: unknown sketch kind; choose one of {', '.join(KINDS)}")
+    if sketch_dim is not None and sketch_kind is None:
+        fail("--sketch-dim needs --sketch-kind (which sketch to apply), e.g. --sketch-kind sjlt")
+    if array is not None and features.suffix == ".npy":
+        fail(f"--array {array!r} applies to .npz / .safetensors files; {features} is a .npy holding one array")
     if sketch_kind is not None and sketch_dim is None:
         sketch_dim = 256
     try:
         rows = load_array(features, name=array)
-        label_array = load_array(labels) if labels is not None else None
+        if rows.ndim == 2 and n > rows.shape[0]:
+            fail(f"--n {n}: the coreset size must satisfy 0 < n <= N = {rows.shape[0]} (the rows of {features})")
         if sketch_kind is not None and rows.ndim == 2 and sketch_dim >= rows.shape[1]:
-            _fail(f"--sketch-dim {sketch_dim} must be smaller than the feature dimension {rows.shape[1]}")
-        from tqdm import tqdm
-
+            fail(f"--sketch-dim {sketch_dim} must be smaller than the feature dimension {rows.shape[1]}")
+        label_array = load_array(labels) if labels is not None else None
+        num = int(rows.shape[0]) if rows.ndim else 0
         start = time.perf_counter()
-        with tqdm(total=rows.shape[0], unit="row", desc=f"sketch {sketch_kind} m={sketch_dim}", disable=sketch_kind is None) as bar:
+        with warnings.catch_warnings(), _SelectProgress(method, n, num, sketch_kind is not None) as shown:
+            warnings.simplefilter("default")
+            warnings.showwarning = _print_warning
             result = run_select(
                 method, jax.random.key(seed), rows, n, labels=label_array,
                 sketch_kind=sketch_kind, sketch_dim=sketch_dim,
-                progress=lambda done, total: bar.update(done - bar.n), **options,
+                progress=shown.sketched, solve_progress=shown.solved, **options,
             )
         seconds = time.perf_counter() - start
-        payload = result.to_json(seed=seed, features=str(features), num_samples=int(rows.shape[0]), seconds=seconds)
-        save_json_atomic(out, payload)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(str(err))
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    payload = result.to_json(seed=seed, features=str(features), num_samples=int(rows.shape[0]), seconds=seconds)
+    _write(out, "--out", lambda: save_json_atomic(out, payload))
     diag = result.diagnostics
     console.print(
         f"wrote {out}: {method} selected {n} of {rows.shape[0]} in {seconds:.2f} s; "
@@ -120,16 +235,20 @@ def select(
 
 @app.command()
 def demo(
-    samples: int = typer.Option(2048, help="Number of generated samples N."),
-    sketch_dim: int = typer.Option(256, help="Sketch dimension m."),
-    seed: int = typer.Option(0),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+    samples: int = typer.Option(2048, min=1, help="Number of generated samples N."),
+    sketch_dim: int = typer.Option(256, min=1, help="Sketch dimension m (a multiple of 4, for sjlt's 4 non-zeros)."),
+    seed: int = _seed_option("Seed of the data, the network and the sketches."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON (atomically)."),
 ) -> None:
     """Sketch per-sample gradients of a small MLP with every kind; report what each preserves."""
+    check_output_file(json_out, "--json")
     from skmm_jax.demo import DemoConfig, run_demo
     from skmm_jax.io import save_json_atomic
 
-    cfg = DemoConfig(samples=samples, sketch_dim=sketch_dim, seed=seed)
+    try:
+        cfg = DemoConfig(samples=samples, sketch_dim=sketch_dim, seed=seed)
+    except ValueError as err:
+        fail(str(err))
     console.print(
         f"per-sample gradients of an MLP ({cfg.input_dim}→{cfg.hidden}→1) on {cfg.samples} mixture samples, "
         f"sketched to m={cfg.sketch_dim} by every kind ..."
@@ -137,8 +256,12 @@ def demo(
     table = Table(title="JL sketches of per-sample gradients")
     for col in ("kind", "seconds", "mean ‖SΓ‖²/‖g‖²", "max |ratio−1|", "Gram rel. error", f"ε (top-{cfg.subspace_rank} subspace)"):
         table.add_column(col, justify="right")
-    with console.status("sketching") as status:
-        rows = run_demo(cfg, on_kind=lambda r: status.update(f"done {r.kind}"))
+    try:
+        with console.status("sketching") as status:
+            rows = run_demo(cfg, on_kind=lambda r: status.update(f"done {r.kind}"))
+    except ValueError as err:
+        message = str(err)  # run_demo names its sketch_dim when a kind cannot use it
+        fail("--sketch-dim" + message[len("sketch_dim"):] if message.startswith("sketch_dim") else message)
     for r in rows:
         table.add_row(
             r.kind, f"{r.seconds:.3f}", f"{r.norm_ratio_mean:.3f}", f"{r.norm_ratio_max_dev:.3f}",
@@ -148,11 +271,12 @@ def demo(
     if json_out is not None:
         import dataclasses
 
-        save_json_atomic(json_out, {"config": dataclasses.asdict(cfg), "rows": [dataclasses.asdict(r) for r in rows]})
+        payload = {"config": dataclasses.asdict(cfg), "rows": [dataclasses.asdict(r) for r in rows]}
+        _write(json_out, "--json", lambda: save_json_atomic(json_out, payload))
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

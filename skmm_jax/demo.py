@@ -36,6 +36,14 @@ class DemoConfig:
     chunk_size: int = 256
     seed: int = 0
 
+    def __post_init__(self):
+        for field in ("samples", "input_dim", "hidden", "clusters", "sketch_dim", "subspace_rank", "chunk_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive int, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class DemoRow:
@@ -70,11 +78,23 @@ def _mixture(key: jax.Array, cfg: DemoConfig) -> jax.Array:
 
 
 def run_demo(cfg: DemoConfig = DemoConfig(), *, on_kind: Callable[[DemoRow], None] | None = None) -> list[DemoRow]:
-    """Sketches per-sample gradients with every kind; returns one row of metrics per kind."""
+    """Sketches per-sample gradients with every kind; returns one row of metrics per kind.
+
+    Raises:
+      ValueError: a sketch dimension some kind cannot build (e.g. sjlt needs a multiple
+        of its nnz = 4), before any gradient is computed.
+    """
     key = jax.random.key(cfg.seed)
     k_data, k_init, k_sketch = jax.random.split(key, 3)
-    x = _mixture(k_data, cfg)
     params = _init(k_init, cfg)
+    # Every sketch is built first, so a sketch_dim some kind rejects fails in a second.
+    sketches = {}
+    for kind in KINDS:
+        try:
+            sketches[kind] = make_pytree_sketch(kind, k_sketch, params, cfg.sketch_dim)
+        except ValueError as err:
+            raise ValueError(f"sketch_dim {cfg.sketch_dim} does not suit the {kind} sketch: {err}") from None
+    x = _mixture(k_data, cfg)
     per_sample_grads = jax.jit(jax.vmap(jax.grad(_mlp), in_axes=(None, 0)))
 
     # Exact G for reference (small here; the sketches never need it).
@@ -89,7 +109,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, on_kind: Callable[[DemoRow], Non
 
     rows = []
     for kind in KINDS:
-        sketch = make_pytree_sketch(kind, k_sketch, params, cfg.sketch_dim)
+        sketch = sketches[kind]
 
         @jax.jit
         def sketch_chunk(sk, p, xs):

@@ -11,22 +11,42 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _check_input_file(path: Path) -> None:
+    """FileNotFoundError / ValueError naming ``path`` unless it is a non-empty file."""
+    if path.is_dir():
+        raise ValueError(f"input {path} is a directory; give a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); nothing to read")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-maps a .npy file; ValueError naming the path when it cannot be read.
+
+    On a file with no data ``np.load`` raises EOFError, which command-line frameworks
+    take for end of input (Click prints only "Aborted.", exit 1): it becomes a
+    ValueError here like every other unreadable file (empty files are caught earlier,
+    by ``_check_input_file``, with a clearer message).
+    """
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npy array ({err or type(err).__name__})") from None
+
+
 def load_rows(path: str | os.PathLike) -> np.ndarray:
     """Memory-maps a 2-D .npy file of row vectors (nothing is read until used).
 
     Raises:
-      FileNotFoundError / ValueError with the path when it is missing, not a .npy
-      file, corrupt, or not 2-D floating point.
+      FileNotFoundError / ValueError with the path when it is missing, a directory,
+      empty, not a .npy file, corrupt, or not 2-D floating point.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {path} does not exist")
+    _check_input_file(path)
     if path.suffix != ".npy":
         raise ValueError(f"{path}: expected a .npy file, got suffix {path.suffix!r}")
-    try:
-        rows = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    rows = _load_npy(path)
     if rows.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D [N, r] array, got shape {rows.shape}")
     if not np.issubdtype(rows.dtype, np.floating):
@@ -50,6 +70,21 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
             yield where, record
+
+
+# Written into every output directory these tools produce (next to the result), so a
+# later run may replace what an earlier run wrote and nothing else.
+OUTPUT_MARKER = ".written-by-skmm-prune-jax.json"
+
+
+def is_our_output(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory an earlier run of these tools wrote (it holds `OUTPUT_MARKER`)."""
+    return (Path(path) / OUTPUT_MARKER).is_file()
+
+
+def marker_payload(command: str) -> dict:
+    """Contents of `OUTPUT_MARKER`: which command wrote the directory."""
+    return {"written_by": "skmm-prune-jax", "command": command}
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -83,6 +118,8 @@ def save_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+_NAME_THE_ARRAY = "name the array to use (name=... in Python, --array NAME on the command line)"
+
 _SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
 
 
@@ -99,7 +136,7 @@ def _memmap_safetensors(path: Path, name: str | None) -> np.ndarray:
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     if name is None:
         if len(tensors) != 1:
-            raise ValueError(f"{path} holds {sorted(tensors)}: name the array to use")
+            raise ValueError(f"{path} holds {sorted(tensors)}: {_NAME_THE_ARRAY}")
         name = next(iter(tensors))
     if name not in tensors:
         raise ValueError(f"{path}: no tensor {name!r}; it holds {sorted(tensors)}")
@@ -122,17 +159,13 @@ def load_array(path: str | os.PathLike, *, name: str | None = None) -> np.ndarra
       name: the array inside a .npz/.safetensors file; may be omitted when it holds one.
 
     Raises:
-      FileNotFoundError / ValueError naming the path on a missing, corrupt or
+      FileNotFoundError / ValueError naming the path on a missing, empty, corrupt or
       ambiguous file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {path} does not exist")
+    _check_input_file(path)
     if path.suffix == ".npy":
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+        return _load_npy(path)
     if path.suffix == ".safetensors":
         return _memmap_safetensors(path, name)
     if path.suffix == ".npz":
@@ -141,7 +174,7 @@ def load_array(path: str | os.PathLike, *, name: str | None = None) -> np.ndarra
                 names = list(archive.files)
                 if name is None:
                     if len(names) != 1:
-                        raise ValueError(f"{path} holds {names}: name the array to use")
+                        raise ValueError(f"{path} holds {names}: {_NAME_THE_ARRAY}")
                     name = names[0]
                 if name not in names:
                     raise ValueError(f"{path}: no array {name!r}; it holds {names}")

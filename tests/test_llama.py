@@ -219,3 +219,96 @@ def test_blocked_causal_attention_equals_one_shot_softmax():
     expected = np.einsum("bkgts,bskh->btkgh", probs, np.asarray(v))
     for block in (5, 16, 37, 128):
         np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, block=block)), expected, atol=1e-5)
+
+
+def _one_shot_attention(q, k, v):
+    """The [B, K, G, T, T] reference: full scores, causal mask, softmax (float32)."""
+    length = q.shape[1]
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+    scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", jax.nn.softmax(scores, axis=-1), v)
+
+
+def _random_qkv(seed: int, batch: int, length: int, kv_heads: int, group: int, head_dim: int):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((batch, length, kv_heads, group, head_dim)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((batch, length, kv_heads, head_dim)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((batch, length, kv_heads, head_dim)), jnp.float32)
+    return q, k, v
+
+
+def test_scanned_causal_attention_matches_one_shot_values_and_gradients():
+    from prune_jax.models.llama.modeling import ATTENTION_GROUPS, causal_attention
+
+    q, k, v = _random_qkv(1, 2, 37, 2, 3, 8)
+    # block=4: 10 blocks > ATTENTION_GROUPS, so the grouped-scan path, with T not a multiple
+    # of the block (3 padded query rows) and groups of unequal size; block=5: 8 blocks, unrolled.
+    assert -(-37 // 4) > ATTENTION_GROUPS >= -(-37 // 5)
+    readout = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape), jnp.float32)
+
+    def loss(attention, q, k, v):
+        return jnp.sum(attention(q, k, v) * readout)
+
+    expected = _one_shot_attention(q, k, v)
+    expected_grads = jax.jit(jax.grad(lambda *a: loss(_one_shot_attention, *a), argnums=(0, 1, 2)))(q, k, v)
+    for block in (4, 5):
+        attention = lambda q, k, v, block=block: causal_attention(q, k, v, block=block)  # noqa: E731
+        np.testing.assert_allclose(np.asarray(jax.jit(attention)(q, k, v)), np.asarray(expected), atol=1e-5)
+        grads = jax.jit(jax.grad(lambda *a: loss(attention, *a), argnums=(0, 1, 2)))(q, k, v)
+        for got, want in zip(grads, expected_grads):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # Per-sample gradients (vmap of grad over the batch) through the scanned path.
+    scanned = lambda q, k, v: causal_attention(q, k, v, block=4)  # noqa: E731
+    per_sample = jax.jit(jax.vmap(jax.grad(lambda q, k, v, r: jnp.sum(scanned(q[None], k[None], v[None]) * r[None])),
+                                  in_axes=(0, 0, 0, 0)))(q, k, v, readout)
+    np.testing.assert_allclose(np.asarray(per_sample), np.asarray(expected_grads[0]), atol=1e-5)
+
+
+def test_scanned_attention_gradient_stores_no_square_score_tensor():
+    from prune_jax.models.llama.modeling import causal_attention
+
+    def residual_elements(length: int) -> int:
+        q, k, v = _random_qkv(0, 1, length, 1, 2, 4)
+        _, pullback = jax.jit(lambda q, k, v: jax.vjp(lambda *a: causal_attention(*a, block=2), q, k, v))(q, k, v)
+        return sum(x.size for x in jax.tree.leaves(pullback))
+
+    # Rematerialised scan body: reverse mode keeps O(T) inputs per block, not the stacked
+    # [B, K, G, block, S] probabilities (≈ 0.56 of a [B, K, G, T, T] tensor).
+    short, long = residual_elements(96), residual_elements(192)
+    assert long < 2 * 192 * 192 / 4
+    assert long < 2.5 * short
+
+
+def test_attention_program_size_does_not_grow_with_length():
+    from prune_jax.models.llama.modeling import causal_attention
+
+    def lowered_text(length: int) -> str:
+        q = jax.ShapeDtypeStruct((1, length, 1, 2, 8), jnp.float32)
+        kv = jax.ShapeDtypeStruct((1, length, 1, 8), jnp.float32)
+        return jax.jit(causal_attention).lower(q, kv, kv).as_text()
+
+    short, long = lowered_text(2048), lowered_text(8192)  # 16 and 64 query blocks of 128
+    assert short.count("dot_general") == long.count("dot_general")
+    assert abs(len(long) / len(short) - 1) < 0.05, (len(short), len(long))
+
+
+def test_sequence_length_is_checked_against_the_context():
+    from prune_jax.evaluate import forward_logits, perplexity
+
+    config = LlamaConfig(vocab_size=20, hidden_size=16, num_layers=1, layer_heads=((2, 1),),
+                         layer_intermediate=(8,), head_dim=8, max_position_embeddings=16)
+    config.check_sequence_length(16)
+    config.check_sequence_length(1, name="--seq-len")
+    with pytest.raises(ValueError, match=r"--seq-len=17 exceeds the model's context of 16 tokens"):
+        config.check_sequence_length(17, name="--seq-len")
+    with pytest.raises(ValueError, match=r"seq_len=0 must be a positive"):
+        config.check_sequence_length(0)
+    model = init_llama(config)
+    with pytest.raises(ValueError, match=r"windows.shape\[1\]=17 exceeds the model's context of 16"):
+        perplexity(model, np.zeros((2, 17), np.int32))
+    with pytest.raises(ValueError, match=r"tokens.shape\[1\]=17 exceeds"):
+        forward_logits(model, np.zeros((1, 17), np.int32))
+    assert perplexity(model, np.zeros((2, 16), np.int32)).seq_len == 16
+    for bad in (0, -1):  # -1 once ran no batch at all and reported perplexity 1.0
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive number of windows or None .*got {bad}"):
+            perplexity(model, np.zeros((2, 16), np.int32), batch_size=bad)

@@ -25,6 +25,7 @@ import numpy as np
 
 from prune_jax.models.llama.modeling import Llama, LlamaConfig
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
+from skmm_jax.io import OUTPUT_MARKER, is_our_output, marker_payload
 
 OUR_CONFIG = "prune_jax_config.json"
 NON_UNIFORM_MESSAGE = (
@@ -100,6 +101,8 @@ def load_tokenizer(source: str | os.PathLike) -> Any | None:
     from transformers import AutoTokenizer
 
     path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer source {path} does not exist (expected a model/tokenizer directory or a .gguf file)")
     if path.suffix == ".gguf":
         from prune_jax.models.llama.gguf_io import load_gguf_tokenizer
 
@@ -144,28 +147,45 @@ def load_model(source: str | os.PathLike, *, dtype: str = "float32", tokenizer: 
     return model, tok
 
 
-def save_hf(model: Llama, tokenizer: Any | None, out_dir: str | os.PathLike, *, extra_files: dict[str, Any] | None = None) -> str | None:
+def save_hf(
+    model: Llama,
+    tokenizer: Any | None,
+    out_dir: str | os.PathLike,
+    *,
+    extra_files: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str | None:
     """Writes ``model`` (and tokenizer) as an HF directory, atomically.
 
     Args:
       model: our LLaMA (any widths).
       tokenizer: a transformers tokenizer or None.
-      out_dir: destination; replaced as a whole if it exists.
+      out_dir: destination. It may not exist, be empty, or be a directory an earlier
+        ``save_hf`` wrote (it holds `OUTPUT_MARKER`); it is then replaced as a whole.
+        Anything else (a file, a directory of other files) is refused unless
+        ``overwrite``: a typo in a path must never delete a user's data.
       extra_files: {name: JSON-serialisable object} written next to the weights
         (e.g. a pruning report).
+      overwrite: replace whatever is at ``out_dir``.
 
     Returns:
       None for a stock-transformers-loadable checkpoint, or the message explaining
       why it is not (non-uniform widths).
+
+    Raises:
+      FileExistsError: ``out_dir`` holds something this function did not write and
+        ``overwrite`` is False (checked before anything is written).
     """
     import jax.numpy as jnp
     from safetensors.flax import save_file
 
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is meant to be shared
         dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
         tensors = {k: jnp.asarray(v, dtype) for k, v in state_dict_from_model(model).items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -179,17 +199,44 @@ def save_hf(model: Llama, tokenizer: Any | None, out_dir: str | os.PathLike, *, 
             message = NON_UNIFORM_MESSAGE
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        for name, obj in (extra_files or {}).items():
+        for name, obj in {**(extra_files or {}), OUTPUT_MARKER: marker_payload("save_hf")}.items():
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
-        if out_dir.exists():
+        for path in tmp.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return message
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def is_replaceable(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` does not exist, is an empty directory, or was written by `save_hf`
+    (it holds `OUTPUT_MARKER`)."""
+    path = Path(out_dir)
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return not any(path.iterdir()) or is_our_output(path)
+
+
+def check_replaceable(out_dir: str | os.PathLike, *, overwrite: bool) -> None:
+    """FileExistsError unless `save_hf` may write ``out_dir`` (see `is_replaceable`)."""
+    if not overwrite and not is_replaceable(out_dir):
+        what = "a file" if Path(out_dir).is_file() else "a non-empty directory that prune_jax did not write"
+        raise FileExistsError(f"{out_dir} is {what}; choose another path or pass overwrite=True (--overwrite) to replace it")

@@ -1,0 +1,97 @@
+"""What both command lines share: failing cleanly, checking outputs before the work, interrupts.
+
+Library code never prints; the CLIs do, and every user error goes through `fail`
+(one red line on stderr, exit code 2, no traceback). Output paths are checked
+*before* any expensive work (`check_output_file`, `check_output_dir`), so a typo in
+``--out`` costs a second, not a 40-minute run, and an existing directory the
+program did not write itself is never replaced unless the user says ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from skmm_jax.io import OUTPUT_MARKER, is_our_output
+
+_stderr = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Prints ``error: message`` on stderr and exits with code 2 (usage/input error)."""
+    from rich.markup import escape
+
+    _stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # a path may hold "[...]"
+    raise typer.Exit(2)
+
+
+def _check_parent_writable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor must be a writable directory (parents are created later)."""
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: the directory {parent} is not writable")
+
+
+def check_output_file(path: Path | None, flag: str = "--out") -> None:
+    """Fails unless ``path`` can be written as a file (an existing file is replaced atomically).
+
+    Raises ``typer.Exit(2)`` with a message naming the flag when ``path`` is an existing
+    directory, sits under a file, or its directory is not writable.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep) or path.name in ("", ".", ".."):
+        fail(f"{flag} {path} is a directory; give a file name, e.g. {Path(path) / 'result.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        fail(f"{flag} {path} exists and is not writable")
+    _check_parent_writable(path.absolute(), flag)
+
+
+def check_output_dir(path: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Fails unless ``path`` may become an output directory.
+
+    Allowed: a path that does not exist, an empty directory, a directory written by an
+    earlier run (it holds `OUTPUT_MARKER`), or anything at all with ``overwrite``
+    (except the current directory or one of its parents). Everything else -- a file,
+    a directory of the user's own files -- is refused, so nothing is lost to a typo.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved == resolved.parent:
+        fail(f"{flag} {path} is the current directory or one of its parents; name a new directory")
+    if path.is_file() or path.is_symlink() and not path.is_dir():
+        if not overwrite:
+            fail(f"{flag} {path} is an existing file; choose another path or pass --overwrite to replace it")
+    elif path.is_dir() and any(path.iterdir()) and not is_our_output(path) and not overwrite:
+        fail(
+            f"{flag} {path} is a non-empty directory that this program did not write; "
+            "choose a new path or pass --overwrite to replace it"
+        )
+    if path.exists() and not os.access(path.parent.absolute(), os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: its directory {path.parent} is not writable")
+    _check_parent_writable(resolved, flag)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Runs a Typer app; Ctrl-C prints one line and exits 130 (Typer alone exits silently).
+
+    Outputs are written atomically, so an interrupted run leaves nothing partial behind.
+    """
+    try:
+        app()
+    except SystemExit as exit_:
+        if exit_.code == 130:
+            _stderr.print("interrupted: nothing was written (outputs appear only when complete)")
+        raise
