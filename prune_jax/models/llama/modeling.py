@@ -432,9 +432,19 @@ class DecoderBlock(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype)
         self.mlp = MLP(config.hidden_size, config.layer_intermediate[layer], bias=config.mlp_bias, dtype=dtype, rngs=rngs)
 
+    # Hooks: the block's two residual halves, so consumers (calibration, recovery,
+    # feature extraction, heads on the last block) ask for the stream they need instead
+    # of re-writing the forward.
+    def attention_residual(self, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """h = x + Attn(RMSNorm(x)), [B, T, D]: the stream into the MLP half."""
+        return x + self.attn(self.input_norm(x), positions, inv_freq)
+
+    def mlp_residual(self, h: Array) -> Array:
+        """y = h + MLP(RMSNorm(h)), [B, T, D]: the block's output."""
+        return h + self.mlp(self.post_attn_norm(h))
+
     def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
-        x = x + self.attn(self.input_norm(x), positions, inv_freq)
-        return x + self.mlp(self.post_attn_norm(x))
+        return self.mlp_residual(self.attention_residual(x, positions, inv_freq))
 
 
 class Llama(nnx.Module):
@@ -449,15 +459,32 @@ class Llama(nnx.Module):
         self.lm_head = None if config.tie_word_embeddings else nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (config.hidden_size, config.vocab_size), dtype))  # [D, V]
 
+    # Hooks: the pieces of the forward, so a consumer that needs the residual stream at
+    # some block (calibration, recovery, features) composes them instead of copying it.
+    @staticmethod
+    def default_positions(tokens: Array) -> Array:
+        """Positions 0..T-1 for every row, [B, T] int32."""
+        return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
+
+    def rope_frequencies(self) -> Array:
+        """RoPE inverse frequencies [H/2] (float32; a constant under jit)."""
+        return jnp.asarray(rope_inverse_frequencies(self.config))
+
+    def embed_tokens(self, tokens: Array) -> Array:
+        """The residual stream entering block 0, [B, T, D]."""
+        return jnp.take(self.embed[...], tokens, axis=0)
+
+    def apply_blocks(self, x: Array, positions: Array, start: int = 0, stop: int | None = None) -> Array:
+        """The residual stream after blocks [start, stop) applied to ``x`` [B, T, D]."""
+        inv_freq = self.rope_frequencies()
+        for block in list(self.layers)[start:stop]:
+            x = block(x, positions, inv_freq)
+        return x
+
     def hidden_states(self, tokens: Array, positions: Array | None = None) -> Array:
         """Final-norm hidden states [B, T, D]."""
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
-        inv_freq = jnp.asarray(rope_inverse_frequencies(self.config))
-        x = jnp.take(self.embed[...], tokens, axis=0)
-        for block in self.layers:
-            x = block(x, positions, inv_freq)
-        return self.norm(x)
+        positions = self.default_positions(tokens) if positions is None else positions
+        return self.norm(self.apply_blocks(self.embed_tokens(tokens), positions))
 
     def logits(self, hidden: Array) -> Array:
         head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
