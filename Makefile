@@ -31,7 +31,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 # The Wikipedia sample, taken out of the gensim wheel (needs PyPI once; cached in
 # $$PRUNE_JAX_CACHE or ~/.cache/prune_jax).
 data: $(VENV)/.installed-base
-	$(BIN)/python -m prune_jax.data fetch
+	$(BIN)/prune-jax data fetch
 
 # Main job: prune the embedded SmolLM2-135M by 20 % of its prunable parameters with the
 # distribution-aware scores + recovery, calibrated on the Wikipedia sample, and compare

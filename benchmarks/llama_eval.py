@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus  # noqa: E402
 from prune_jax.embedded import embedded_model_path  # noqa: E402
-from prune_jax.evaluate import _forward, perplexity  # noqa: E402
+from prune_jax.evaluate import compiled_forward, perplexity  # noqa: E402
 from prune_jax.models.llama import LlamaConfig, load_tokenizer, model_from_state_dict  # noqa: E402
 from prune_jax.models.llama.gguf_io import read_gguf  # noqa: E402
 from skmm_jax.io import save_json_atomic  # noqa: E402
@@ -102,7 +101,7 @@ def main() -> None:
                      "ours_eval_seconds": ours_s, "torch_eval_seconds": torch_s})
         print(rows[-1], flush=True)
 
-    graphdef, state = nnx.split(ours)
+    forward = compiled_forward(ours)
     throughput = []
     for batch, seq_len in ((8, 128), (1, 2048)):
         x = np.asarray(tokens[: batch * seq_len].reshape(batch, seq_len), np.int32)
@@ -110,7 +109,7 @@ def main() -> None:
         xt = torch.as_tensor(x, dtype=torch.long)
 
         def run_ours():
-            _forward(graphdef, state, xj).block_until_ready()
+            forward(xj).block_until_ready()
 
         def run_torch():
             with torch.no_grad():

@@ -88,7 +88,7 @@ def check_export(calib: np.ndarray, windows: np.ndarray) -> dict:
                 count += batch[:, 1:].numel()
     theirs = float(np.exp(total / count))
     return {"method": "dap + recovery, all 30 blocks, 20 %", "ours_perplexity": ours, "transformers_perplexity": theirs,
-            "relative_difference": abs(ours - theirs) / theirs, "windows": int(len(windows)), "parameters_after": report["parameters_after"]}
+            "relative_difference": abs(ours - theirs) / theirs, "windows": int(len(windows)), "parameters_after": report.parameters_after}
 
 
 def measure_speed(tokens: np.ndarray, sparsities: list[float], rounds: int = 5) -> list[dict]:
@@ -98,7 +98,7 @@ def measure_speed(tokens: np.ndarray, sparsities: list[float], rounds: int = 5) 
     import dataclasses
 
     from prune_jax.models.llama import init_llama
-    from prune_jax.pruning.prune import _layer_cuts, default_layer_range, solve_ratio
+    from prune_jax.pruning.allocation import default_layer_range, layer_cuts, solve_ratio
 
     dense, _ = load_model("smollm2-135m", tokenizer=False)
     config = dense.config
@@ -109,7 +109,7 @@ def measure_speed(tokens: np.ndarray, sparsities: list[float], rounds: int = 5) 
         ratio = solve_ratio(dense, layers, sparsity, "per-group")
         heads, widths = list(config.layer_heads), list(config.layer_intermediate)
         for layer in layers:
-            head_cut, channel_cut = _layer_cuts(dense, layer, ratio, ratio, "per-group")
+            head_cut, channel_cut = layer_cuts(dense, layer, ratio, ratio, "per-group")
             n, k = heads[layer]
             heads[layer], widths[layer] = (n - head_cut * k, k), widths[layer] - channel_cut
         models[sparsity] = init_llama(dataclasses.replace(config, layer_heads=tuple(heads), layer_intermediate=tuple(widths)))
@@ -166,8 +166,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             row = {
                 "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, **evaluate(model), "prune_seconds": seconds,
-                "fraction_of_prunable_removed": report["fraction_of_prunable_removed"],
-                "fraction_of_all_removed": report["fraction_of_all_removed"], "parameters": report["parameters_after"],
+                "fraction_of_prunable_removed": report.fraction_of_prunable_removed,
+                "fraction_of_all_removed": report.fraction_of_all_removed, "parameters": report.parameters_after,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "tokens_per_s": throughput(model, eval_tokens),
             }

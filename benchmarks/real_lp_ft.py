@@ -2,8 +2,8 @@
 
 The paper's Tables 2–3 protocol (StanfordCars on CLIP / ResNet18) on what is reachable
 offline: 64-token passages of the shipped Wikipedia sample labelled by article
-(``skmm_jax.tasks.wiki_passage_task``: 96 classes, train pool 2759 / val 574 / test
-574), features and layer inputs of the frozen SmolLM2-135M (``extract_features``,
+(``prune_jax.features.wiki_passage_task``: 96 classes, train pool 2759 / val 574 / test
+574), features and layer inputs of the frozen SmolLM2-135M (``extract_llama_features``,
 cached in ~/.cache/prune_jax/real_lp_ft/).
 
 - LP: every method selects n ≈ 5, 10, 15, 20, 25 % of the pool from the pool's
@@ -52,21 +52,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prune_jax.features import mlp_head_from_llama  # noqa: E402
 from skmm_jax.gradients import rademacher_weights, sketch_per_sample_grads  # noqa: E402
 from skmm_jax.io import save_json_atomic, save_npy_atomic  # noqa: E402
 from skmm_jax.select import METHODS, select  # noqa: E402
 from skmm_jax.sketch import make_pytree_sketch  # noqa: E402
-from skmm_jax.train import (  # noqa: E402
-    FinetuneConfig,
-    default_probe_grid,
-    finetune,
-    ft_gradient_loss,
-    ft_predict,
-    metrics,
-    mlp_head_from_llama,
-    predict,
-    select_hyperparameters,
-)
+from skmm_jax.train.finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_predict  # noqa: E402
+from skmm_jax.train.metrics import metrics  # noqa: E402
+from skmm_jax.train.probe import default_probe_grid, predict, select_hyperparameters  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_JSON = RESULTS / "real_lp_ft.json"
@@ -129,15 +122,21 @@ class Data:
 
 
 def load_data() -> Data:
+    from tqdm import tqdm
+
+    from prune_jax.features import extract_llama_features, wiki_passage_task
     from prune_jax.models.llama import load_model
-    from skmm_jax.tasks import extract_features, wiki_passage_task
 
     model, tokenizer = load_model(MODEL)
     task = wiki_passage_task(tokenizer)
     progress_file = CACHE / "features" / "progress.json"
     was_complete = progress_file.exists() and json.loads(progress_file.read_text()).get("complete", False)
     start = time.perf_counter()
-    features = extract_features(model, task.tokens, cache=CACHE / "features", batch_size=16, layer_input="float16")
+    with tqdm(total=task.num_passages, unit="passage", desc=f"features T={task.passage_tokens}") as bar:
+        features = extract_llama_features(
+            model, task.tokens, cache=CACHE / "features", batch_size=16, layer_input="float16",
+            progress=lambda done, total: bar.update(done - bar.n),
+        )  # fmt: skip
     if not was_complete:  # the last (possibly resumed) extraction's time, for the runtime line
         seconds = time.perf_counter() - start
         save_json_atomic(CACHE / "features_timing.json", {"seconds": seconds, "passages": int(task.num_passages)})

@@ -128,7 +128,7 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
                 start = time.perf_counter()
                 diag = {}
                 if method in BASELINES:
-                    indices = np.asarray(BASELINES[method](key, jnp.asarray(x), n))
+                    indices = np.asarray(BASELINES[method](key, jnp.asarray(x), n)[0])  # (indices, diagnostics)
                 else:
                     kind, dim, draw, c_s = SKMM_VARIANTS[method]
                     if (kind, dim) not in sketched:

@@ -128,19 +128,20 @@ def prune_command(
         batches = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
             net, report = prune(net, batches, config, progress=lambda done, total: bar.update(done - bar.n))
-        report["calibration"] = {
+        record = report.to_json()
+        record["calibration"] = {
             "source": calib, "split": calib_split, "documents": [d.id for d in calibration_docs],
             "tokens": int(np.asarray(batches).size), "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
         }
-        report["model"] = str(model)
-        report["total_seconds"] = time.perf_counter() - start
-        message = save_hf(net, tok, out, extra_files={"pruning.json": report}, overwrite=overwrite)
+        record["model"] = str(model)
+        record["total_seconds"] = time.perf_counter() - start
+        message = save_hf(net, tok, out, extra_files={"pruning.json": record}, overwrite=overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         fail(str(err))
     console.print(
-        f"{method}{' + recovery' if recover else ''}: removed {report['fraction_of_prunable_removed']:.1%} of prunable "
-        f"({report['fraction_of_all_removed']:.1%} of all) parameters, {report['parameters_before']:,} → "
-        f"{report['parameters_after']:,}; wrote {out} in {report['total_seconds']:.0f} s"
+        f"{method}{' + recovery' if recover else ''}: removed {report.fraction_of_prunable_removed:.1%} of prunable "
+        f"({report.fraction_of_all_removed:.1%} of all) parameters, {report.parameters_before:,} → "
+        f"{report.parameters_after:,}; wrote {out} in {record['total_seconds']:.0f} s"
     )
     if message:
         console.print(f"[yellow]note:[/yellow] {message}")
@@ -198,19 +199,20 @@ def demo_command(
         with tqdm(total=len(windows), unit="window", desc="pruned perplexity") as bar:
             pruned_ppl = perplexity(net, windows, progress=lambda done, total: bar.update(done - bar.n)).perplexity
         pruned_speed = tokens_per_second(net, eval_tokens)
-        report["calibration"] = {"source": "wiki-sample", "split": "calibration", "documents": [d.id for d in calibration_docs],
+        record = report.to_json()
+        record["calibration"] = {"source": "wiki-sample", "split": "calibration", "documents": [d.id for d in calibration_docs],
                                  "tokens": int(calib.size), "samples": calib_samples, "seq_len": 128, "seed": 0}
-        message = save_hf(net, tok, out, extra_files={"pruning.json": report}, overwrite=overwrite)
+        message = save_hf(net, tok, out, extra_files={"pruning.json": record}, overwrite=overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     table = Table(title=f"SmolLM2-135M-Instruct (Q4_1, dequantised), {method}{' + recovery' if recover else ''}, {sparsity:.0%} of prunable parameters")
     for col in ("model", "parameters", f"perplexity ({len(windows)}×128)", "tokens/s (8×128)"):
         table.add_column(col, justify="right")
-    table.add_row("dense", f"{report['parameters_before']:,}", f"{dense_ppl:.2f}", f"{dense_speed:.0f}")
-    table.add_row("pruned", f"{report['parameters_after']:,}", f"{pruned_ppl:.2f}", f"{pruned_speed:.0f}")
+    table.add_row("dense", f"{report.parameters_before:,}", f"{dense_ppl:.2f}", f"{dense_speed:.0f}")
+    table.add_row("pruned", f"{report.parameters_after:,}", f"{pruned_ppl:.2f}", f"{pruned_speed:.0f}")
     Console().print(table)
     console.print(
-        f"removed {report['fraction_of_prunable_removed']:.1%} of prunable / {report['fraction_of_all_removed']:.1%} of all parameters; "
+        f"removed {report.fraction_of_prunable_removed:.1%} of prunable / {report.fraction_of_all_removed:.1%} of all parameters; "
         f"speed-up {pruned_speed / dense_speed:.2f}×; pruning took {prune_seconds:.0f} s; saved to {out}"
     )
     if message:
@@ -279,6 +281,54 @@ def eval_command(
     )
     if json_out is not None:
         save_json_atomic(json_out, payload)
+
+
+# ------------------------------------------------------------ prune-jax data (also: python -m prune_jax.data)
+
+data_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Text corpora: fetch the Wikipedia sample, show a corpus and its split.",
+)
+app.add_typer(data_app, name="data")
+DATA_ERRORS = (OSError, ValueError, RuntimeError, ImportError)  # what prune_jax.data raises on bad input or no network
+
+
+@data_app.command("fetch")
+def data_fetch_command(
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Cache root (default: $PRUNE_JAX_CACHE or ~/.cache/prune_jax)."
+    ),
+    wheel: Optional[Path] = typer.Option(None, help="Take the file from this gensim wheel instead of downloading it."),
+) -> None:
+    """Fetch the embedded Wikipedia sample into the cache and print its path."""
+    from prune_jax.data import fetch_wiki_sample
+
+    try:
+        path = fetch_wiki_sample(cache_dir, wheel=wheel)
+    except DATA_ERRORS as err:
+        fail(str(err))
+    typer.echo(path)  # plain, unwrapped: scripts read the path
+
+
+@data_app.command("stats")
+def data_stats_command(
+    source: str = typer.Argument(
+        "wiki-sample",
+        help="wiki-sample | path.txt | path.jsonl | path.parquet | dump.xml.bz2 | hf:dataset[:config]:split.",
+    ),
+) -> None:
+    """Document and character counts of a corpus and of its default calibration / evaluation split."""
+    from prune_jax.data import load_documents, split_documents
+
+    try:
+        docs = load_documents(source)
+        calibration, evaluation = split_documents(docs) if len(docs) >= 2 else (docs, [])
+    except DATA_ERRORS as err:
+        fail(str(err))
+    typer.echo(f"{source}: {len(docs)} documents, {sum(len(d.text) for d in docs)} characters")
+    for name, part in (("calibration", calibration), ("evaluation", evaluation)):
+        typer.echo(f"  {name}: {len(part)} documents, {sum(len(d.text) for d in part)} characters")
 
 
 def main() -> None:

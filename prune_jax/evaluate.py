@@ -5,8 +5,9 @@ For windows w_1 … w_W of T tokens cut from one token stream,
     PPL = exp( Σ_w Σ_{t=1}^{T-1} −log p(w_t | w_<t) / (W (T − 1)) ),
 
 i.e. each window is scored on its own (the first token of a window has no context and
-is not predicted). One compiled function serves every batch: the last batch is padded
-with zero-weight windows, so evaluation never recompiles after the first batch.
+is not predicted; ``Llama.token_nll``). One compiled function serves every batch: the
+last batch is padded with zero-weight windows, so evaluation never recompiles after the
+first batch.
 """
 
 from __future__ import annotations
@@ -21,23 +22,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.streaming import Progress, chunk_bounds, pad_leading
+
 Array = jax.Array
-Progress = Callable[[int, int], None]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_nll(graphdef, state, windows: Array, weights: Array) -> Array:
     """Σ over windows (weighted) of Σ_t −log p(w_t | w_<t), in float32."""
-    model = nnx.merge(graphdef, state)
-    logits = model(windows[:, :-1])  # [B, T-1, V] float32
-    log_norm = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
-    target = jnp.take_along_axis(logits, windows[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum((log_norm - target) * weights[:, None])
+    nll = nnx.merge(graphdef, state).token_nll(windows)  # [B, T-1] float32
+    return jnp.sum(nll * weights[:, None])
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, state, tokens: Array) -> Array:
     return nnx.merge(graphdef, state)(tokens)
+
+
+def compiled_forward(model) -> Callable[[Array], Array]:
+    """``tokens [B, T] → logits [B, T, V]`` for ``model``'s current weights: one jitted
+    function (compiled once per shape), returning device arrays without waiting for
+    them (timing code calls ``.block_until_ready()``)."""
+    graphdef, state = nnx.split(model)
+    return lambda tokens: _forward(graphdef, state, tokens)
 
 
 def bucket_length(length: int, *, minimum: int = 16) -> int:
@@ -60,8 +67,7 @@ def forward_logits(model, tokens: np.ndarray) -> np.ndarray:
     model.config.check_sequence_length(length, name="tokens.shape[1]")
     padded = np.zeros((batch, bucket_length(length)), np.int32)
     padded[:, :length] = tokens
-    graphdef, state = nnx.split(model)
-    return np.asarray(_forward(graphdef, state, jnp.asarray(padded)))[:, :length]
+    return np.asarray(compiled_forward(model)(jnp.asarray(padded)))[:, :length]
 
 
 def forward_tokens_per_second(model, tokens: np.ndarray, *, repeats: int = 5) -> float:
@@ -70,12 +76,12 @@ def forward_tokens_per_second(model, tokens: np.ndarray, *, repeats: int = 5) ->
     import time
 
     tokens = jnp.asarray(np.asarray(tokens, np.int32))
-    graphdef, state = nnx.split(model)
-    _forward(graphdef, state, tokens).block_until_ready()
+    forward = compiled_forward(model)
+    forward(tokens).block_until_ready()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _forward(graphdef, state, tokens).block_until_ready()
+        forward(tokens).block_until_ready()
         times.append(time.perf_counter() - start)
     return tokens.size / float(np.median(times))
 
@@ -99,7 +105,7 @@ def perplexity(
     """exp(mean NLL) of ``model`` over token windows [W, T] (see module docstring).
 
     Args:
-      model: our LLaMA (a module mapping [B, T] tokens → [B, T, V] logits whose
+      model: our LLaMA (a module with ``token_nll(tokens [B, T]) → [B, T − 1]`` whose
         ``config`` has ``vocab_size`` and ``check_sequence_length``).
       windows: [W, T] int token windows (e.g. ``prune_jax.data.eval_windows``);
         T must not exceed the model's context (``max_position_embeddings``).
@@ -125,18 +131,17 @@ def perplexity(
     batch_size = min(batch_size or max(1, 16384 // seq_len), count)
     graphdef, state = nnx.split(model)
     total = jnp.zeros((), jnp.float32)
-    for start in range(0, count, batch_size):
-        chunk = windows[start : start + batch_size].astype(np.int32)
-        real = chunk.shape[0]
-        if real < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - real, seq_len), np.int32)])
-        weights = (np.arange(batch_size) < real).astype(np.float32)
+    # Not ``stream_chunks``: the sum stays on the device (one host sync at the end, no
+    # per-batch transfer), and padded windows are weighted out inside the reduction.
+    for start, stop in chunk_bounds(count, batch_size):
+        chunk = pad_leading(windows[start:stop].astype(np.int32), batch_size)  # [batch_size, T]
+        weights = (np.arange(batch_size) < stop - start).astype(np.float32)
         total = total + _batch_nll(graphdef, state, jnp.asarray(chunk), jnp.asarray(weights))
         if progress is not None:
             # Only a progress display waits for each batch; without one, batches are
             # dispatched back to back and the host syncs once at the end.
             total.block_until_ready()
-            progress(min(start + batch_size, count), count)
+            progress(stop, count)
     predicted = count * (seq_len - 1)
     nll = float(total) / predicted
     return PerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=predicted, windows=count, seq_len=seq_len)

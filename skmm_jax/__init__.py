@@ -6,16 +6,25 @@ Pipeline, one module per step:
   ``moments``   spectrum Σ̃ = VΛVᵀ, moment matrix B, the moment-matching objective
   ``solve``     optax solver over the capped simplex with exact projections; default c_S
   ``draw``      p → a discrete coreset (greedy / swap moment matching, sampling, top-n, balanced)
-  ``select``    ``skmm`` end to end and ``select(method, key, features, n)`` for every method
+  ``select``    ``skmm`` end to end, the ``METHODS`` registry, ``select(method, key, features, n)``
+  ``methods``   the selection contract: ``SelectionMethod`` (one signature, (indices, diagnostics))
   ``baselines`` uniform, herding, k-center, adaptive sampling, (ridge) leverage scores
   ``deepcore``  label-aware baselines on a linear proxy: EL2N, GraNd, forgetting,
                 uncertainty (entropy, margin, least confidence), contextual diversity
+
+Around them: ``sampling`` (draws without replacement, class quotas), ``checks`` (input
+validation), ``streaming`` (the chunked-streaming helper), ``precision``, ``io``; for
+real tasks ``tasks`` (labelled passages, splits), ``features`` (frozen-model features
+through a feature function, cached) and ``train`` (probe, finetune, metrics). The
+package imports nothing from ``prune_jax``: model-specific glue lives there
+(``prune_jax.features``).
 """
 
 from skmm_jax import baselines, deepcore, sketch
 from skmm_jax.baselines import BASELINES
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.gradients import per_sample_grads, sketch_per_sample_grads
+from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import Spectrum, sketched_spectrum, subset_coverage
 from skmm_jax.select import METHODS, Selection, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.sketch import KINDS, make_pytree_sketch, make_sketch, sketch_rows
@@ -29,6 +38,7 @@ __all__ = [
     "KINDS",
     "METHODS",
     "Selection",
+    "SelectionMethod",
     "SkMMConfig",
     "SolverConfig",
     "Spectrum",

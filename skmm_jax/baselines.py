@@ -1,6 +1,6 @@
 """Data-selection baselines that SkMM is compared against.
 
-Every selector has one signature::
+Every selector function has one signature::
 
     selector(key, features, n, **keyword_only_options) -> int32 [n]
 
@@ -19,23 +19,25 @@ can be called inside an outer ``jax.jit`` as long as ``n`` is static there too.
 Greedy selectors loop over picks with ``lax.fori_loop`` on a fixed-shape state (a
 boolean ``taken [N]`` mask), so tracing cost does not grow with ``n``.
 
-``BASELINES`` maps the CLI's names to the selectors.
+``BASELINES`` maps the CLI's names to registry entries (``skmm_jax.methods``: the
+selection contract, returning ``(indices, diagnostics)``) built from these functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skmm_jax.checks import check_rows
+from skmm_jax.methods import SelectionMethod
+from skmm_jax.precision import HIGHEST
 from skmm_jax.sampling import check_subset_size, sample_without_replacement
 
 Array = jax.Array
 
-HIGHEST = jax.lax.Precision.HIGHEST
 _EPS = float(jnp.finfo(jnp.float32).eps)
 
 __all__ = [
@@ -53,21 +55,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_features(features) -> Array:
-    """Returns ``features`` as an array after checking it is [N, d] floating, d >= 1."""
-    if not hasattr(features, "dtype"):
-        features = np.asarray(features)
-    if features.ndim != 2:
-        raise ValueError(
-            f"features must be a 2-D [N, d] array (one row per sample), got shape {tuple(features.shape)}"
-        )
-    if not jnp.issubdtype(features.dtype, jnp.floating):
-        raise ValueError(f"features must have a floating dtype, got {features.dtype}")
-    if features.shape[1] < 1:
-        raise ValueError(f"features must have at least one column, got shape {tuple(features.shape)}")
-    return jnp.asarray(features)
 
 
 def _check_rank(rank, features: Array) -> None:
@@ -123,7 +110,7 @@ def uniform(key: Array, features: Array, n: int) -> Array:
     Returns:
       [n] int32 distinct indices, in draw order.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     return _uniform(key, features.shape[0], n)
 
@@ -167,7 +154,7 @@ def herding(key: Array, features: Array, n: int) -> Array:
       [n] int32 distinct indices, in selection order.
     """
     del key
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     return _herding(features, n)
 
@@ -213,7 +200,7 @@ def kcenter_greedy(key: Array, features: Array, n: int) -> Array:
     Returns:
       [n] int32 distinct indices, in selection order.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     return _kcenter_greedy(key, features, n)
 
@@ -249,7 +236,7 @@ def covering_radius(features: Array, indices: Array) -> Array:
     Returns:
       float32 scalar array (0-d, so it also works under ``jax.jit``).
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     indices = jnp.asarray(indices)
     if indices.ndim != 1 or indices.shape[0] < 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
         raise ValueError(f"indices must be a non-empty 1-D integer array, got shape {indices.shape} {indices.dtype}")
@@ -324,7 +311,7 @@ def adaptive_sampling(key: Array, features: Array, n: int) -> Array:
     Returns:
       [n] int32 distinct indices, in selection order.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     return _adaptive_sampling(key, features, n)
 
@@ -372,7 +359,7 @@ def leverage_scores(features: Array, rank: int | None = None) -> Array:
     Returns:
       [N] float32 scores.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     _check_rank(rank, features)
     return _leverage_scores(features, min(features.shape) if rank is None else rank)
 
@@ -399,7 +386,7 @@ def truncated_leverage(key: Array, features: Array, n: int, *, rank: int | None 
     Returns:
       [n] int32 distinct indices, in draw order.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     _check_rank(rank, features)
     rank_cap = min(n, *features.shape) if rank is None else rank
@@ -427,7 +414,7 @@ def ridge_leverage_scores(features: Array, alpha) -> Array:
     Returns:
       [N] float32 scores.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     _check_alpha(alpha)
     return _ridge_leverage_scores(features, jnp.asarray(alpha, jnp.float32))
 
@@ -456,7 +443,7 @@ def ridge_leverage(key: Array, features: Array, n: int, *, alpha=None) -> Array:
     Returns:
       [n] int32 distinct indices, in draw order.
     """
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
     if alpha is not None:
         _check_alpha(alpha)
@@ -466,11 +453,15 @@ def ridge_leverage(key: Array, features: Array, n: int, *, alpha=None) -> Array:
 
 # ----------------------------------------------------------------------------- registry
 
-BASELINES: dict[str, Callable[..., Array]] = {
-    "uniform": uniform,
-    "herding": herding,
-    "kcenter": kcenter_greedy,
-    "adaptive": adaptive_sampling,
-    "leverage": truncated_leverage,
-    "ridge-leverage": ridge_leverage,
+BASELINES: dict[str, SelectionMethod] = {
+    name: SelectionMethod.from_indices(name, fn)
+    for name, fn in (
+        ("uniform", uniform),
+        ("herding", herding),
+        ("kcenter", kcenter_greedy),
+        ("adaptive", adaptive_sampling),
+        ("leverage", truncated_leverage),
+        ("ridge-leverage", ridge_leverage),
+    )
 }
+"""The label-free baselines by command-line name, as selection-contract entries."""

@@ -73,8 +73,6 @@ def sketch(
     options = {k: v for k, v in (("nnz", nnz), ("hashing", hashing)) if v is not None}
     try:
         rows = load_rows(input)
-        if rows.shape[0] == 0:
-            fail(f"--input {input} has no rows (shape {rows.shape})")
         if dim >= rows.shape[1]:
             fail(f"--dim {dim} must be smaller than the input dimension r = {rows.shape[1]} (a sketch reduces dimension)")
         transform = make_sketch(kind, jax.random.key(seed), rows.shape[1], dim, **options)
@@ -172,7 +170,6 @@ def select(
     check_output_file(out, "--out")
     import jax
 
-    from skmm_jax.deepcore import DEEPCORE
     from skmm_jax.draw import DRAWS
     from skmm_jax.io import load_array, save_json_atomic
     from skmm_jax.select import METHODS
@@ -183,7 +180,7 @@ def select(
         fail(f"--n {n}: the coreset size must satisfy 0 < n <= N (the number of rows of --features)")
     if method not in METHODS:
         fail(f"--method {method!r} is not one of {sorted(METHODS)}")
-    if method in DEEPCORE and labels is None:
+    if METHODS[method].needs_labels and labels is None:
         fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
     options = {}
     if method == "skmm":

@@ -1,6 +1,6 @@
 """Label-aware data-selection baselines of the DeepCore family (Guo, Zhao & Bai 2022).
 
-Each selector has the common signature of ``skmm_jax.baselines`` plus the labels::
+Each selector function has the signature of ``skmm_jax.baselines`` plus the labels::
 
     selector(key, features, n, *, labels, **keyword_only_options) -> int32 [n]
 
@@ -11,8 +11,8 @@ Each selector has the common signature of ``skmm_jax.baselines`` plus the labels
 All of them score the pool with a *proxy model* (Coleman et al. 2020, "selection via
 proxy"): a linear softmax classifier p(x) = softmax(Wᵀx̂ + b), W [d, C], b [C], on the
 standardised features x̂ = (x − μ)/σ, trained briefly on the whole pool from zeros
-with AdamW (``train_proxy``; the problem is convex, so zeros is a natural start and the
-key only orders the minibatches). The probabilities of every sample after each epoch,
+with AdamW (``train_proxy``: the linear-probe trainer of ``skmm_jax.train.probe``; the
+problem is convex, so zeros is a natural start and the key only orders the minibatches). The probabilities of every sample after each epoch,
 p_t(x_i) for t = 1..E, are recorded; y_i is the one-hot label.
 
 - ``el2n`` (Paul, Ganguli & Dziugaite 2021): E_t ‖p_t(x_i) − y_i‖₂ over the proxy
@@ -32,43 +32,44 @@ Score-based selectors keep the n largest scores; ties are broken uniformly at ra
 with the key. By default the top n is global (``class_balanced=False``), as in DeepCore's
 defaults for Uncertainty and GraNd; DeepCore's Forgetting defaults to per-class
 selection, available here as ``class_balanced=True`` for every score-based selector
-(each class gets a share of n proportional to its size, by largest remainders).
+(each class gets a share of n proportional to its size, by largest remainders:
+``sampling.class_quotas``).
 
 The selectors validate in Python (labels must be concrete: C and the class quotas are
 static sizes) and call jitted pieces — ``train_proxy``, the ``*_scores`` functions,
 ``kcenter_symmetric_kl`` — which are pure functions of arrays and compose under
 ``jit``. Memory: the probability history is [E, N, C] float32.
 
-``DEEPCORE`` maps the command-line names to the selectors.
+``DEEPCORE`` maps the command-line names to registry entries (``skmm_jax.methods``)
+that declare ``needs_labels`` and return ``(indices, diagnostics)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from skmm_jax.baselines import _check_features
-from skmm_jax.sampling import check_subset_size
+from skmm_jax.checks import check_labels, check_rows
+from skmm_jax.methods import SelectionMethod
+from skmm_jax.sampling import check_subset_size, class_quotas
+from skmm_jax.train.probe import LinearProbe, LinearProbeConfig, fit_linear_softmax, standardize
 
 Array = jax.Array
 
-HIGHEST = jax.lax.Precision.HIGHEST
 UNCERTAINTY_SCORES = ("entropy", "margin", "least-confidence")
 # Probabilities are floored here before taking logs (softmax underflows to 0 in f32).
 _PROBABILITY_FLOOR = 1e-7
 
+PROXY = LinearProbeConfig(epochs=10, batch_size=64, learning_rate=1e-2, weight_decay=1e-4, optimizer="adamw")
+"""The default proxy training: a short AdamW run (forgetting needs ≥ 2 epochs to see an event)."""
+
 __all__ = [
     "DEEPCORE",
-    "LinearHead",
-    "ProxyConfig",
+    "PROXY",
     "ProxyResult",
     "UNCERTAINTY_SCORES",
     "contextual_diversity",
@@ -82,7 +83,6 @@ __all__ = [
     "kcenter_symmetric_kl",
     "least_confidence",
     "margin",
-    "standardize",
     "symmetric_kl",
     "train_proxy",
     "uncertainty",
@@ -90,172 +90,54 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_labels(labels, num_samples: int) -> np.ndarray:
-    """Returns ``labels`` as int32 numpy after checking [N] integer classes >= 0, C >= 2."""
-    if labels is None:
-        raise ValueError(f"labels are required: an [N] = [{num_samples}] integer array of classes 0..C-1")
-    labels = np.asarray(labels)
-    if labels.shape != (num_samples,):
-        raise ValueError(f"labels must have shape ({num_samples},) to match features, got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must have an integer dtype (classes 0..C-1), got {labels.dtype}")
-    if labels.min() < 0:
-        bad = np.flatnonzero(labels < 0).tolist()
-        raise ValueError(f"labels must be non-negative classes 0..C-1, got {labels.min()} at rows {bad[:10]}")
-    if labels.max() >= np.iinfo(np.int32).max:
-        raise ValueError(f"labels must be below 2**31 - 1, got {labels.max()}")
-    if labels.max() < 1:
-        raise ValueError("labels must name at least 2 classes (max label + 1 >= 2), got only class 0")
-    return labels.astype(np.int32)
-
-
-def _check_class_count(num_classes, labels: np.ndarray) -> int:
-    needed = int(labels.max()) + 1
-    if num_classes is None:
-        return needed
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < needed:
-        raise ValueError(f"num_classes must be None or an int >= max label + 1 = {needed}, got {num_classes!r}")
-    return num_classes
-
-
 # ----------------------------------------------------------------------------- proxy
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxyConfig:
-    """Training of the linear softmax proxy (hashable: a static jit argument).
-
-    Attributes:
-      epochs: passes over the pool E; the probabilities of every sample are recorded
-        after each one (forgetting needs E ≥ 2 to see an event).
-      batch_size: minibatch size B (capped at N); each epoch is a fresh permutation in
-        ceil(N/B) steps, the last one possibly partial.
-      learning_rate: AdamW step size.
-      weight_decay: AdamW's decoupled weight decay, applied to W only.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-2
-    weight_decay: float = 1e-4
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ProxyConfig.{name} must be a positive int, got {value!r}")
-        rate, decay = self.learning_rate, self.weight_decay
-        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-            raise ValueError(f"ProxyConfig.learning_rate must be a positive finite number, got {rate!r}")
-        if not (isinstance(decay, (int, float)) and math.isfinite(decay) and decay >= 0):
-            raise ValueError(f"ProxyConfig.weight_decay must be a finite number >= 0, got {decay!r}")
-
-
-class LinearHead(NamedTuple):
-    """Parameters of the proxy: logits = x̂ W + b."""
-
-    weights: Array  # [d, C]
-    bias: Array  # [C]
 
 
 class ProxyResult(NamedTuple):
     """What ``train_proxy`` returns (a pytree)."""
 
-    head: LinearHead  # after the last epoch
+    probe: LinearProbe  # the classifier after the last epoch, with its standardisation (μ, σ)
     probabilities: Array  # [E, N, C] softmax of every sample after each epoch
     losses: Array  # [E] mean cross-entropy over the pool after each epoch
-    feature_mean: Array  # [d] μ of the standardisation
-    feature_scale: Array  # [d] σ of the standardisation (1 for constant columns)
-
-
-def standardize(features: Array, mean: Array, scale: Array) -> Array:
-    """x̂ = (x − μ)/σ row-wise: [N, d] → [N, d] float32."""
-    return (features.astype(jnp.float32) - mean[None, :]) / scale[None, :]
-
-
-def _standardization(features: Array) -> tuple[Array, Array]:
-    mean = jnp.mean(features, axis=0)
-    std = jnp.std(features, axis=0)
-    # A constant column has float32 rounding noise as its std; don't blow it up to O(1).
-    scale = jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
-    return mean, scale
-
-
-def _logits(head: LinearHead, standardized: Array) -> Array:
-    return jnp.matmul(standardized, head.weights, precision=HIGHEST) + head.bias[None, :]  # [N, C]
-
-
-@partial(jax.jit, static_argnames=("num_classes", "config"))
-def _train_proxy(key: Array, features: Array, labels: Array, num_classes: int, config: ProxyConfig) -> ProxyResult:
-    features = features.astype(jnp.float32)
-    mean, scale = _standardization(features)
-    x = standardize(features, mean, scale)  # [N, d]
-    num_samples, dim = x.shape
-    batch_size = min(config.batch_size, num_samples)
-    steps = -(-num_samples // batch_size)
-    optimizer = optax.adamw(
-        config.learning_rate, weight_decay=config.weight_decay, mask=LinearHead(weights=True, bias=False)
-    )
-    head = LinearHead(jnp.zeros((dim, num_classes), jnp.float32), jnp.zeros((num_classes,), jnp.float32))
-
-    def batch_loss(head, rows, classes, weight):
-        per_sample = optax.losses.softmax_cross_entropy_with_integer_labels(_logits(head, rows), classes)
-        return jnp.sum(weight * per_sample)
-
-    def step(carry, batch):  # batch: [B] indices, −1 for padding
-        head, opt_state = carry
-        valid = (batch >= 0).astype(jnp.float32)
-        rows = jnp.maximum(batch, 0)
-        grads = jax.grad(batch_loss)(head, x[rows], labels[rows], valid / jnp.sum(valid))
-        # optax's bias correction mixes Python floats with int32 step counts, which
-        # strict promotion (our tests' setting) rejects.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, head)
-        return (optax.apply_updates(head, updates), opt_state), None
-
-    def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, num_samples).astype(jnp.int32)
-        padding = -jnp.ones((steps * batch_size - num_samples,), jnp.int32)
-        carry, _ = jax.lax.scan(step, carry, jnp.concatenate([order, padding]).reshape(steps, batch_size))
-        log_p = jax.nn.log_softmax(_logits(carry[0], x), axis=-1)  # [N, C]
-        loss = -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=1))
-        return carry, (jnp.exp(log_p), loss)
-
-    (head, _), (probabilities, losses) = jax.lax.scan(
-        epoch, (head, optimizer.init(head)), jax.random.split(key, config.epochs)
-    )
-    return ProxyResult(head, probabilities, losses, mean, scale)
 
 
 def train_proxy(
-    key: Array, features: Array, labels, config: ProxyConfig = ProxyConfig(), *, num_classes: int | None = None
+    key: Array, features: Array, labels, config: LinearProbeConfig = PROXY, *, num_classes: int | None = None
 ) -> ProxyResult:
     """Trains the linear softmax proxy on the whole pool and records its predictions.
 
-    Minimises the mean cross-entropy −(1/N) Σ_i log softmax(Wᵀx̂_i + b)_{y_i} with AdamW
-    from W = 0, b = 0 over ``config.epochs`` shuffled passes of minibatches, in one
-    jitted ``lax.scan``. Deterministic given the key (which only shuffles).
+    The linear-probe trainer (``skmm_jax.train.probe.fit_linear_softmax``): mean
+    cross-entropy −(1/N) Σ_i log softmax(Wᵀx̂_i + b)_{y_i} from W = 0, b = 0 over
+    ``config.epochs`` shuffled passes of minibatches, in one jitted ``lax.scan``,
+    recording every sample's probabilities after each epoch. Deterministic given the
+    key (which only shuffles).
 
     Args:
       key: PRNG key; epoch t shuffles with the t-th of ``split(key, E)``.
       features: [N, d] floating array.
       labels: [N] integer classes 0..C−1.
-      config: see ``ProxyConfig``.
+      config: see ``LinearProbeConfig`` (default `PROXY`).
       num_classes: C (default max label + 1).
 
     Returns:
-      ``ProxyResult`` with the final head, the per-epoch probabilities [E, N, C] and
-      losses [E], and the standardisation (μ, σ).
+      ``ProxyResult`` with the final classifier, the per-epoch probabilities [E, N, C]
+      and losses [E].
     """
-    features = _check_features(features)
-    labels = _check_labels(labels, features.shape[0])
-    num_classes = _check_class_count(num_classes, labels)
-    if not isinstance(config, ProxyConfig):
-        raise ValueError(f"config must be a ProxyConfig, got {type(config).__name__}")
-    return _train_proxy(key, features, jnp.asarray(labels), num_classes, config)
+    features = jnp.asarray(check_rows(features))
+    labels = check_labels(labels, features.shape[0], min_classes=2)
+    needed = int(labels.max()) + 1
+    if num_classes is None:
+        num_classes = needed
+    elif not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < needed:
+        raise ValueError(f"num_classes must be None or an int >= max label + 1 = {needed}, got {num_classes!r}")
+    if not isinstance(config, LinearProbeConfig):
+        raise ValueError(f"config must be a LinearProbeConfig, got {type(config).__name__}")
+    fitted = fit_linear_softmax(
+        key, features, jnp.asarray(labels), jnp.float32(config.learning_rate), jnp.float32(config.weight_decay),
+        num_classes=num_classes, epochs=config.epochs, batch_size=min(config.batch_size, features.shape[0]),
+        optimizer_kind=config.optimizer, record=True,
+    )  # fmt: skip
+    return ProxyResult(fitted.probe, fitted.probabilities, fitted.pool_losses)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -399,20 +281,6 @@ def kcenter_symmetric_kl(key: Array, probabilities: Array, n: int) -> Array:
 # ----------------------------------------------------------------------------- top n
 
 
-def _class_quotas(labels: np.ndarray, num_classes: int, n: int) -> np.ndarray:
-    """n_c ∝ class size: ⌊n·N_c/N⌋, then one more for the largest remainders (exact ints).
-
-    Σ n_c = n and n_c ≤ N_c: a class only gets the extra slot when n·N_c/N is not an
-    integer, i.e. below N_c. Equal remainders go to the lower class index.
-    """
-    sizes = np.bincount(labels, minlength=num_classes).astype(np.int64)
-    num_samples = int(sizes.sum())
-    quotas, remainders = np.divmod(sizes * n, num_samples)
-    missing = n - int(quotas.sum())
-    quotas[np.argsort(-remainders, kind="stable")[:missing]] += 1
-    return quotas.astype(np.int32)
-
-
 @partial(jax.jit, static_argnames=("n",))
 def _top_scores(key: Array, scores: Array, n: int) -> Array:
     tie_break = jax.random.uniform(key, scores.shape, jnp.float32)
@@ -435,24 +303,24 @@ def _top_scores_per_class(key: Array, scores: Array, labels: Array, quotas: Arra
 def _keep_top(key: Array, scores: Array, n: int, labels: np.ndarray, class_balanced: bool) -> Array:
     if not class_balanced:
         return _top_scores(key, scores, n)
-    quotas = _class_quotas(labels, int(labels.max()) + 1, n)
+    quotas = class_quotas(np.bincount(labels), n)
     return _top_scores_per_class(key, scores, jnp.asarray(labels), jnp.asarray(quotas), n)
 
 
 # ----------------------------------------------------------------------------- selectors
 
 
-def _prepare(key: Array, features, n: int, labels, proxy: ProxyConfig) -> tuple[Array, np.ndarray, ProxyResult, Array]:
+def _prepare(key: Array, features, n: int, labels, proxy: LinearProbeConfig) -> tuple[Array, np.ndarray, ProxyResult, Array]:
     """Validates, trains the proxy with split(key)[0]; returns (features, labels, proxy, key for the rest)."""
-    features = _check_features(features)
+    features = jnp.asarray(check_rows(features))
     check_subset_size(n, features.shape[0])
-    labels = _check_labels(labels, features.shape[0])
+    labels = check_labels(labels, features.shape[0], min_classes=2)
     proxy_key, rest_key = jax.random.split(key)
     return features, labels, train_proxy(proxy_key, features, labels, proxy), rest_key
 
 
 def el2n(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """The n samples with the largest EL2N score (Paul et al. 2021): hardest first.
 
@@ -474,7 +342,7 @@ def el2n(
 
 
 def grand(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """The n samples with the largest expected gradient norm, GraNd (Paul et al. 2021).
 
@@ -482,13 +350,13 @@ def grand(
     Arguments and return as ``el2n``.
     """
     features, labels, result, key = _prepare(key, features, n, labels, proxy)
-    standardized = standardize(features, result.feature_mean, result.feature_scale)
+    standardized = standardize(features, result.probe.mean, result.probe.scale)
     scores = grand_scores(result.probabilities, jnp.asarray(labels), standardized)
     return _keep_top(key, scores, n, labels, class_balanced)
 
 
 def forgetting(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """The n most forgotten samples (Toneva et al. 2019), never-learned ones first.
 
@@ -507,7 +375,7 @@ def uncertainty(
     *,
     labels,
     score: str = "entropy",
-    proxy: ProxyConfig = ProxyConfig(),
+    proxy: LinearProbeConfig = PROXY,
     class_balanced: bool = False,
 ) -> Array:
     """The n samples the final proxy is least sure about (Coleman et al. 2020).
@@ -526,21 +394,21 @@ def uncertainty(
 
 
 def entropy(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """``uncertainty`` with score="entropy": largest −Σ_c p_c log p_c first."""
     return uncertainty(key, features, n, labels=labels, score="entropy", proxy=proxy, class_balanced=class_balanced)
 
 
 def margin(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """``uncertainty`` with score="margin": smallest gap p_(1) − p_(2) first."""
     return uncertainty(key, features, n, labels=labels, score="margin", proxy=proxy, class_balanced=class_balanced)
 
 
 def least_confidence(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig(), class_balanced: bool = False
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY, class_balanced: bool = False
 ) -> Array:
     """``uncertainty`` with score="least-confidence": smallest top probability first."""
     return uncertainty(
@@ -549,7 +417,7 @@ def least_confidence(
 
 
 def contextual_diversity(
-    key: Array, features: Array, n: int, *, labels, proxy: ProxyConfig = ProxyConfig()
+    key: Array, features: Array, n: int, *, labels, proxy: LinearProbeConfig = PROXY
 ) -> Array:
     """Contextual diversity (Agarwal et al. 2020): k-center on the proxy's predictions.
 
@@ -572,13 +440,16 @@ def contextual_diversity(
 
 # ----------------------------------------------------------------------------- registry
 
-DEEPCORE: dict[str, Callable[..., Array]] = {
-    "el2n": el2n,
-    "grand": grand,
-    "forgetting": forgetting,
-    "entropy": entropy,
-    "margin": margin,
-    "least-confidence": least_confidence,
-    "contextual-diversity": contextual_diversity,
+DEEPCORE: dict[str, SelectionMethod] = {
+    name: SelectionMethod.from_indices(name, fn, needs_labels=True)
+    for name, fn in (
+        ("el2n", el2n),
+        ("grand", grand),
+        ("forgetting", forgetting),
+        ("entropy", entropy),
+        ("margin", margin),
+        ("least-confidence", least_confidence),
+        ("contextual-diversity", contextual_diversity),
+    )
 }
-"""The label-aware selectors by command-line name; each needs ``labels=``."""
+"""The label-aware selectors by command-line name, as selection-contract entries (``needs_labels``)."""

@@ -1,8 +1,9 @@
 """The default job: sketch the per-sample gradients of a small network with every kind.
 
-Generated data stands in until the real-model pipeline lands: a regression MLP
-f(x; θ) = w₂ᵀ tanh(W₁ᵀx + b₁) + b₂ on inputs from a Gaussian mixture (so the
-per-sample gradients have a low intrinsic dimension, as finetuning gradients do).
+A self-contained check of the sketches on generated data (the real-task pipeline is
+``benchmarks/real_lp_ft.py``): a regression MLP f(x; θ) = w₂ᵀ tanh(W₁ᵀx + b₁) + b₂ on
+inputs from a Gaussian mixture (so the per-sample gradients have a low intrinsic
+dimension, as finetuning gradients do).
 Per-sample gradients ∇_θ f(x_i; θ₀) come from ``vmap(grad)`` as a pytree and are
 sketched leaf by leaf; the exact gradient matrix G is also formed (it is small
 here) to measure what each sketch preserves.
@@ -21,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 from skmm_jax.sketch import KINDS, make_pytree_sketch
 from skmm_jax.sketch.quality import inner_product_error, norm_ratios, subspace_distortion
+from skmm_jax.streaming import stream_chunks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,13 @@ def _mixture(key: jax.Array, cfg: DemoConfig) -> jax.Array:
     return means[assign] + 0.3 * jax.random.normal(k_noise, (cfg.samples, cfg.input_dim))
 
 
+def _stream(apply: Callable[[jax.Array], jax.Array], x: jax.Array, chunk_size: int) -> np.ndarray:
+    """``apply`` over fixed-shape chunks of the rows of x (``stream_chunks``), rows concatenated."""
+    out: list[np.ndarray] = []
+    stream_chunks(apply, lambda start, stop: x[start:stop], lambda start, stop, rows: out.append(rows), x.shape[0], chunk_size)
+    return np.concatenate(out)
+
+
 def run_demo(cfg: DemoConfig = DemoConfig(), *, on_kind: Callable[[DemoRow], None] | None = None) -> list[DemoRow]:
     """Sketches per-sample gradients with every kind; returns one row of metrics per kind.
 
@@ -99,9 +108,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, on_kind: Callable[[DemoRow], Non
 
     # Exact G for reference (small here; the sketches never need it).
     flat = jax.jit(jax.vmap(lambda g: ravel_pytree(g)[0]))
-    g_full = np.concatenate(
-        [np.asarray(flat(per_sample_grads(params, x[i : i + cfg.chunk_size]))) for i in range(0, cfg.samples, cfg.chunk_size)]
-    )
+    g_full = _stream(lambda xs: flat(per_sample_grads(params, xs)), x, cfg.chunk_size)
     _, unravel = ravel_pytree(params)
     basis = np.linalg.svd(g_full, full_matrices=False)[2][: cfg.subspace_rank]  # [k, r] top right singular vectors
     basis_tree = jax.vmap(unravel)(jnp.asarray(basis, jnp.float32))
@@ -117,9 +124,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, on_kind: Callable[[DemoRow], Non
 
         sketch_chunk(sketch, params, x[: cfg.chunk_size]).block_until_ready()  # compile
         start = time.perf_counter()
-        sketched = np.concatenate(
-            [np.asarray(sketch_chunk(sketch, params, x[i : i + cfg.chunk_size])) for i in range(0, cfg.samples, cfg.chunk_size)]
-        )
+        sketched = _stream(lambda xs: sketch_chunk(sketch, params, xs), x, cfg.chunk_size)
         seconds = time.perf_counter() - start
         ratios = norm_ratios(g_full, sketched)
         row = DemoRow(

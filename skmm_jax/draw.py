@@ -25,6 +25,10 @@ Rules:
   - "swap": draw ∝ p, then local search on D: exchange the member whose removal
     costs least with the non-member that then helps most, while D(S) decreases.
 
+``draw(rule, ...)`` dispatches on the rule name (``SkMMConfig.draw``); every rule
+scores subsets with ``subset_loss``, the relaxation's own objective
+(``moments.shortfall_loss``) at p = 1_S/n.
+
 Why the discrete rules: solving the relaxation exactly and sampling ∝ p does not make
 the sampled subset meet the moment constraints (a sample of n points misses small
 clusters that p covers fractionally); greedy/swap optimise the quantity the theory
@@ -39,19 +43,21 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from skmm_jax.moments import Spectrum
-from skmm_jax.sampling import sample_without_replacement
+import numpy as np
+
+from skmm_jax.moments import Spectrum, direction_weights, shortfall_loss
+from skmm_jax.precision import HIGHEST
+from skmm_jax.sampling import class_quotas, sample_without_replacement
 
 Array = jax.Array
-HIGHEST = jax.lax.Precision.HIGHEST
 
 DRAWS = ("greedy", "greedy-diagonal", "swap", "sample", "top", "balanced")
 
 
-def _subset_loss(total: Array, target: Array, weights: Array, n: int) -> Array:
-    """D for coreset moment sums ``total`` [..., m] (members weigh 1/n)."""
-    shortfall = jax.nn.relu(target - total / n)
-    return jnp.sum(weights * shortfall * shortfall, axis=-1)
+def subset_loss(total: Array, target: Array, weights: Array, n: int) -> Array:
+    """D(S) for coreset moment sums ``total`` [..., m] (members weigh 1/n): the
+    relaxation's objective (``moments.shortfall_loss``) at p = 1_S/n."""
+    return shortfall_loss(total / n, target, weights)
 
 
 def draw_sample(key: Array, p: Array, n: int) -> Array:
@@ -63,20 +69,14 @@ def draw_top(p: Array, n: int) -> Array:
 
 
 def draw_balanced(key: Array, p: Array, labels: Array, n: int, num_classes: int) -> Array:
-    """Class shares n_c ∝ Σ_{i∈c} p_i (largest remainders, capped at the class size),
-    then ∝ p inside each class, realised as one Gumbel top-k with per-class quotas."""
+    """Class shares n_c ∝ Σ_{i∈c} p_i (``sampling.class_quotas``: largest remainders,
+    capped at the class size), then ∝ p inside each class, realised as one Gumbel top-k
+    with per-class quotas. The quotas are computed on the host: not jittable."""
     labels = jnp.asarray(labels, jnp.int32)
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # [N, C]
     mass = jnp.matmul(p, one_hot, precision=HIGHEST)
     sizes = jnp.sum(one_hot, axis=0)
-    ideal = jnp.minimum(mass / jnp.sum(mass) * n, sizes)
-    quota = jnp.floor(ideal)
-    # Hand out the remaining slots by largest remainder among classes with room left.
-    remainder = jnp.where(quota < sizes, ideal - quota, -1.0)
-    missing = n - jnp.sum(quota)
-    order = jnp.argsort(-remainder)
-    rank = jnp.zeros((num_classes,), jnp.float32).at[order].set(jnp.arange(num_classes, dtype=jnp.float32))
-    quota = quota + ((rank < missing) & (quota < sizes)).astype(jnp.float32)
+    quota = jnp.asarray(class_quotas(np.asarray(mass), n, sizes=np.asarray(sizes)), jnp.float32)
     # Rank every sample inside its class by log p + Gumbel; keep the first quota[c] of class c.
     gumbel = jax.random.gumbel(key, p.shape, jnp.float32)
     score = jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -1e4) + gumbel
@@ -123,7 +123,7 @@ def draw_greedy_diagonal(spectrum: Spectrum, p: Array, coverage: Array, weights:
 
     def pick(step, state):
         total, taken, chosen = state
-        loss = _subset_loss(total[None, :] + moments, target[None, :], weights[None, :], n)  # [N]
+        loss = subset_loss(total[None, :] + moments, target[None, :], weights[None, :], n)  # [N]
         score = jnp.where(taken, jnp.inf, loss - tie)
         best = jnp.argmin(score)
         return total + moments[best], taken.at[best].set(True), chosen.at[step].set(best)
@@ -142,7 +142,7 @@ def refine_swaps(spectrum: Spectrum, indices: Array, coverage: Array, weights: A
     total = jnp.sum(moments[indices], axis=0)
 
     def loss_of(totals):
-        return _subset_loss(totals, target[None, :], weights[None, :], n)
+        return subset_loss(totals, target[None, :], weights[None, :], n)
 
     def cond(state):
         _, _, _, swaps, improved = state
@@ -150,7 +150,7 @@ def refine_swaps(spectrum: Spectrum, indices: Array, coverage: Array, weights: A
 
     def body(state):
         member, total, indices, swaps, _ = state
-        current = _subset_loss(total, target, weights, n)
+        current = subset_loss(total, target, weights, n)
         # Remove the member whose removal raises D least …
         drop_loss = jnp.where(member, loss_of(total[None, :] - moments), jnp.inf)
         out = jnp.argmin(drop_loss)
@@ -169,3 +169,49 @@ def refine_swaps(spectrum: Spectrum, indices: Array, coverage: Array, weights: A
     state = (member, total, jnp.asarray(indices, jnp.int32), jnp.int32(0), jnp.bool_(True))
     _, _, indices, swaps, _ = jax.lax.while_loop(cond, body, state)
     return indices, swaps
+
+
+def draw(
+    rule: str,
+    key: Array,
+    spectrum: Spectrum,
+    p: Array,
+    coverage: Array,
+    n: int,
+    *,
+    ridge: float,
+    weighting: str,
+    max_swaps: int | None = None,
+    labels: Array | None = None,
+) -> tuple[Array, Array]:
+    """p → n indices by ``rule`` (one of ``DRAWS``); returns (indices [n] int32, swaps made).
+
+    Args:
+      rule: see the module docstring.
+      key: PRNG key of the random rules ("sample", "swap"'s start, "balanced").
+      spectrum, p, coverage: the solved relaxation (κ = ``coverage`` = 1/c_S).
+      n: coreset size (static).
+      ridge: ρ of "greedy".
+      weighting: the objective's direction weights ω ("greedy-diagonal", "swap").
+      max_swaps: cap on exchanges of "swap" (None: n).
+      labels: [N] int classes, "balanced" only (it is then not jittable).
+    """
+    swaps = jnp.int32(0)
+    if rule == "sample":
+        return draw_sample(key, p, n), swaps
+    if rule == "top":
+        return draw_top(p, n), swaps
+    if rule == "balanced":
+        if labels is None:
+            raise ValueError('draw="balanced" needs labels (one int class per sample)')
+        labels = jnp.asarray(labels, jnp.int32)
+        return draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1), swaps
+    if rule == "greedy":
+        return draw_greedy(spectrum, p, jnp.float32(ridge), n), swaps
+    weights = direction_weights(spectrum, weighting)
+    if rule == "greedy-diagonal":
+        return draw_greedy_diagonal(spectrum, p, coverage, weights, n), swaps
+    if rule == "swap":
+        start = draw_sample(key, p, n)
+        return refine_swaps(spectrum, start, coverage, weights, n, max_swaps or n)
+    raise ValueError(f"draw must be one of {DRAWS}, got {rule!r}")

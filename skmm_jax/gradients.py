@@ -32,10 +32,11 @@ gradient Σ_c w_c ∇f_c(x) is a random projection of the per-sample Jacobian).
 
 Conventions (as in ``skmm_jax.sketch.stream``): one module-level jitted per-chunk
 function, taking the sketch, the parameters and the chunk as arguments (never
-closed over), so repeated calls hit the compile cache; the last chunk is padded
-to the common size so there is exactly one compilation; the next chunk is
-dispatched before the previous result is pulled back; non-finite samples are
-reported by index and nothing partial is returned.
+closed over), so repeated calls hit the compile cache; the chunks are streamed by
+``skmm_jax.streaming.stream_chunks`` (the last chunk padded to the common size, so
+there is exactly one compilation; the next chunk dispatched before the previous
+result is pulled back); non-finite samples are reported by index and nothing
+partial is returned.
 """
 
 from __future__ import annotations
@@ -50,9 +51,7 @@ import optax
 
 from skmm_jax.sketch.base import Array, Sketch, as_key
 from skmm_jax.sketch.pytree import PytreeSketch
-
-Progress = Callable[[int, int], None]
-"""Called as ``progress(samples_done, samples_total)`` after each chunk."""
+from skmm_jax.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
 
 LOSS_KINDS = ("cross_entropy", "squared")
 
@@ -132,8 +131,8 @@ def _sketch_chunk_impl(loss_fn: Callable, sketch: Any, params: Any, frozen: Any,
 # loss does not recompile); sketch, params, frozen and the chunk are pytree arguments.
 _sketch_chunk = jax.jit(_sketch_chunk_impl, static_argnums=0)
 
-# Rows of a device-resident leaf, padded by repeating the last row: indices are
-# clipped to N − 1, so the gather has one shape for every chunk (one compilation).
+# Rows of a device-resident leaf, gathered on the device (no host round trip): the
+# chunk's row indices are padded like any host leaf, by repeating the last one.
 _take_rows = jax.jit(lambda leaf, idx: jnp.take(leaf, idx, axis=0, mode="clip"))
 
 
@@ -153,22 +152,6 @@ def _data_leaves(data: Any) -> tuple[list, Any, int]:
     if n == 0:
         raise ValueError("data has no samples (N = 0)")
     return leaves, treedef, n
-
-
-def _host_chunk(leaf: Any, start: int, stop: int, size: int) -> Any:
-    """Rows [start, stop) of one data leaf, padded to ``size`` rows by repeating the last.
-
-    Repeating a real sample (rather than zeros) keeps padded rows valid inputs (an
-    in-range label, no 0/0 in a normalisation); their results are trimmed anyway.
-    """
-    if isinstance(leaf, jax.Array):
-        idx = np.arange(start, start + size, dtype=np.int32)
-        return _take_rows(leaf, idx)
-    rows = np.asarray(leaf[start:stop])  # reads only these rows of a memmap
-    pad = size - (stop - start)
-    if pad:
-        rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
-    return rows
 
 
 def sketch_per_sample_grads(
@@ -227,8 +210,7 @@ def sketch_per_sample_grads(
     """
     if not isinstance(sketch, (Sketch, PytreeSketch)):
         raise TypeError(f"sketch must be a Sketch or PytreeSketch, got {type(sketch).__name__}")
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = check_chunk_size(chunk_size)
     param_leaves = jax.tree.leaves(params)
     if not param_leaves:
         raise ValueError("params has no arrays to differentiate")
@@ -259,9 +241,26 @@ def sketch_per_sample_grads(
     if not 0 <= start_row <= n:
         raise ValueError(f"start_row must lie in [0, {n}], got {start_row}")
 
-    def finish(start: int, stop: int, result: tuple[Array, Array]) -> None:
+    on_device = [isinstance(leaf, jax.Array) for leaf in leaves]
+
+    def load(start: int, stop: int) -> list:
+        # Host leaves: their rows (only these rows of a memmap are read); device-resident
+        # leaves: the row indices, gathered on the device in `apply`.
+        start, stop = start_row + start, start_row + stop
+        return [np.arange(start, stop, dtype=np.int32) if dev else np.asarray(leaf[start:stop]) for leaf, dev in zip(leaves, on_device)]
+
+    def apply(chunk: list) -> tuple[Array, Array]:
+        # Every chunk gets the shape `size` of a fresh run (with a mesh, a multiple of the
+        # shard count; a resumed run's chunks too): one compilation. Padding repeats the
+        # last sample, a valid input whose results are dropped.
+        chunk = pad_leading(chunk, size)
+        chunk = [_take_rows(leaf, piece) if dev else piece for leaf, dev, piece in zip(leaves, on_device, chunk)]
+        chunk = jax.device_put(chunk, chunk_sharding) if chunk_sharding is not None else jax.device_put(chunk)
+        return _sketch_chunk(loss_fn, sketch, params, frozen, jax.tree.unflatten(treedef, chunk))
+
+    def finish(start: int, stop: int, result: tuple[np.ndarray, np.ndarray]) -> None:
         sketched, ok = result
-        ok = np.asarray(ok)[: stop - start]
+        start, stop = start_row + start, start_row + stop
         if not ok.all():
             idx = (np.flatnonzero(~ok) + start).tolist()
             more = " …" if len(idx) > 10 else ""
@@ -269,23 +268,13 @@ def sketch_per_sample_grads(
                 f"the loss or its gradient is NaN/inf at θ0 for samples {idx[:10]}{more}"
                 f" (checked up to sample {stop - 1}; later samples were not evaluated)"
             )
-        out[start:stop] = np.asarray(sketched)[: stop - start]
-        if progress is not None:
-            progress(stop, n)
+        out[start:stop] = sketched
 
-    pending = None
-    for start in range(start_row, n, size):
-        stop = min(start + size, n)
-        chunk = [_host_chunk(leaf, start, stop, size) for leaf in leaves]
-        chunk = jax.device_put(chunk, chunk_sharding) if chunk_sharding is not None else jax.device_put(chunk)
-        result = _sketch_chunk(loss_fn, sketch, params, frozen, jax.tree.unflatten(treedef, chunk))
-        # Pull the previous chunk back only after this one is queued, so the host
-        # copy of chunk c overlaps the device work of chunk c + 1.
-        if pending is not None:
-            finish(*pending)
-        pending = (start, stop, result)
-    if pending is not None:
-        finish(*pending)
+    if start_row < n:
+        stream_chunks(
+            apply, load, finish, n - start_row, size,
+            progress=None if progress is None else lambda done, total: progress(start_row + done, n),
+        )  # fmt: skip
     return out
 
 

@@ -40,18 +40,15 @@ def load_rows(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError / ValueError with the path when it is missing, a directory,
-      empty, not a .npy file, corrupt, or not 2-D floating point.
+      empty, not a .npy file, corrupt, or not 2-D floating point with N, r >= 1.
     """
     path = Path(path)
     _check_input_file(path)
     if path.suffix != ".npy":
         raise ValueError(f"{path}: expected a .npy file, got suffix {path.suffix!r}")
-    rows = _load_npy(path)
-    if rows.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D [N, r] array, got shape {rows.shape}")
-    if not np.issubdtype(rows.dtype, np.floating):
-        raise ValueError(f"{path}: expected floating-point rows, got dtype {rows.dtype}")
-    return rows
+    from skmm_jax.checks import check_rows  # here: the checks import jax, which the CLIs load late
+
+    return check_rows(_load_npy(path), name=str(path), width="r")
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:

@@ -25,8 +25,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from skmm_jax.checks import check_rows
+from skmm_jax.precision import HIGHEST
+
 Array = jax.Array
-HIGHEST = jax.lax.Precision.HIGHEST
 
 WEIGHTINGS = ("absolute", "relative")
 
@@ -53,18 +55,6 @@ class Spectrum(NamedTuple):
     projections: Array
 
 
-def check_sketched(sketched: Array) -> None:
-    """ValueError unless ``sketched`` is a 2-D floating [N, m] array with N, m ≥ 1."""
-    shape = getattr(sketched, "shape", None)
-    dtype = getattr(sketched, "dtype", None)
-    if shape is None or len(shape) != 2:
-        raise ValueError(f"sketched gradients must be a 2-D [N, m] array, got shape {shape}")
-    if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"sketched gradients must have N >= 1 rows and m >= 1 columns, got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"sketched gradients must be floating point, got dtype {dtype}")
-
-
 @jax.jit
 def _spectrum(sketched: Array, rank_tol: Array) -> Spectrum:
     g = sketched.astype(jnp.float32)
@@ -87,7 +77,7 @@ def sketched_spectrum(sketched: Array, *, rank_tol: float = 1e-6) -> Spectrum:
       sketched: [N, m] sketched per-sample gradients G̃ (or features).
       rank_tol: directions with λ_j ≤ rank_tol · λ_max are inactive.
     """
-    check_sketched(sketched)
+    check_rows(sketched, name="sketched gradients", width="m")
     return _spectrum(jnp.asarray(sketched), jnp.float32(rank_tol))
 
 
@@ -109,10 +99,20 @@ def weighted_moments(moments: Array, p: Array) -> Array:
     return jnp.matmul(p, moments, precision=HIGHEST)
 
 
+def shortfall_loss(carried: Array, target: Array, weights: Array) -> Array:
+    """Σ_j ω_j relu(t_j − c_j)² over the last axis: carried moments c [..., m] → [...].
+
+    The one formula behind the relaxation's objective (c = Bᵀp, `moment_matching_loss`)
+    and the discrete draws (c = the coreset's moment sum / n, for many candidate
+    subsets at once in ``skmm_jax.draw``).
+    """
+    shortfall = jax.nn.relu(target - carried)
+    return jnp.sum(weights * shortfall * shortfall, axis=-1)
+
+
 def moment_matching_loss(p: Array, spectrum: Spectrum, coverage: Array, weights: Array) -> Array:
     """L(p) = Σ_j ω_j relu(κ λ_j − (Bᵀp)_j)² with κ = ``coverage`` = 1/c_S."""
-    shortfall = jax.nn.relu(coverage * spectrum.eigenvalues - weighted_moments(spectrum.moments, p))
-    return jnp.sum(weights * shortfall * shortfall)
+    return shortfall_loss(weighted_moments(spectrum.moments, p), coverage * spectrum.eigenvalues, weights)
 
 
 def direction_coverage(p: Array, spectrum: Spectrum) -> Array:

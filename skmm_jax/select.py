@@ -1,14 +1,18 @@
-"""SkMM end to end and the one ``select`` entry point for every method.
+"""SkMM end to end, the registry of every selection method, and the one ``select`` entry point.
 
 ``skmm(key, sketched, n)`` runs steps 2–4 on sketched gradients G̃ [N, m]:
 spectrum → c_S (default: the most demanding feasible one, by bisection) → relaxed
 weights p (optax, exact capped-simplex projections) → discrete coreset (greedy moment
-matching by default) → diagnostics of the subset actually returned.
+matching by default, ``draw.draw``) → diagnostics of the subset actually returned.
+
+``METHODS`` maps every method name to a ``SelectionMethod`` (``skmm_jax.methods``: one
+signature, ``(indices, diagnostics)`` out, ``needs_labels`` declared): SkMM, the
+``baselines`` and the label-aware ``deepcore`` selectors.
 
 ``select(method, key, features, n)`` validates the input once, optionally sketches
-wide features first, runs SkMM or a baseline (or any selector function with the same
-signature) and reports, for every method alike, the coverage of the chosen subset so
-methods can be compared on the quantity the theory bounds.
+wide features first, runs a registry entry (or your own ``SelectionMethod``) and
+reports, for every method alike, the coverage of the chosen subset so methods can be
+compared on the quantity the theory bounds.
 """
 
 from __future__ import annotations
@@ -17,22 +21,23 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax import baselines
+from skmm_jax.baselines import BASELINES
+from skmm_jax.checks import check_labels, scan_rows
 from skmm_jax.deepcore import DEEPCORE
-from skmm_jax.draw import DRAWS, _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, draw_sample, draw_top, refine_swaps
+from skmm_jax.draw import DRAWS, draw, subset_loss
+from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import Spectrum, direction_weights, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
 from skmm_jax.sampling import check_subset_size
-from skmm_jax.solve import Progress, SolverConfig, max_feasible_coverage, solve_moment_matching
+from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
+from skmm_jax.streaming import Progress
 
 Array = jax.Array
-Selector = Callable[..., Any]
-"""``selector(key, features, n, **options)`` → [n] indices, or (indices, diagnostics dict)."""
 
 ZERO_FEATURES = (
     "are all zero: their second moment Σ = GᵀG/N has zero trace, so SkMM has no moments "
@@ -82,25 +87,10 @@ class SkMMConfig:
 
 
 def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
-    weights = direction_weights(spectrum, config.solver.weighting)
-    swaps = jnp.int32(0)
-    if config.draw == "sample":
-        indices = draw_sample(key, p, n)
-    elif config.draw == "top":
-        indices = draw_top(p, n)
-    elif config.draw == "balanced":
-        if labels is None:
-            raise ValueError('draw="balanced" needs labels (one int class per sample)')
-        labels = jnp.asarray(labels, jnp.int32)
-        indices = draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1)
-    elif config.draw == "greedy":
-        indices = draw_greedy(spectrum, p, jnp.float32(config.ridge), n)
-    elif config.draw == "greedy-diagonal":
-        indices = draw_greedy_diagonal(spectrum, p, coverage, weights, n)
-    else:  # swap
-        start = draw_sample(key, p, n)
-        indices, swaps = refine_swaps(spectrum, start, coverage, weights, n, config.max_swaps or n)
-    return indices, swaps
+    return draw(
+        config.draw, key, spectrum, p, coverage, n,
+        ridge=config.ridge, weighting=config.solver.weighting, max_swaps=config.max_swaps, labels=labels,
+    )  # fmt: skip
 
 
 def skmm(
@@ -122,7 +112,7 @@ def skmm(
       labels: [N] int classes, only for draw="balanced".
       progress: optional ``progress(solves_done, solves_total)`` between the solves of
         the relaxation (1 + bisection_steps of them for the default c_S, else 1); see
-        ``solve.Progress``. It does not change the result.
+        ``solve.max_feasible_coverage``. It does not change the result.
 
     Returns:
       (indices [n] int32, diagnostics) with: c_s used, the coverage κ required, the
@@ -164,7 +154,7 @@ def skmm(
         "subset_coverage": float(subset_coverage(indices, spectrum)),
         "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
         "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
-        "subset_loss": float(_subset_loss(subset_total, jnp.float32(coverage) * spectrum.eigenvalues, weights, n)),
+        "subset_loss": float(subset_loss(subset_total, jnp.float32(coverage) * spectrum.eigenvalues, weights, n)),
         "solver_steps": int(solved.steps),
         "loss_curve": [float(x) for x in losses],
         "effective_support": float(1.0 / jnp.sum(p * p)),
@@ -189,12 +179,6 @@ def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: S
     return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
 
 
-def _skmm_selector(
-    key: Array, features: Array, n: int, *, labels: Array | None = None, progress: Progress | None = None, **options: Any
-) -> tuple[Array, dict]:
-    return skmm(key, features, n, config=_skmm_config(options), labels=labels, progress=progress)
-
-
 def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
     """``SkMMConfig`` from flat ``SkMMConfig`` and ``SolverConfig`` fields (ValueError/TypeError when bad)."""
     options = dict(options)
@@ -204,8 +188,24 @@ def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
     return SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
 
 
-METHODS: dict[str, Selector] = {"skmm": _skmm_selector, **baselines.BASELINES, **DEEPCORE}
-"""Every selector by its command-line name."""
+def _skmm_run(
+    key: Array, features: Array, n: int, *, labels: Any = None, progress: Progress | None = None, **options: Any
+) -> tuple[Array, dict]:
+    """SkMM as a registry entry: ``options`` are flat ``SkMMConfig`` / ``SolverConfig`` fields."""
+    return skmm(key, features, n, config=_skmm_config(options), labels=labels, progress=progress)
+
+
+def _skmm_check(options: dict, labels: Any) -> None:
+    if _skmm_config(options).draw == "balanced" and labels is None:
+        raise ValueError('draw="balanced" needs labels (one int class per sample)')
+
+
+METHODS: dict[str, SelectionMethod] = {
+    "skmm": SelectionMethod("skmm", _skmm_run, needs_moments=True, check_options=_skmm_check),
+    **BASELINES,
+    **DEEPCORE,
+}
+"""Every selection method by its command-line name (see ``skmm_jax.methods``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,42 +221,8 @@ class Selection:
         return {"method": self.method, "n": self.n, **extra, "indices": [int(i) for i in self.indices], "diagnostics": self.diagnostics}
 
 
-def check_features(features: Any, *, name: str = "features") -> np.ndarray | Array:
-    """ValueError unless a 2-D floating [N, d] array without NaN/inf rows (named by index)."""
-    _scan_features(features, name)
-    return features
-
-
-def _scan_features(features: Any, name: str) -> bool:
-    """``check_features`` in one pass over the rows; returns True when every entry is zero."""
-    shape = getattr(features, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise ValueError(f"{name} must be a 2-D [N, d] array (one row per sample), got shape {shape}")
-    if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {shape}")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {features.dtype}")
-    if isinstance(features, jax.Array):
-        finite = np.asarray(jnp.all(jnp.isfinite(features), axis=1))
-        all_zero = not bool(jnp.any(features != 0))
-    else:
-        # Blocks of ~16M entries, so a memory-mapped pool of wide raw gradients (the
-        # case that gets sketched) is read piecewise rather than 65536 whole rows at once.
-        rows_per_block = max(1, min(65536, 2**24 // shape[1]))
-        finite_blocks, all_zero = [], True
-        for s in range(0, shape[0], rows_per_block):
-            block = np.asarray(features[s : s + rows_per_block])
-            finite_blocks.append(np.isfinite(block).all(axis=1))
-            all_zero = all_zero and not block.any()
-        finite = np.concatenate(finite_blocks)
-    if not finite.all():
-        bad = np.flatnonzero(~finite).tolist()
-        raise ValueError(f"{name} rows {bad[:10]}{' …' if len(bad) > 10 else ''} contain NaN or inf")
-    return all_zero
-
-
 def select(
-    method: str | Selector,
+    method: str | SelectionMethod,
     key: Array,
     features: Any,
     n: int,
@@ -264,7 +230,7 @@ def select(
     labels: Any = None,
     sketch_kind: str | None = None,
     sketch_dim: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     solve_progress: Progress | None = None,
     **options: Any,
 ) -> Selection:
@@ -274,21 +240,22 @@ def select(
       method: a name from ``METHODS`` ("skmm", "uniform", "herding", "kcenter",
         "adaptive", "leverage", "ridge-leverage", or one of the label-aware
         ``DEEPCORE`` selectors "el2n", "grand", "forgetting", "entropy", "margin",
-        "least-confidence", "contextual-diversity") or a function
-        ``(key, features, n, **options) → indices | (indices, diagnostics)``.
+        "least-confidence", "contextual-diversity") or your own ``SelectionMethod``
+        (e.g. ``SelectionMethod.from_indices("mine", fn)``).
       key: PRNG key. When sketching, the sketch uses ``fold_in(key, 0)`` and the
         selector ``fold_in(key, 1)``.
       features: [N, d] floats (NumPy, memmap or jax): per-sample (sketched) gradients
         or features.
       n: coreset size, 0 < n ≤ N.
-      labels: [N] int classes: required by the ``DEEPCORE`` methods, optional for
-        SkMM (draw="balanced") and custom selectors, ignored by the other baselines.
+      labels: [N] int classes: required by the methods with ``needs_labels`` (the
+        ``DEEPCORE`` ones), used by SkMM's draw="balanced", passed to every method.
       sketch_kind, sketch_dim: sketch d → sketch_dim with this kind first (streamed
         from the host in chunks) — for wide features such as raw gradients.
       progress: ``progress(rows_done, rows_total)`` during the sketching pass.
-      solve_progress: for "skmm" only: ``progress(solves_done, solves_total)`` between
-        the solves of the relaxation (the default c_S takes 1 + bisection_steps solves;
-        each can take minutes on a large pool). Ignored by the other methods.
+      solve_progress: the method's own progress (the entry's ``progress``); "skmm"
+        reports ``(solves_done, solves_total)`` between the solves of the relaxation
+        (the default c_S takes 1 + bisection_steps solves; each can take minutes on a
+        large pool). Ignored by the other built-in methods.
       **options: passed to the selector (for "skmm": ``SkMMConfig`` and
         ``SolverConfig`` fields, e.g. ``c_s=0.8, draw="swap", optimizer="nesterov"``).
 
@@ -299,36 +266,42 @@ def select(
 
     Raises:
       ValueError: bad features (NaN/inf rows, wrong shape), n out of range, missing
-        labels, an unknown method or sketch kind, or all-zero features for "skmm"
-        (nothing to match). All-zero features only warn for the other methods: they
-        still return a subset (chosen arbitrarily), with ``subset_coverage`` inf.
+        labels, an unknown method or sketch kind, or all-zero features for a method
+        with ``needs_moments`` ("skmm": nothing to match). All-zero features only warn
+        for the other methods: they still return a subset (chosen arbitrarily), with
+        ``subset_coverage`` inf.
     """
     from skmm_jax.sketch import KINDS, make_sketch, sketch_rows
 
-    all_zero = _scan_features(features, "features")
+    if isinstance(method, SelectionMethod):
+        entry = method
+    elif isinstance(method, str) and method in METHODS:
+        entry = METHODS[method]
+    elif isinstance(method, str):
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass a SelectionMethod")
+    else:
+        raise TypeError(
+            f"method must be a name from METHODS or a SelectionMethod, got {type(method).__name__}; "
+            "wrap a function returning indices with SelectionMethod.from_indices(name, fn)"
+        )
+    all_zero = scan_rows(features, name="features")
     num = features.shape[0]
     check_subset_size(n, num)
-    needs_labels = method in DEEPCORE.values() if callable(method) else method in DEEPCORE
-    if needs_labels and labels is None:
-        raise ValueError(f"method {getattr(method, '__name__', method)!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
-    if not callable(method) and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass a selector function")
+    if entry.needs_labels and labels is None:
+        raise ValueError(f"method {entry.name!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
     if (sketch_kind is None) != (sketch_dim is None):
         raise ValueError("sketch_kind and sketch_dim go together: give both or neither")
     if sketch_kind is not None and sketch_kind not in KINDS:
         raise ValueError(f"unknown sketch kind {sketch_kind!r}; choose one of {KINDS}")
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (num,):
-            raise ValueError(f"labels must have shape ({num},) to match features, got {labels.shape}")
-    if method == "skmm":  # bad options fail here, before the sketching pass
-        if _skmm_config(options).draw == "balanced" and labels is None:
-            raise ValueError('draw="balanced" needs labels (one int class per sample)')
+        labels = check_labels(labels, num)
+    if entry.check_options is not None:  # bad options fail here, before the sketching pass
+        entry.check_options(options, labels)
     if all_zero:
-        if method == "skmm":
+        if entry.needs_moments:
             raise ValueError(f"features {ZERO_FEATURES}")
         warnings.warn(
-            f"features are all zero: every row is the same, so {getattr(method, '__name__', method)} chooses "
+            f"features are all zero: every row is the same, so {entry.name} chooses "
             "arbitrarily and subset_coverage is undefined (reported as inf)",
             stacklevel=2,
         )
@@ -339,20 +312,11 @@ def select(
         features = sketch_rows(sketch, np.asarray(features) if not isinstance(features, np.ndarray) else features, progress=progress)
         diagnostics["sketch"] = {"kind": sketch_kind, "dim": int(sketch_dim)}
     features = jnp.asarray(features, jnp.float32)
-    if callable(method):
-        name, selector = getattr(method, "__name__", "custom"), method
-    else:
-        name, selector = method, METHODS[method]
-    if labels is not None and (name == "skmm" or needs_labels or callable(method)):
-        options["labels"] = labels
-    if name == "skmm" and not callable(method) and solve_progress is not None:
-        options["progress"] = solve_progress
-    result = selector(select_key, features, n, **options)
-    indices, extra = result if isinstance(result, tuple) else (result, {})
+    indices, extra = entry(select_key, features, n, labels=labels, progress=solve_progress, **options)
     indices = np.asarray(indices).astype(np.int64)
     if indices.shape != (n,) or len(np.unique(indices)) != n or indices.min() < 0 or indices.max() >= num:
-        raise ValueError(f"selector {name!r} returned invalid indices (need {n} distinct values in [0, {num})), got shape {indices.shape}")
+        raise ValueError(f"method {entry.name!r} returned invalid indices (need {n} distinct values in [0, {num})), got shape {indices.shape}")
     diagnostics.update(extra)
     if "subset_coverage" not in diagnostics:
         diagnostics["subset_coverage"] = float(subset_coverage(jnp.asarray(indices), sketched_spectrum(features)))
-    return Selection(indices, name, n, diagnostics)
+    return Selection(indices, entry.name, n, diagnostics)

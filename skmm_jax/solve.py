@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from skmm_jax.moments import Spectrum, direction_coverage, direction_weights, moment_matching_loss
+from skmm_jax.precision import HIGHEST
+from skmm_jax.streaming import Progress
 
 Array = jax.Array
-HIGHEST = jax.lax.Precision.HIGHEST
 
 OPTIMIZERS = ("pgd", "nesterov", "adam")
-
-Progress = Callable[[int, int], None]
-"""Called as ``progress(solves_done, solves_total)``: once with 0 before the first solve,
-then after each solve has finished (a solve is one jitted loop of up to max_steps)."""
 
 
 def project_capped_simplex(x: Array, total: float | Array, *, cap: float = 1.0, iterations: int = 40) -> Array:
@@ -213,10 +210,11 @@ def max_feasible_coverage(
       spectrum, n, config: as for ``solve_moment_matching``.
       bisection_steps: solves after the one at κ = 1 (each costs up to max_steps).
       slack: relative shortfall of coverage still counted as reached.
-      progress: optional ``progress(solves_done, solves_total)`` (see ``Progress``);
-        solves_total is 1 + bisection_steps (1 when n = N). It is called between
-        solves, where the bisection reads the coverage back anyway, so it adds no
-        synchronisation inside the jitted loops.
+      progress: optional ``progress(solves_done, solves_total)``: once with 0 before
+        the first solve, then after each solve has finished (a solve is one jitted
+        loop of up to max_steps); solves_total is 1 + bisection_steps (1 when n = N).
+        It is called between solves, where the bisection reads the coverage back
+        anyway, so it adds no synchronisation inside the jitted loops.
 
     Returns:
       (κ*, the solve at κ*).

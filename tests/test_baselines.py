@@ -1,5 +1,5 @@
-"""Baseline selectors: the common contract, each rule against a brute-force reference,
-and the leverage-score identities."""
+"""Baseline selectors: the selection contract of their registry entries, each rule
+against a brute-force reference, and the leverage-score identities."""
 
 import itertools
 
@@ -34,7 +34,9 @@ def low_rank(seed, num_samples, dim, rank):
 
 
 def select(name, seed, features, n, **options):
-    return np.asarray(BASELINES[name](jax.random.key(seed), features, n, **options))
+    indices, diagnostics = BASELINES[name](jax.random.key(seed), features, n, **options)
+    assert diagnostics == {}
+    return np.asarray(indices)
 
 
 # ----------------------------------------------------------------------------- contract
@@ -42,13 +44,15 @@ def select(name, seed, features, n, **options):
 
 def test_registry_names():
     assert set(BASELINES) == {"uniform", "herding", "kcenter", "adaptive", "leverage", "ridge-leverage"}
+    for name, entry in BASELINES.items():
+        assert entry.name == name and not entry.needs_labels
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("n", [9, 40])
 def test_returns_n_distinct_int32_indices_deterministically(name, n):
     features = gaussian(0, 40, 6)
-    first = BASELINES[name](jax.random.key(3), features, n)
+    first, _ = BASELINES[name](jax.random.key(3), features, n, labels=np.zeros(40, np.int32))  # labels are ignored
     assert first.dtype == jnp.int32 and first.shape == (n,)
     first = np.asarray(first)
     assert len(set(first.tolist())) == n
@@ -67,7 +71,7 @@ def test_random_selectors_depend_on_key(name):
 def test_composes_under_outer_jit_with_static_n(name):
     features = gaussian(1, 40, 6)
     selector = BASELINES[name]
-    jitted = jax.jit(lambda key, x: selector(key, x, 9))
+    jitted = jax.jit(lambda key, x: selector(key, x, 9)[0])
     np.testing.assert_array_equal(np.asarray(jitted(jax.random.key(5), features)), select(name, 5, features, 9))
 
 
@@ -83,9 +87,9 @@ def test_validation(name):
         selector(key, features[:, 0], 2)
     with pytest.raises(ValueError, match=r"2-D.*\(2, 5, 3\)"):
         selector(key, np.zeros((2, 5, 3), np.float32), 2)
-    with pytest.raises(ValueError, match="floating dtype.*int32"):
+    with pytest.raises(ValueError, match="floating point.*int32"):
         selector(key, np.ones((10, 3), np.int32), 2)
-    with pytest.raises(ValueError, match="at least one column"):
+    with pytest.raises(ValueError, match="at least one row and one column"):
         selector(key, np.zeros((10, 0), np.float32), 2)
 
 

@@ -156,49 +156,28 @@ def test_select_command_errors_leave_no_output(pool_file: Path, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-TINY_TEXT = "the quick brown fox jumps over the lazy dog and the dog sleeps in the sun while the fox runs"
-
-
-def _tiny_model_and_corpus(tmp_path: Path, num_layers: int = 1, documents: int = 8):
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from prune_jax.models.llama import LlamaConfig, init_llama, save_hf
-
-    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    config = LlamaConfig(vocab_size=64, hidden_size=16, num_layers=num_layers, layer_heads=((4, 2),) * num_layers,
-                         layer_intermediate=(24,) * num_layers, head_dim=8)
-    save_hf(init_llama(config, seed=0), tokenizer, tmp_path / "model")
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"id": str(i), "text": f"{TINY_TEXT} {i} " * 3}) for i in range(documents)) + "\n")
-    return tmp_path / "model", corpus, tokenizer
-
-
-def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
+def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path, tiny_model_and_corpus):
     import json
 
     from prune_jax.data import eval_windows, load_documents, split_documents, tokenize_corpus
     from prune_jax.evaluate import perplexity
     from prune_jax.models.llama import load_hf_dir
 
-    _, corpus, tokenizer = _tiny_model_and_corpus(tmp_path)
+    model_dir, corpus, tokenizer = (tiny_model_and_corpus.model_dir, tiny_model_and_corpus.corpus,
+                                    tiny_model_and_corpus.tokenizer)
     out = tmp_path / "ppl.json"
-    result = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--seq-len", "8", "--json", str(out)])
+    result = runner.invoke(prune_app, ["eval", "--model", str(model_dir), "--data", str(corpus), "--seq-len", "8",
+                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert payload["seq_len"] == 8 and payload["tokens"] == payload["windows"] * 7 and payload["perplexity"] > 1
     # Same number from the library directly: a user's file is evaluated whole by default.
-    model = load_hf_dir(tmp_path / "model")
+    model = load_hf_dir(model_dir)
     assert payload["split"] == "all"
     windows = eval_windows(tokenize_corpus(load_documents(corpus), tokenizer, cache_dir=tmp_path / "cache"), 8)
     assert abs(perplexity(model, windows).perplexity / payload["perplexity"] - 1) < 1e-5
     # --split eval: the document-disjoint evaluation half.
-    result = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--seq-len", "8",
+    result = runner.invoke(prune_app, ["eval", "--model", str(model_dir), "--data", str(corpus), "--seq-len", "8",
                                        "--split", "eval", "--json", str(out)])
     assert result.exit_code == 0, result.output
     _, evaluation = split_documents(load_documents(corpus), seed=0)
@@ -207,14 +186,14 @@ def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path):
 
     bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "missing"), "--data", str(corpus)])
     assert bad.exit_code == 2 and "no such file or directory" in " ".join(bad.output.split())
-    bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "model"), "--data", str(corpus), "--split", "test"])
+    bad = runner.invoke(prune_app, ["eval", "--model", str(model_dir), "--data", str(corpus), "--split", "test"])
     assert bad.exit_code == 2 and "--split" in bad.output
 
 
-def test_prune_jax_prune_then_eval(tmp_path: Path):
+def test_prune_jax_prune_then_eval(tmp_path: Path, tiny_model_and_corpus):
     import json
 
-    model_dir, corpus, _ = _tiny_model_and_corpus(tmp_path, num_layers=3, documents=12)
+    model_dir, corpus = tiny_model_and_corpus.model_dir, tiny_model_and_corpus.corpus
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(model_dir), "--method", "dap", "--recover", "--sparsity", "0.3", "--calib", str(corpus),
             "--calib-samples", "4", "--calib-seq-len", "8", "--layer-start", "0", "--layer-stop", "3", "--out", str(out)]

@@ -10,16 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from prune_jax.cli import app
-from test_cli import _tiny_model_and_corpus
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    model_dir, corpus, _ = _tiny_model_and_corpus(root, num_layers=3, documents=12)
-    return model_dir, corpus
+@pytest.fixture
+def tiny(tiny_model_and_corpus):
+    """(model directory, corpus) of the session's 3-block model (see conftest)."""
+    return tiny_model_and_corpus.model_dir, tiny_model_and_corpus.corpus
 
 
 def snapshot(path: Path) -> dict[str, bytes] | bytes | None:

@@ -2,25 +2,30 @@
 
 import bz2
 import json
+import runpy
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from prune_jax import data
+from prune_jax.cli import app
 from prune_jax.data import (
     Document,
     calibration_batches,
     eval_windows,
     fetch_wiki_sample,
     load_documents,
+    paragraph_chunks,
     split_documents,
     strip_wiki_markup,
     tokenize_corpus,
     wiki_documents,
 )
+from prune_jax.data import cache, wiki
+from prune_jax.data import tokens as token_stream
 
 # ------------------------------------------------------------------ strip_wiki_markup
 
@@ -151,7 +156,7 @@ def _fake_wheel(path: Path, member_bytes: bytes | None) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("gensim/__init__.py", "")
         if member_bytes is not None:
-            wheel.writestr(data._WIKI_SAMPLE_MEMBER, member_bytes)
+            wheel.writestr(wiki._WIKI_SAMPLE_MEMBER, member_bytes)
     return path
 
 
@@ -175,10 +180,10 @@ def test_fetch_from_wheel_verifies_and_writes_atomically(tmp_path: Path):
 
 
 def test_fetch_reports_pip_failure_with_manual_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(data, "_wiki_sample_from_installed_gensim", lambda: None)
+    monkeypatch.setattr(wiki, "_wiki_sample_from_installed_gensim", lambda: None)
     failing_pip = [sys.executable, "-c", "import sys; sys.stderr.write('ERROR: No matching distribution'); sys.exit(1)"]
     manual_pip = ["pip", "download", "gensim"]
-    monkeypatch.setattr(data, "_pip_download_command", lambda dest: manual_pip if dest == "DIR" else failing_pip)
+    monkeypatch.setattr(wiki, "_pip_download_command", lambda dest: manual_pip if dest == "DIR" else failing_pip)
     with pytest.raises(RuntimeError, match=r"(?s)pip exited 1.*No matching distribution.*run by hand.*--wheel"):
         fetch_wiki_sample(tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
@@ -187,7 +192,7 @@ def test_fetch_reports_pip_failure_with_manual_steps(tmp_path: Path, monkeypatch
 @pytest.mark.slow
 def test_fetch_downloads_the_pinned_wheel_with_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The real `pip download` path (needs PyPI; pip's cache makes reruns cheap)."""
-    monkeypatch.setattr(data, "_wiki_sample_from_installed_gensim", lambda: None)
+    monkeypatch.setattr(wiki, "_wiki_sample_from_installed_gensim", lambda: None)
     fetched = fetch_wiki_sample(tmp_path)
     assert fetched.read_bytes() == fetch_wiki_sample().read_bytes()
     assert [p.name for p in fetched.parent.iterdir()] == [fetched.name]
@@ -195,9 +200,9 @@ def test_fetch_downloads_the_pinned_wheel_with_pip(tmp_path: Path, monkeypatch: 
 
 def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PRUNE_JAX_CACHE", str(tmp_path))
-    assert data.default_cache_dir() == tmp_path
+    assert cache.default_cache_dir() == tmp_path
     monkeypatch.setenv("PRUNE_JAX_CACHE", "")
-    assert data.default_cache_dir() == Path.home() / ".cache" / "prune_jax"
+    assert cache.default_cache_dir() == Path.home() / ".cache" / "prune_jax"
 
 
 # ------------------------------------------------------------------ local files
@@ -399,21 +404,20 @@ _SENTENCES = [
 ]
 
 
-def _tiny_tokenizer(vocab_size: int = 120):
-    """A BPE tokenizer trained here in milliseconds; its post-processor adds a BOS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+@pytest.fixture(scope="module")
+def tiny_tokenizer(bpe_tokenizer):
+    """Factory of BPE tokenizers trained on `_SENTENCES` whose post-processor adds a BOS, as LLaMA's does.
 
-    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(_SENTENCES, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]", "<s>"]))
-    bos = ("<s>", backend.token_to_id("<s>"))
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="[UNK]")
+    Each call builds a new object: the token cache must recognise an equal tokenizer.
+    """
+    def build(vocab_size: int = 120):
+        return bpe_tokenizer(_SENTENCES, vocab_size, special_tokens=["<s>"], bos_token="<s>", prepend_bos=True)
+
+    return build
 
 
-def test_tokenize_corpus_encodes_joined_text_without_bos(tmp_path: Path):
-    tokenizer = _tiny_tokenizer()
+def test_tokenize_corpus_encodes_joined_text_without_bos(tmp_path: Path, tiny_tokenizer):
+    tokenizer = tiny_tokenizer()
     docs = [Document(str(i), "", text) for i, text in enumerate(_SENTENCES)]
     messages: list[str] = []
     tokens = tokenize_corpus(docs, tokenizer, cache_dir=tmp_path, progress=messages.append)
@@ -425,52 +429,73 @@ def test_tokenize_corpus_encodes_joined_text_without_bos(tmp_path: Path):
     assert messages[0].startswith("tokenising") and "tokenised into" in messages[-1]
 
 
-def test_tokenize_corpus_cache_hit_returns_identical_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_tokenize_corpus_cache_hit_returns_identical_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           tiny_tokenizer):
     docs = [Document(str(i), "", text) for i, text in enumerate(_SENTENCES)]
-    tokens = tokenize_corpus(docs, _tiny_tokenizer(), cache_dir=tmp_path)
+    stream = tokenize_corpus(docs, tiny_tokenizer(), cache_dir=tmp_path)
     cached_files = list((tmp_path / "tokens").iterdir())
     assert [p.suffix for p in cached_files] == [".npy"]  # one complete file, no temp files
 
     def fail(*args):
         raise AssertionError("cache hit expected, but the corpus was tokenised again")
 
-    monkeypatch.setattr(data, "_encode", fail)
+    monkeypatch.setattr(token_stream, "_encode", fail)
     messages: list[str] = []
-    again = tokenize_corpus(docs, _tiny_tokenizer(), cache_dir=tmp_path, progress=messages.append)
-    np.testing.assert_array_equal(again, tokens)
+    again = tokenize_corpus(docs, tiny_tokenizer(), cache_dir=tmp_path, progress=messages.append)
+    np.testing.assert_array_equal(again, stream)
     assert again.dtype == np.int32 and messages[0].startswith("cache hit")
 
     # Other text or another tokenizer is a different cache entry.
     with pytest.raises(AssertionError, match="cache hit expected"):
-        tokenize_corpus(docs[:3], _tiny_tokenizer(), cache_dir=tmp_path)
+        tokenize_corpus(docs[:3], tiny_tokenizer(), cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="cache hit expected"):
-        tokenize_corpus(docs, _tiny_tokenizer(vocab_size=90), cache_dir=tmp_path)
+        tokenize_corpus(docs, tiny_tokenizer(vocab_size=90), cache_dir=tmp_path)
 
 
-def test_tokenize_corpus_errors(tmp_path: Path):
+def test_tokenize_corpus_errors(tmp_path: Path, tiny_tokenizer):
     with pytest.raises(ValueError, match="at least one document"):
-        tokenize_corpus([], _tiny_tokenizer(), cache_dir=tmp_path)
+        tokenize_corpus([], tiny_tokenizer(), cache_dir=tmp_path)
 
 
 # ------------------------------------------------------------------ command line
 
 
-def test_cli_fetch_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_cli_fetch_and_stats(tmp_path: Path):
+    """`prune-jax data fetch|stats`: the path on stdout, counts, and errors as exit 2 with a message."""
+    runner = CliRunner()
     wheel = _fake_wheel(tmp_path / "g.whl", fetch_wiki_sample().read_bytes())
-    assert data.main(["fetch", "--cache-dir", str(tmp_path / "cache"), "--wheel", str(wheel)]) == 0
-    assert capsys.readouterr().out.strip().endswith(".xml.bz2")
+    result = runner.invoke(app, ["data", "fetch", "--cache-dir", str(tmp_path / "cache"), "--wheel", str(wheel)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "cache" / "corpora" / wiki._WIKI_SAMPLE_FILENAME)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(10)), encoding="utf-8")
-    assert data.main(["stats", str(corpus)]) == 0
-    out = capsys.readouterr().out
-    assert "10 documents" in out and "calibration:" in out and "evaluation:" in out
-    assert data.main(["stats", str(tmp_path / "missing.txt")]) == 1
-    assert "missing.txt" in capsys.readouterr().err
+    result = runner.invoke(app, ["data", "stats", str(corpus)])
+    assert result.exit_code == 0, result.output
+    calibration, evaluation = split_documents(load_documents(corpus))
+    assert result.stdout.splitlines() == [
+        f"{corpus}: 10 documents, 50 characters",
+        f"  calibration: {len(calibration)} documents, {5 * len(calibration)} characters",
+        f"  evaluation: {len(evaluation)} documents, {5 * len(evaluation)} characters",
+    ]
+    for args, message in (
+        (["stats", str(tmp_path / "missing.txt")], "missing.txt"),
+        (["fetch", "--cache-dir", str(tmp_path / "c2"), "--wheel", str(tmp_path / "missing.whl")], "missing.whl"),
+    ):
+        result = runner.invoke(app, ["data", *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_python_dash_m_prune_jax_data_is_the_data_command(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]):
+    """`python -m prune_jax.data` (kept for scripts and the manual-download message) runs `prune-jax data`."""
+    monkeypatch.setattr(sys, "argv", ["python -m prune_jax.data", "fetch", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("prune_jax.data", run_name="__main__")
+    assert done.value.code == 0
+    assert "--wheel" in capsys.readouterr().out
 
 
 def test_a_single_long_text_becomes_paragraph_chunks(tmp_path: Path):
-    from prune_jax.data import paragraph_chunks
-
     paragraphs = [f"Paragraph {i}: " + "word " * (40 + 7 * (i % 5)) for i in range(120)]
     text = "\n\n".join(p.strip() for p in paragraphs)
     path = tmp_path / "notes.txt"

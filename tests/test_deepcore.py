@@ -13,22 +13,23 @@ import pytest
 from typer.testing import CliRunner
 
 from skmm_jax import deepcore
+from skmm_jax.sampling import class_quotas
 from skmm_jax.cli import app as skmm_app
 from skmm_jax.deepcore import (
     DEEPCORE,
-    ProxyConfig,
     el2n_scores,
     forgetting_scores,
     grand_scores,
     kcenter_symmetric_kl,
-    standardize,
     symmetric_kl,
     train_proxy,
     uncertainty_scores,
 )
+from skmm_jax.methods import SelectionMethod
 from skmm_jax.select import METHODS, select
+from skmm_jax.train.probe import LinearProbeConfig, standardize
 
-PROXY = ProxyConfig(epochs=8, batch_size=16, learning_rate=0.05)
+PROXY = LinearProbeConfig(epochs=8, batch_size=16, learning_rate=0.05)
 
 
 def ambiguous_pool():
@@ -61,8 +62,10 @@ def test_every_method_returns_distinct_indices_deterministically():
     x, y, _, _ = ambiguous_pool()
     assert set(DEEPCORE) <= set(METHODS)
     for name, selector in DEEPCORE.items():
-        first = selector(jax.random.key(4), x, 12, labels=y, proxy=PROXY)
-        again = selector(jax.random.key(4), x, 12, labels=y, proxy=PROXY)
+        assert selector.needs_labels and METHODS[name] is selector
+        first, diagnostics = selector(jax.random.key(4), x, 12, labels=y, proxy=PROXY)
+        again, _ = selector(jax.random.key(4), x, 12, labels=y, proxy=PROXY)
+        assert diagnostics == {}
         assert first.dtype == jnp.int32 and first.shape == (12,), name
         indices = np.asarray(first)
         assert len(set(indices.tolist())) == 12 and indices.min() >= 0 and indices.max() < len(x), name
@@ -73,8 +76,8 @@ def test_proxy_records_the_predictions_of_its_final_head_and_learns():
     x, y, _, _ = ambiguous_pool()
     result = train_proxy(jax.random.key(0), x, y, PROXY)
     assert result.probabilities.shape == (PROXY.epochs, len(x), 2) and result.losses.shape == (PROXY.epochs,)
-    standardized = standardize(jnp.asarray(x), result.feature_mean, result.feature_scale)
-    final = jax.nn.softmax(standardized @ result.head.weights + result.head.bias[None, :], axis=-1)
+    standardized = standardize(jnp.asarray(x), result.probe.mean, result.probe.scale)
+    final = jax.nn.softmax(standardized @ result.probe.kernel + result.probe.bias[None, :], axis=-1)
     np.testing.assert_allclose(np.asarray(result.probabilities[-1]), np.asarray(final), atol=1e-5)
     assert float(result.losses[0]) < np.log(2) and float(result.losses[-1]) < 0.5 * np.log(2)  # from ln 2 at W = 0
     assert (np.asarray(final).argmax(axis=1)[:168] == y[:168]).all()  # the clean blobs are learned
@@ -88,13 +91,15 @@ def test_proxy_records_the_predictions_of_its_final_head_and_learns():
 def test_grand_closed_form_equals_autodiff_gradient_norms():
     x, y, _, _ = ambiguous_pool()
     result = train_proxy(jax.random.key(1), x, y, PROXY)
-    standardized = standardize(jnp.asarray(x), result.feature_mean, result.feature_scale)
+    standardized = standardize(jnp.asarray(x), result.probe.mean, result.probe.scale)
 
     def loss(head, row, label):
-        logits = row @ head.weights + head.bias
+        kernel, bias = head
+        logits = row @ kernel + bias
         return optax.losses.softmax_cross_entropy_with_integer_labels(logits, label)
 
-    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(result.head, standardized, jnp.asarray(y))
+    head = (result.probe.kernel, result.probe.bias)
+    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(head, standardized, jnp.asarray(y))
     norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(len(x), -1)), axis=1) for g in jax.tree.leaves(grads)))
     closed_form = grand_scores(result.probabilities[-1:], jnp.asarray(y), standardized)
     np.testing.assert_allclose(np.asarray(closed_form), np.asarray(norms), rtol=1e-4, atol=1e-6)
@@ -141,7 +146,7 @@ def test_hard_scores_pick_mislabeled_and_uncertainty_picks_the_boundary():
     key = jax.random.key(5)
 
     def picks(name, n):
-        return set(np.asarray(DEEPCORE[name](key, x, n, labels=y, proxy=PROXY)).tolist())
+        return set(np.asarray(DEEPCORE[name](key, x, n, labels=y, proxy=PROXY)[0]).tolist())
 
     # Mislabeled points are confidently wrong (error ≈ √2); boundary ones ≈ 0.7.
     assert picks("el2n", 6) == mislabeled
@@ -155,17 +160,17 @@ def test_hard_scores_pick_mislabeled_and_uncertainty_picks_the_boundary():
 
 def test_class_balanced_keeps_the_top_of_each_class_in_proportion():
     x, y, _, _ = ambiguous_pool()
-    indices = np.asarray(DEEPCORE["el2n"](jax.random.key(5), x, 9, labels=y, proxy=PROXY, class_balanced=True))
+    indices = np.asarray(deepcore.el2n(jax.random.key(5), x, 9, labels=y, proxy=PROXY, class_balanced=True))
     # 90 + 90 samples: 4.5 + 4.5 slots, the tied remainder goes to the lower class.
     assert np.bincount(y[indices], minlength=2).tolist() == [5, 4]
     # The rule on given scores: per-class top quota, quotas by largest remainders.
     rng = np.random.default_rng(6)
     labels = np.array([0] * 7 + [1] * 2 + [2] * 1)
-    assert deepcore._class_quotas(labels, 3, 5).tolist() == [4, 1, 0]
+    assert class_quotas(np.bincount(labels), 5).tolist() == [4, 1, 0]
     n = 17  # static: one compilation
     for trial in range(5):
         labels = rng.integers(0, 4, 50)
-        quotas = deepcore._class_quotas(labels, 4, n)
+        quotas = class_quotas(np.bincount(labels, minlength=4), n)
         assert quotas.sum() == n and (quotas <= np.bincount(labels, minlength=4)).all()
         scores = rng.permutation(50).astype(np.float32)
         kept = deepcore._top_scores_per_class(
@@ -225,9 +230,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="score must be one of"):
         deepcore.uncertainty(jax.random.key(0), x, 5, labels=y, score="variance")
     with pytest.raises(ValueError, match="learning_rate"):
-        ProxyConfig(learning_rate=0.0)
+        LinearProbeConfig(learning_rate=-1.0)
     with pytest.raises(ValueError, match="epochs"):
-        ProxyConfig(epochs=0)
+        LinearProbeConfig(epochs=0)
 
 
 def test_select_passes_labels_and_requires_them():
@@ -236,7 +241,7 @@ def test_select_passes_labels_and_requires_them():
     with pytest.raises(ValueError, match="method 'el2n' needs labels"):
         select("el2n", key, x, 5)
     with pytest.raises(ValueError, match="needs labels"):
-        select(deepcore.grand, key, x, 5)
+        select(SelectionMethod.from_indices("my-grand", deepcore.grand, needs_labels=True), key, x, 5)
     selection = select("el2n", key, x, 5, labels=y, proxy=PROXY)
     np.testing.assert_array_equal(selection.indices, np.asarray(deepcore.el2n(key, x, 5, labels=y, proxy=PROXY)))
     assert selection.method == "el2n" and "subset_coverage" in selection.diagnostics

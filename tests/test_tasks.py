@@ -1,4 +1,6 @@
-"""Tasks (wiki passages, jsonl) and resumable frozen-model feature extraction, on tiny inputs."""
+"""Tasks (document passages, jsonl) and resumable frozen-model feature extraction, on tiny inputs:
+model-agnostic (``skmm_jax.features`` with a toy feature function) and the LLaMA glue
+(``prune_jax.features``)."""
 
 import json
 from pathlib import Path
@@ -9,9 +11,11 @@ import numpy as np
 import pytest
 
 from prune_jax.data import Document
+from prune_jax.features import extract_llama_features, wiki_passage_task
 from prune_jax.models.llama import LlamaConfig, init_llama
 from prune_jax.models.llama.modeling import rope_inverse_frequencies
-from skmm_jax.tasks import TextTask, extract_features, jsonl_task, stratified_split, wiki_passage_task
+from skmm_jax.features import extract_features
+from skmm_jax.tasks import TextTask, document_passage_task, jsonl_task, stratified_split
 
 
 class WordTokenizer:
@@ -43,15 +47,16 @@ def test_wiki_passage_task_split_is_stratified_disjoint_and_deterministic():
     docs = synthetic_docs()  # 10, 0, 6, 25, 4, 16 passages of 4 tokens
     kwargs = dict(documents=docs, passage_tokens=4, min_passages_per_class=5, max_passages_per_class=12,
                   val_fraction=0.2, test_fraction=0.2, seed=3)  # fmt: skip
-    lines = []
-    task = wiki_passage_task(WordTokenizer(), progress=lines.append, **kwargs)
+    calls = []
+    task = wiki_passage_task(WordTokenizer(), progress=lambda done, total: calls.append((done, total)), **kwargs)
+    assert task.info["source"] == "custom documents"
 
     assert task.class_names == ("Article 0", "Article 2", "Article 3", "Article 5")
     assert task.info["classes_dropped"] == 2 and task.info["dropped_classes"] == {"Article 1": 0, "Article 4": 4}
     assert task.tokens.shape == (10 + 6 + 12 + 12, 4) and task.tokens.dtype == np.int32
     assert np.bincount(task.labels).tolist() == [10, 6, 12, 12]  # capped, not equalised
     assert task.info["passages"] == 40 and task.info["tokens"] == 40 * 4 and task.info["passages_before_cap"] == 61
-    assert any("4 classes" in line for line in lines)
+    assert calls == [(k, 6) for k in range(1, 7)] and task.summary().startswith("4 classes")
 
     splits = [task.train, task.val, task.test]
     assert sum(s.size for s in splits) == task.num_passages
@@ -68,10 +73,10 @@ def test_wiki_passage_task_split_is_stratified_disjoint_and_deterministic():
         if doc == "p3":
             np.testing.assert_array_equal(row, doc3[int(k) * 4 : int(k) * 4 + 4])
 
-    again = wiki_passage_task(WordTokenizer(), **kwargs)
+    again = document_passage_task(WordTokenizer(), kwargs.pop("documents"), **kwargs)
     for name in ("tokens", "labels", "train", "val", "test"):
         np.testing.assert_array_equal(getattr(task, name), getattr(again, name))
-    other = wiki_passage_task(WordTokenizer(), **{**kwargs, "seed": 4})
+    other = document_passage_task(WordTokenizer(), docs, **{**kwargs, "seed": 4})
     assert not all(np.array_equal(a, b) for a, b in zip(splits, [other.train, other.val, other.test]))
 
 
@@ -120,8 +125,10 @@ def test_jsonl_task_maps_labels_and_drops_short_texts(tmp_path):
     records.append({"text": words(2), "label": "spam"})  # too short: dropped
     records.append("")  # blank lines are skipped
     path = write_jsonl(tmp_path / "t.jsonl", records)
+    calls = []
     with pytest.warns(UserWarning, match="1 of 13 texts"):
-        task = jsonl_task(path, WordTokenizer(), passage_tokens=5)
+        task = jsonl_task(path, WordTokenizer(), passage_tokens=5, progress=lambda done, total: calls.append(done))
+    assert calls == list(range(1, 14))
     assert task.class_names == ("eggs", "ham", "spam")
     assert task.tokens.shape == (12, 5) and task.info["dropped_short"] == 1
     assert np.bincount(task.labels).tolist() == [4, 4, 4]
@@ -151,6 +158,38 @@ def test_jsonl_task_errors(tmp_path):
 # ------------------------------------------------------------------------ features
 
 
+@jax.jit
+def toy_features(tokens):
+    """A jitted feature function: pooled = mean token id and its square [B, 2]; per-token ids [B, T, 1]."""
+    ids = tokens.astype(jnp.float32)
+    pooled = jnp.stack([ids.mean(axis=1), (ids * ids).mean(axis=1)], axis=1)
+    return pooled, ids[:, :, None].astype(jnp.float16)
+
+
+def test_extract_features_with_any_feature_function(tmp_path):
+    tokens = np.arange(7 * 3, dtype=np.int64).reshape(7, 3) % 11
+    seen = []
+    out = extract_features(toy_features, tokens, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    ids = tokens.astype(np.float32)
+    np.testing.assert_allclose(out.pooled, np.stack([ids.mean(1), (ids**2).mean(1)], 1), rtol=1e-6)
+    assert out.layer_inputs.dtype == np.float16 and out.layer_inputs.shape == (7, 3, 1)
+    assert seen == [(3, 7), (6, 7), (7, 7)]  # the padded last batch reports only its real rows
+    no_layer = extract_features(jax.jit(lambda t: (toy_features(t)[0], None)), tokens, batch_size=4)
+    assert no_layer.layer_inputs is None
+    np.testing.assert_array_equal(no_layer.pooled, out.pooled)
+
+    cached = extract_features(toy_features, tokens, batch_size=3, cache=tmp_path / "c", fingerprint=[b"toy"])
+    np.testing.assert_array_equal(cached.pooled, out.pooled)
+    with pytest.raises(ValueError, match="needs fingerprint"):
+        extract_features(toy_features, tokens, cache=tmp_path / "d")
+    with pytest.raises(ValueError, match="pooled features"):
+        extract_features(jax.jit(lambda t: (t.astype(jnp.float32).mean(axis=1), None)), tokens)
+    with pytest.raises(ValueError, match="layer input"):
+        extract_features(jax.jit(lambda t: (toy_features(t)[0], t)), tokens)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(toy_features, tokens, batch_size=0)
+
+
 def tiny_model(seed=0):
     config = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, layer_heads=((4, 2),) * 2,
                          layer_intermediate=(48,) * 2, head_dim=8)  # fmt: skip
@@ -162,7 +201,8 @@ def tokens_for_test(n=10, length=8):
 
 
 def manual_layer_input(model, tokens):
-    """h = x + Attn(RMSNorm(x)) of the last block, by running the blocks by hand."""
+    """h = x + Attn(RMSNorm(x)) of the last block, by running the blocks by hand (a reference
+    independent of the model's hooks)."""
     tokens = jnp.asarray(tokens)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
     inv_freq = jnp.asarray(rope_inverse_frequencies(model.config))
@@ -172,24 +212,25 @@ def manual_layer_input(model, tokens):
     return np.asarray(x + last.attn(last.input_norm(x), positions, inv_freq))
 
 
-def test_extract_features_matches_the_model():
+def test_llama_features_match_the_model():
     model, tokens = tiny_model(), tokens_for_test()
     expected = np.asarray(jax.jit(lambda t: model.hidden_states(t).mean(1))(jnp.asarray(tokens)))
-    plain = extract_features(model, tokens, batch_size=4, progress=False)  # 3 batches, the last padded
+    plain = extract_llama_features(model, tokens, batch_size=4)  # 3 batches, the last padded
     assert plain.layer_inputs is None and plain.pooled.dtype == np.float32
     np.testing.assert_allclose(plain.pooled, expected, atol=1e-5, rtol=1e-5)
 
-    full = extract_features(model, tokens, batch_size=4, layer_input="float32", progress=False)
+    full = extract_llama_features(model, tokens, batch_size=4, layer_input="float32")
     np.testing.assert_allclose(full.pooled, expected, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(full.layer_inputs, manual_layer_input(model, tokens), atol=1e-5, rtol=1e-5)
-    half = extract_features(model, tokens, batch_size=16, layer_input="float16", progress=False)
+    # batch 4 float16: the same compilation as the cache test below
+    half = extract_llama_features(model, tokens, batch_size=4, layer_input="float16")
     assert half.layer_inputs.dtype == np.float16
     np.testing.assert_allclose(half.layer_inputs.astype(np.float32), full.layer_inputs, atol=2e-3, rtol=2e-3)
 
     with pytest.raises(ValueError, match="layer_input"):
-        extract_features(model, tokens, layer_input="bfloat16", progress=False)
+        extract_llama_features(model, tokens, layer_input="bfloat16")
     with pytest.raises(ValueError, match="vocabulary is 64"):
-        extract_features(model, tokens + 60, progress=False)
+        extract_llama_features(model, tokens + 60)
 
 
 class Interrupt(Exception):
@@ -198,7 +239,7 @@ class Interrupt(Exception):
 
 def test_feature_cache_resumes_reuses_and_recomputes_on_mismatch(tmp_path):
     model, tokens = tiny_model(), tokens_for_test()
-    reference = extract_features(model, tokens, batch_size=4, layer_input="float16", progress=False)
+    reference = extract_llama_features(model, tokens, batch_size=4, layer_input="float16")
 
     calls = []
 
@@ -209,27 +250,27 @@ def test_feature_cache_resumes_reuses_and_recomputes_on_mismatch(tmp_path):
 
     cache = tmp_path / "feats"
     with pytest.raises(Interrupt):
-        extract_features(model, tokens, cache=cache, batch_size=4, layer_input="float16", progress=stop_after_two)
+        extract_llama_features(model, tokens, cache=cache, batch_size=4, layer_input="float16", progress=stop_after_two)
     state = json.loads((cache / "progress.json").read_text())
     assert state["rows_done"] == 8 and not state["complete"]
 
     resumed_calls = []
-    resumed = extract_features(model, tokens, cache=cache, batch_size=4, layer_input="float16",
-                               progress=lambda done, total: resumed_calls.append(done))  # fmt: skip
+    resumed = extract_llama_features(model, tokens, cache=cache, batch_size=4, layer_input="float16",
+                                     progress=lambda done, total: resumed_calls.append(done))  # fmt: skip
     assert resumed_calls == [10]  # only the last batch ran
     np.testing.assert_array_equal(resumed.pooled, reference.pooled)
     np.testing.assert_array_equal(np.asarray(resumed.layer_inputs), reference.layer_inputs)
     assert json.loads((cache / "progress.json").read_text())["complete"]
 
     reused_calls = []
-    reused = extract_features(model, tokens, cache=cache, batch_size=3, layer_input="float16",
-                              progress=lambda done, total: reused_calls.append(done))  # fmt: skip
+    reused = extract_llama_features(model, tokens, cache=cache, batch_size=3, layer_input="float16",
+                                    progress=lambda done, total: reused_calls.append(done))  # fmt: skip
     assert reused_calls == []
     np.testing.assert_array_equal(reused.pooled, reference.pooled)
 
     # Same config, different weights: the fingerprint differs, so everything is recomputed.
     other = tiny_model(seed=1)
-    recomputed = extract_features(other, tokens, cache=cache, batch_size=4, progress=False)
-    np.testing.assert_allclose(recomputed.pooled, extract_features(other, tokens, progress=False).pooled, atol=1e-6)
+    recomputed = extract_llama_features(other, tokens, cache=cache, batch_size=4)
+    np.testing.assert_allclose(recomputed.pooled, extract_llama_features(other, tokens, batch_size=4).pooled, atol=1e-6)
     assert not np.allclose(recomputed.pooled, reference.pooled)
     assert not (cache / "layer_inputs.npy").exists()  # the stale array was removed

@@ -7,22 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prune_jax.features import extract_llama_features, mlp_head_from_llama
 from prune_jax.models.llama import LlamaConfig, init_llama
+from skmm_jax.deepcore import train_proxy
 from skmm_jax.gradients import rademacher_weights, sketch_per_sample_grads
 from skmm_jax.sketch import make_pytree_sketch
-from skmm_jax.tasks import extract_features
-from skmm_jax.train import (
-    FinetuneConfig,
+from skmm_jax.train.finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_logits, ft_predict
+from skmm_jax.train.metrics import metrics
+from skmm_jax.train.probe import (
     LinearProbeConfig,
-    finetune,
-    ft_gradient_loss,
-    ft_logits,
-    ft_predict,
-    metrics,
-    mlp_head_from_llama,
     predict,
     probe_logits,
     select_hyperparameters,
+    standardization,
     train_linear_probe,
 )
 
@@ -62,6 +59,20 @@ def test_linear_probe_separates_blobs_and_keeps_missing_classes():
     assert metrics(predict(full, x_test), y_test, 5)["accuracy"] > 0.97
     again = train_linear_probe(jax.random.key(0), x, y, 5, dataclasses.replace(config, optimizer="adam"))
     np.testing.assert_array_equal(np.asarray(full.kernel), np.asarray(again.kernel))  # deterministic under the key
+
+
+def test_probe_and_deepcore_proxy_are_one_trainer():
+    x, y = blobs(2, 90, num_classes=3)
+    config = LinearProbeConfig(learning_rate=0.05, epochs=4, batch_size=16)
+    probe = train_linear_probe(jax.random.key(7), x, y, 3, config)
+    proxy = train_proxy(jax.random.key(7), x, y, config)
+    for field in ("mean", "scale", "kernel", "bias"):
+        np.testing.assert_array_equal(np.asarray(getattr(probe, field)), np.asarray(getattr(proxy.probe, field)))
+    np.testing.assert_allclose(np.asarray(proxy.probabilities[-1]), np.asarray(jax.nn.softmax(probe_logits(probe, x))), atol=1e-6)
+    # One standardisation: a constant column (large offset, rounding-level std) keeps σ = 1.
+    constant = np.concatenate([x, np.full((90, 1), 1000.0, np.float32)], axis=1)
+    _, scale = standardization(jnp.asarray(constant))
+    assert float(scale[-1]) == 1.0
 
 
 def test_probe_config_and_input_errors():
@@ -116,7 +127,7 @@ def ft_setup():
     model = init_llama(config, seed=0)
     tokens = np.random.default_rng(0).integers(0, 64, (24, 8)).astype(np.int32)
     labels = (tokens[:, 0] % 3).astype(np.int32)  # learnable from the first token
-    features = extract_features(model, tokens, batch_size=8, layer_input="float32", progress=False)
+    features = extract_llama_features(model, tokens, batch_size=8, layer_input="float32")
     return model, tokens, labels, features
 
 
@@ -127,7 +138,7 @@ def test_mlp_head_reproduces_the_frozen_model(ft_setup):
     pooled = np.asarray(head.pooled(jnp.asarray(features.layer_inputs)))
     np.testing.assert_allclose(pooled, features.pooled, atol=1e-5, rtol=1e-5)
     # the head holds copies: training it never touches the model
-    assert head.mlp.gate_kernel is not model.layers[-1].mlp.gate_kernel
+    assert head.last_block.mlp.gate_kernel is not model.layers[-1].mlp.gate_kernel
 
     probe = train_linear_probe(jax.random.key(1), features.pooled, labels, 3, LinearProbeConfig(epochs=5))
     lp_head = mlp_head_from_llama(model, 3, probe=probe)
@@ -141,16 +152,15 @@ def test_mlp_head_reproduces_the_frozen_model(ft_setup):
 def test_finetune_lowers_the_training_loss(ft_setup):
     model, _, labels, features = ft_setup
     init = mlp_head_from_llama(model, 3, key=jax.random.key(0))
-    before = np.asarray(init.mlp.down_kernel[...]).copy()
+    before = np.asarray(init.last_block.mlp.down_kernel[...]).copy()
     result = finetune(jax.random.key(2), features.layer_inputs, labels, init,
                       FinetuneConfig(learning_rate=1e-2, epochs=20, batch_size=8))  # fmt: skip
     assert result.losses.shape == (20,) and np.all(np.isfinite(result.losses))
     assert result.losses[-1] < 0.5 * result.losses[0]
-    np.testing.assert_array_equal(np.asarray(init.mlp.down_kernel[...]), before)  # init untouched
-    assert not np.allclose(np.asarray(result.model.mlp.down_kernel[...]), before)  # the MLP trained
-    np.testing.assert_array_equal(  # the norms stayed frozen
-        np.asarray(result.model.norm.weight[...]), np.asarray(init.norm.weight[...])
-    )
+    np.testing.assert_array_equal(np.asarray(init.last_block.mlp.down_kernel[...]), before)  # init untouched
+    assert not np.allclose(np.asarray(result.model.last_block.mlp.down_kernel[...]), before)  # the MLP trained
+    for frozen in (lambda m: m.norm.weight, lambda m: m.last_block.post_attn_norm.weight, lambda m: m.last_block.attn.q_kernel):
+        np.testing.assert_array_equal(np.asarray(frozen(result.model)[...]), np.asarray(frozen(init)[...]))  # norms, attention frozen
     assert np.mean(ft_predict(result.model, features.layer_inputs) == labels) > 0.9
 
 

@@ -1,8 +1,7 @@
 """Per-unit statistics of a block's inputs over the calibration tokens.
 
 Everything is accumulated in float32 over batches of sequences (so memory is one
-batch's activations, not the calibration set's), with the Gram-type products at
-highest matmul precision:
+batch's activations, not the calibration set's):
 
   MLPStats (channel j of h = silu(W_Gᵀx) ⊙ W_Uᵀx, x = RMSNorm(block input)):
     E[h_j²], Var(h_j), Σ h_j² (= ‖h_j‖₂²), E[(W_Uᵀx)_j²], E[(W_Gᵀx)_j²], E[h_j]
@@ -10,8 +9,9 @@ highest matmul precision:
     E[z_c²], Var(z_c), Σ z_c², E[z_c]
   head_divergence (attention maps P_n [T, T] of query head n):
     D_ab = mean over sequences and query positions t of JS(P_a[t], P_b[t])
-  taylor_importance (LLM-Pruner "element-1"): Σ_{w ∈ unit} |w · ∂L/∂w| with L the
-    mean next-token cross-entropy of the dense model on the calibration tokens
+  dense_gradients: ∂L/∂w for every parameter, L the mean next-token cross-entropy
+    of the dense model on the calibration tokens (for "gradients" scores such as
+    LLM-Pruner's element-wise Taylor importance, see ``scores``)
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from skmm_jax.streaming import chunk_bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +93,6 @@ def attention_stats(head_outputs: Iterable[jax.Array]) -> AttentionStats:
     return AttentionStats(sq_mean, mean, np.maximum(sq_mean - mean * mean, 0.0), total_sq, count)
 
 
-def gram(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(X̂ᵀX̂, X̂ᵀY) for token rows x [..., C], y [..., D], float32 at highest precision."""
-    xf = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
-    yf = y.reshape(-1, y.shape[-1]).astype(jnp.float32)
-    return jnp.matmul(xf.T, xf, precision=HIGHEST), jnp.matmul(xf.T, yf, precision=HIGHEST)
-
-
 def _js_row(p: jax.Array, probs: jax.Array) -> jax.Array:
     """Σ over batch and query positions of JS(p[t], probs[n, t]) for every head n.
 
@@ -133,43 +127,29 @@ def head_divergence(prob_batches: Iterable[jax.Array]) -> np.ndarray:
     return 0.5 * (divergence + divergence.T)
 
 
-def taylor_importance(model, tokens: np.ndarray, *, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """First-order Taylor importance of every query head and FFN channel (LLM-Pruner,
-    element-wise, summed over the unit's weights) of the dense model.
+def dense_gradients(model, tokens: np.ndarray, *, batch_size: int = 8):
+    """Mean gradient of the next-token loss over ``tokens`` [S, T], as a model.
 
-    Query head n: its q columns and o rows; FFN channel j: gate/up columns and down
-    row. ∂L/∂w is accumulated over batches of ``batch_size`` sequences.
+    L = Σ_{sequences, t} −log p(x_{t+1} | x_≤t) / (S (T − 1)) (``Llama.token_nll``);
+    ∂L/∂w is summed over batches of ``batch_size`` sequences (memory: one batch's
+    activations and one gradient) and divided by the token count at the end.
 
     Returns:
-      per layer, (head scores [N], channel scores [F]).
+      a copy of ``model`` whose parameters are the gradients (same structure, so a
+      score reads ``grads.layers[i].mlp.down_kernel`` next to the weight).
     """
-    from flax import nnx
-
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tokens = jnp.asarray(tokens, jnp.int32)
 
     @jax.jit
     def loss_sum(p, batch):
-        logits = nnx.merge(graphdef, p, rest)(batch[:, :-1])
-        log_norm = jax.nn.logsumexp(logits, axis=-1)
-        target = jnp.take_along_axis(logits, batch[:, 1:, None], axis=-1)[..., 0]
-        return jnp.sum(log_norm - target)
+        return jnp.sum(nnx.merge(graphdef, p, rest).token_nll(batch))
 
     grad_fn = jax.jit(jax.grad(loss_sum))
     grads = None
-    for start in range(0, tokens.shape[0], batch_size):
-        g = grad_fn(params, tokens[start : start + batch_size])
+    for start, stop in chunk_bounds(tokens.shape[0], batch_size):
+        g = grad_fn(params, tokens[start:stop])
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
     count = tokens.shape[0] * (tokens.shape[1] - 1)
     grads = jax.tree.map(lambda g: g / count, grads)
-    graded = nnx.merge(graphdef, grads, rest)
-    out = []
-    for block, gblock in zip(model.layers, graded.layers):
-        def saliency(module, gmodule, name):
-            return np.abs(np.asarray(getattr(module, name)[...], np.float32) * np.asarray(getattr(gmodule, name)[...], np.float32))
-
-        heads = saliency(block.attn, gblock.attn, "q_kernel").sum(axis=(0, 2)) + saliency(block.attn, gblock.attn, "o_kernel").sum(axis=(1, 2))
-        channels = (saliency(block.mlp, gblock.mlp, "gate_kernel").sum(0) + saliency(block.mlp, gblock.mlp, "up_kernel").sum(0)
-                    + saliency(block.mlp, gblock.mlp, "down_kernel").sum(1))
-        out.append((heads, channels))
-    return out
+    return nnx.merge(graphdef, grads, rest)

@@ -1,4 +1,4 @@
-"""Unit scores (higher = keep) for FFN channels and attention query heads.
+"""Unit scores (higher = keep) for FFN channels and attention query heads: one registry.
 
 Notation for one block: first maps W_G, W_U [D, F] (gate_kernel, up_kernel), second map
 W_D [F, D] (down_kernel; its row j is HF's down_proj column j), SwiGLU intermediate
@@ -18,13 +18,19 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
                                                    statistics; a head's values ≈ its input)
   taylor        Σ |w ∂L/∂w| over the channel's     Σ |w ∂L/∂w| over the head's q columns
                 gate/up columns and down row       and o rows (LLM-Pruner element-1; from
-                                                   the dense model, ``taylor_importance``)
+                                                   the dense model's gradients)
+  depth2-l1     ‖(W_G, W_U)[:, j]‖₁ ‖W_D[j]‖₁     ‖W_Q[:, n]‖₁ ‖W_O[n]‖₁
 
 The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
 pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
 moment of the channel's pre-activation — accumulated per channel, no D×D Σ needed. The
 head score treats (attention output, W_O) as the depth-2 unit: a query head's share of
 the block output has energy Σ_c ‖W_O[c]‖² E[z_c²].
+
+Every method is one ``Score`` entry of ``SCORES``: its channel and head functions
+(one signature, ``fn(module, evidence) -> [units]``), what evidence it needs and whether
+it compensates biases. The pipeline reads those declarations; it never branches on a
+method's name. Adding a score = one entry here plus a test.
 
 Head similarity (paper §3.2, ``similar_heads``): with D_ab the mean Jensen–Shannon
 divergence between the attention maps of heads a and b, pairs are visited in
@@ -36,90 +42,220 @@ truncating) by the score (``prefer_marked``).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import jax
 import numpy as np
 
-from prune_jax.pruning.calibrate import AttentionStats, MLPStats
+from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
 
-METHODS = ("random", "magnitude", "depth2", "wanda-sp", "flap", "dap", "dap-cov", "dap-empirical", "dap-data-free", "taylor")
-GRADIENT_METHODS = ("taylor",)  # scored from gradients of the dense model, not from activation statistics
+NEEDS = ("statistics", "gradients", "nothing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """What a score function may read besides the module's own weights.
+
+    Attributes:
+      key: PRNG key of this layer and module (random scores).
+      norm: "l1" or "l2" (``PruneConfig.norm``, for the magnitude score).
+      stats: calibration statistics of the pruned stream (``MLPStats`` or
+        ``AttentionStats``), when the score needs "statistics".
+      gradients: the module's mean gradients on the dense model (same structure as the
+        module), when the score needs "gradients".
+    """
+
+    key: jax.Array
+    norm: str = "l2"
+    stats: MLPStats | AttentionStats | None = None
+    gradients: Any = None
+
+
+ScoreFn = Callable[[Any, Evidence], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One pruning score.
+
+    Attributes:
+      channels: ``channels(mlp, evidence)`` → [F] FFN channel scores.
+      heads: ``heads(attn, evidence)`` → [N] query head scores.
+      needs: "statistics" (activation statistics of the pruned stream, taken block by
+        block), "gradients" (of the dense model's next-token loss on the calibration
+        tokens: scored once, up front, on the dense weights) or "nothing" (weights only).
+      compensates_biases: bias compensation is on by default (FLAP):
+        b += W[:, pruned] · mean(x_pruned).
+    """
+
+    channels: ScoreFn
+    heads: ScoreFn
+    needs: str = "statistics"
+    compensates_biases: bool = False
+
+    def __post_init__(self):
+        if self.needs not in NEEDS:
+            raise ValueError(f"needs must be one of {NEEDS}, got {self.needs!r}")
 
 
 def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
     return np.abs(x).sum(axis=axis) if p == "l1" else np.sqrt((x * x).sum(axis=axis))
 
 
-def ffn_channel_scores(method: str, mlp, stats: MLPStats, *, key: jax.Array, norm: str = "l2") -> np.ndarray:
-    """[F] scores of the FFN channels of one block (see module docstring)."""
-    gate = np.asarray(mlp.gate_kernel[...], np.float32)  # [D, F]
+def _ffn(mlp) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(W_G [D, F], W_U [D, F], W_D [F, D], ‖W_D[j]‖² [F]) in float32."""
+    gate = np.asarray(mlp.gate_kernel[...], np.float32)
     up = np.asarray(mlp.up_kernel[...], np.float32)
-    down = np.asarray(mlp.down_kernel[...], np.float32)  # [F, D]
-    first = np.concatenate([gate, up], axis=0)  # [2D, F]
-    down_sq = (down * down).sum(axis=1)  # ‖W_D[j]‖²
-    if method == "random":
-        return np.asarray(jax.random.uniform(key, (down.shape[0],)))
-    if method == "magnitude":
-        return _norm(first, 0, norm)
-    if method == "depth2":
-        return _norm(first, 0, "l2") * np.sqrt(down_sq)
-    if method == "wanda-sp":
-        return np.abs(down).mean(axis=1) * np.sqrt(stats.h_sq_sum)
-    if method == "flap":
-        return stats.h_var * down_sq
-    if method == "dap":
-        return down_sq * down_sq * stats.up_sq_mean * stats.gate_sq_mean
-    if method == "dap-cov":
-        return down_sq * down_sq * stats.up_var * stats.gate_var
-    if method == "dap-empirical":
-        return down_sq * stats.h_sq_mean
-    if method == "dap-data-free":
-        return down_sq * down_sq * (up * up).sum(axis=0) * (gate * gate).sum(axis=0)
-    raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
+    down = np.asarray(mlp.down_kernel[...], np.float32)
+    return gate, up, down, (down * down).sum(axis=1)
 
 
-def head_scores(method: str, attn, stats: AttentionStats, *, key: jax.Array, norm: str = "l2") -> np.ndarray:
-    """[N] scores of the query heads of one block (see module docstring)."""
+def _first_maps(mlp) -> np.ndarray:
+    """(W_G; W_U) [2D, F]: the channel's first-map columns."""
+    gate, up, _, _ = _ffn(mlp)
+    return np.concatenate([gate, up], axis=0)
+
+
+def _query_rows(attn) -> np.ndarray:
+    """[N, D·H]: head n's W_Q columns, one row per head."""
     q = np.asarray(attn.q_kernel[...], np.float32)  # [D, N, H]
+    return q.transpose(1, 0, 2).reshape(q.shape[1], -1)
+
+
+def _o_sq(attn) -> np.ndarray:
+    """[N, H]: ‖W_O[c]‖² per o_proj input column c = (head n, dim h)."""
     o = np.asarray(attn.o_kernel[...], np.float32)  # [N, H, D]
-    o_sq = (o * o).sum(axis=2)  # [N, H]: ‖W_O[c]‖² per o_proj input column
-    if method == "random":
-        return np.asarray(jax.random.uniform(key, (q.shape[1],)))
-    if method == "magnitude":
-        return _norm(q.transpose(1, 0, 2).reshape(q.shape[1], -1), 1, norm)
-    if method == "depth2":
-        return _norm(q.transpose(1, 0, 2).reshape(q.shape[1], -1), 1, "l2") * np.sqrt(o_sq.sum(axis=1))
-    if method == "wanda-sp":
-        return (np.abs(o).mean(axis=2) * np.sqrt(stats.z_sq_sum)).sum(axis=1)
-    if method == "flap":
-        return (stats.z_var * o_sq).sum(axis=1)
-    if method in ("dap", "dap-empirical"):
-        return (stats.z_sq_mean * o_sq).sum(axis=1)
-    if method == "dap-cov":
-        return (stats.z_var * o_sq).sum(axis=1)
-    if method == "dap-data-free":  # Σ = I: E[z_c²] → ‖W_V[:, c]‖² of the head's KV group
-        v = np.asarray(attn.v_kernel[...], np.float32)  # [D, K, H]
-        group = q.shape[1] // v.shape[1]
-        v_sq = np.repeat((v * v).sum(axis=0), group, axis=0)  # [N, H]
-        return (v_sq * o_sq).sum(axis=1)
-    raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
+    return (o * o).sum(axis=2)
 
 
-def keep_top(scores: np.ndarray, keep: int) -> np.ndarray:
-    """Sorted indices of the ``keep`` largest scores (ties to the lower index)."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    return np.sort(order[:keep])
+def _random_channels(mlp, ev: Evidence) -> np.ndarray:
+    return np.asarray(jax.random.uniform(ev.key, (mlp.down_kernel[...].shape[0],)))
 
 
-def keep_heads_per_group(scores: np.ndarray, kv_heads: int, remove_per_group: int) -> np.ndarray:
-    """Query heads to keep when every KV group loses the same number of its query heads
-    (GQA shapes stay valid: N' = K · (G − r)). Sorted global head indices."""
-    groups = np.asarray(scores).reshape(kv_heads, -1)  # head n = k·G + g
-    size = groups.shape[1]
-    keep = []
-    for k in range(kv_heads):
-        keep.extend(k * size + keep_top(groups[k], size - remove_per_group))
-    return np.asarray(sorted(keep))
+def _random_heads(attn, ev: Evidence) -> np.ndarray:
+    return np.asarray(jax.random.uniform(ev.key, (attn.q_kernel[...].shape[1],)))
 
+
+def _dap_channels(mlp, ev: Evidence) -> np.ndarray:
+    _, _, _, down_sq = _ffn(mlp)
+    return down_sq * down_sq * ev.stats.up_sq_mean * ev.stats.gate_sq_mean
+
+
+def _dap_cov_channels(mlp, ev: Evidence) -> np.ndarray:
+    _, _, _, down_sq = _ffn(mlp)
+    return down_sq * down_sq * ev.stats.up_var * ev.stats.gate_var
+
+
+def _dap_empirical_channels(mlp, ev: Evidence) -> np.ndarray:
+    return _ffn(mlp)[3] * ev.stats.h_sq_mean
+
+
+def _dap_heads(attn, ev: Evidence) -> np.ndarray:
+    return (ev.stats.z_sq_mean * _o_sq(attn)).sum(axis=1)
+
+
+def _variance_heads(attn, ev: Evidence) -> np.ndarray:  # flap and dap-cov
+    return (ev.stats.z_var * _o_sq(attn)).sum(axis=1)
+
+
+def _data_free_channels(mlp, ev: Evidence) -> np.ndarray:
+    gate, up, _, down_sq = _ffn(mlp)
+    return down_sq * down_sq * (up * up).sum(axis=0) * (gate * gate).sum(axis=0)
+
+
+def _data_free_heads(attn, ev: Evidence) -> np.ndarray:
+    """Σ = I: E[z_c²] → ‖W_V[:, c]‖² of the head's KV group."""
+    q = np.asarray(attn.q_kernel[...], np.float32)  # [D, N, H]
+    v = np.asarray(attn.v_kernel[...], np.float32)  # [D, K, H]
+    group = q.shape[1] // v.shape[1]
+    v_sq = np.repeat((v * v).sum(axis=0), group, axis=0)  # [N, H]
+    return (v_sq * _o_sq(attn)).sum(axis=1)
+
+
+def _wanda_channels(mlp, ev: Evidence) -> np.ndarray:
+    return np.abs(_ffn(mlp)[2]).mean(axis=1) * np.sqrt(ev.stats.h_sq_sum)
+
+
+def _wanda_heads(attn, ev: Evidence) -> np.ndarray:
+    o = np.asarray(attn.o_kernel[...], np.float32)
+    return (np.abs(o).mean(axis=2) * np.sqrt(ev.stats.z_sq_sum)).sum(axis=1)
+
+
+def _saliency(module, gradients, name: str) -> np.ndarray:
+    """|w · ∂L/∂w| of one kernel."""
+    return np.abs(np.asarray(getattr(module, name)[...], np.float32) * np.asarray(getattr(gradients, name)[...], np.float32))
+
+
+def _taylor_channels(mlp, ev: Evidence) -> np.ndarray:
+    g = ev.gradients
+    return _saliency(mlp, g, "gate_kernel").sum(0) + _saliency(mlp, g, "up_kernel").sum(0) + _saliency(mlp, g, "down_kernel").sum(1)
+
+
+def _taylor_heads(attn, ev: Evidence) -> np.ndarray:
+    g = ev.gradients
+    return _saliency(attn, g, "q_kernel").sum(axis=(0, 2)) + _saliency(attn, g, "o_kernel").sum(axis=(1, 2))
+
+
+def _depth2_l1_channels(mlp, ev: Evidence) -> np.ndarray:
+    return _norm(_first_maps(mlp), 0, "l1") * _norm(_ffn(mlp)[2], 1, "l1")
+
+
+def _depth2_l1_heads(attn, ev: Evidence) -> np.ndarray:
+    o = np.asarray(attn.o_kernel[...], np.float32)
+    return _norm(_query_rows(attn), 1, "l1") * _norm(o.reshape(o.shape[0], -1), 1, "l1")
+
+
+SCORES: dict[str, Score] = {
+    "random": Score(_random_channels, _random_heads, needs="nothing"),
+    "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.norm),
+                       lambda attn, ev: _norm(_query_rows(attn), 1, ev.norm), needs="nothing"),
+    "depth2": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, "l2") * np.sqrt(_ffn(mlp)[3]),
+                    lambda attn, ev: _norm(_query_rows(attn), 1, "l2") * np.sqrt(_o_sq(attn).sum(axis=1)), needs="nothing"),
+    "wanda-sp": Score(_wanda_channels, _wanda_heads),
+    "flap": Score(lambda mlp, ev: ev.stats.h_var * _ffn(mlp)[3], _variance_heads, compensates_biases=True),
+    "dap": Score(_dap_channels, _dap_heads),
+    "dap-cov": Score(_dap_cov_channels, _variance_heads),
+    "dap-empirical": Score(_dap_empirical_channels, _dap_heads),
+    "dap-data-free": Score(_data_free_channels, _data_free_heads, needs="nothing"),
+    "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
+    "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
+}
+METHODS = tuple(SCORES)
+
+
+def get_score(method: str) -> Score:
+    """The registry entry of ``method``; ValueError naming the valid methods."""
+    if method not in SCORES:
+        raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
+    return SCORES[method]
+
+
+def ffn_channel_scores(method: str, mlp, stats: MLPStats | None, *, key: jax.Array, norm: str = "l2", gradients: Any = None) -> np.ndarray:
+    """[F] scores of the FFN channels of one block (see module docstring)."""
+    return get_score(method).channels(mlp, Evidence(key=key, norm=norm, stats=stats, gradients=gradients))
+
+
+def head_scores(method: str, attn, stats: AttentionStats | None, *, key: jax.Array, norm: str = "l2", gradients: Any = None) -> np.ndarray:
+    """[N] scores of the query heads of one block (see module docstring)."""
+    return get_score(method).heads(attn, Evidence(key=key, norm=norm, stats=stats, gradients=gradients))
+
+
+def gradient_scores(model, tokens, method: str, *, batch_size: int, key: jax.Array, norm: str = "l2") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer, (head scores [N], channel scores [F]) of a "gradients" score, from the
+    dense model's weights and its mean gradients on ``tokens`` [S, T] (``dense_gradients``).
+
+    Keys follow the pipeline's convention: ``fold_in(key, 2·layer)`` for heads,
+    ``fold_in(key, 2·layer + 1)`` for channels.
+    """
+    score = get_score(method)
+    graded = dense_gradients(model, tokens, batch_size=batch_size)
+    out = []
+    for layer, (block, grads) in enumerate(zip(model.layers, graded.layers)):
+        heads = score.heads(block.attn, Evidence(key=jax.random.fold_in(key, 2 * layer), norm=norm, gradients=grads.attn))
+        channels = score.channels(block.mlp, Evidence(key=jax.random.fold_in(key, 2 * layer + 1), norm=norm, gradients=grads.mlp))
+        out.append((heads, channels))
+    return out
 
 
 def similar_heads(divergence: np.ndarray, scores: np.ndarray, tau: float) -> np.ndarray:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from skmm_jax.precision import HIGHEST
 from skmm_jax.sketch.base import Array, as_key, check_batch, check_dims, next_power_of_two, pytree_dataclass
 
 # Butterflies are done radix-8: each stage multiplies a length-8 axis by the 8×8
@@ -54,7 +55,7 @@ def fwht(x: Array) -> Array:
         y = x.reshape(*lead, n // (radix * stride), radix, stride)
         h = jnp.asarray(_hadamard(radix), x.dtype)
         # Exact ±1 sums: HIGHEST keeps TPU/GPU from rounding inputs to bf16/tf32.
-        y = jnp.einsum("ji,...aib->...ajb", h, y, precision=lax.Precision.HIGHEST)
+        y = jnp.einsum("ji,...aib->...ajb", h, y, precision=HIGHEST)
         x = y.reshape(*lead, n)
         stride *= radix
     return x

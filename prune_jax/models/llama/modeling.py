@@ -493,6 +493,15 @@ class Llama(nnx.Module):
     def __call__(self, tokens: Array, positions: Array | None = None) -> Array:
         return self.logits(self.hidden_states(tokens, positions))
 
+    def token_nll(self, tokens: Array) -> Array:
+        """−log p(x_{t+1} | x_≤t) for t < T − 1, [B, T − 1] float32: the next-token loss
+        of every predicted token (perplexity, and the loss of gradient-based scores).
+        The first token of a row has no context and is not predicted."""
+        logits = self(tokens[:, :-1])  # [B, T-1, V] float32
+        log_norm = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
+        target = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+        return log_norm - target
+
 
 def init_llama(config: LlamaConfig, seed: int = 0) -> Llama:
     """A randomly initialised model (tests, and the target of checkpoint loading)."""
