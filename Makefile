@@ -46,8 +46,11 @@ smoke: $(VENV)/.installed-base data
 	$(BIN)/prune-jax demo --calib-samples 4 --eval-windows 4 --out $(VENV)/smoke-demo
 
 # pytest exits 5 when it collects nothing; treat that as a failure with a message.
+# TEST_WORKERS: pytest-xdist processes; the suite is bound by XLA compiles, which are
+# single-threaded, so two workers on two cores take ~0.7x the wall time of one.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test data
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 bench: $(VENV)/.installed-bench data

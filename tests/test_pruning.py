@@ -93,6 +93,34 @@ def test_recovery_is_exact_with_full_rank_gram_and_never_hurts():
     assert info2["held_out_error"] <= info2["errors"]["unrefit"]
 
 
+def test_streamed_grams_ridge_path_equals_numpy_ridge_and_direct_held_out_errors():
+    from prune_jax.pruning.recover import accumulate_grams, held_out_split, refit_from_grams
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 20, 9)) * np.linspace(0.1, 3.0, 9)  # [S, T, C], uneven scales
+    y = x @ rng.standard_normal((9, 4)) + 0.3 * rng.standard_normal((5, 20, 4))
+    w_current = rng.standard_normal((9, 4))
+    grid = (1e-3, 1e-1, 10.0)
+    split = held_out_split(100)  # 90 training tokens: sequence 4 is cut at token 10
+    grams = None
+    for s, e in [(0, 2), (2, 3), (3, 5)]:  # chunks of sequences, uneven
+        grams = accumulate_grams(grams, jnp.asarray(x[s:e], jnp.float32), jnp.asarray(y[s:e], jnp.float32), s * 20, split)
+    w, info = refit_from_grams(grams, jnp.asarray(w_current, jnp.float32), grid)
+    xf, yf = x.reshape(100, 9), y.reshape(100, 4)
+    xt, yt, xh, yh = xf[:split], yf[:split], xf[split:], yf[split:]
+    gram = xt.T @ xt
+    expected = {"unrefit": np.sum((xh @ w_current - yh) ** 2)}
+    solutions = {}
+    for ridge in grid:
+        solutions[ridge] = np.linalg.solve(gram + ridge * np.mean(np.diag(gram)) * np.eye(9), xt.T @ yt)
+        expected[f"{ridge:g}"] = np.sum((xh @ solutions[ridge] - yh) ** 2)
+    for name, error in expected.items():
+        np.testing.assert_allclose(info["errors"][name], error, rtol=1e-4)
+    best = min(grid, key=lambda r: expected[f"{r:g}"])
+    assert expected[f"{best:g}"] < expected["unrefit"] and info["ridge"] == best
+    np.testing.assert_allclose(np.asarray(w), solutions[best], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("refit", ["full", "second"])
 def test_recovery_lowers_the_block_reconstruction_error(refit):
     tokens = calib(3, (24, 16))

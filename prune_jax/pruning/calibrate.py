@@ -49,18 +49,31 @@ class AttentionStats:
     tokens: int
 
 
+@jax.jit
+def _sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    flat = x.astype(jnp.float32).reshape((-1,) + x.shape[2:])
+    return jnp.sum(flat, axis=0), jnp.sum(flat * flat, axis=0)
+
+
 def _moments(batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray, int]:
     """(Σ x, Σ x², count) over the leading token axes of each batch [..., C...]."""
     total = total_sq = None
     count = 0
     for x in batches:
-        x = x.astype(jnp.float32)
-        flat = x.reshape((-1,) + x.shape[2:])
-        s, sq = jnp.sum(flat, axis=0), jnp.sum(flat * flat, axis=0)
+        s, sq = _sums(x)
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
-        count += flat.shape[0]
+        count += x.shape[0] * x.shape[1]
     return np.asarray(total, np.float64), np.asarray(total_sq, np.float64), count
+
+
+@nnx.jit
+def _mlp_sums(mlp, x: jax.Array) -> list[jax.Array]:
+    """Σ over the batch's tokens of h, h², up, up², gate, gate² (each [F])."""
+    gate, up = mlp.pre_activations(x)
+    gate, up = gate.astype(jnp.float32), up.astype(jnp.float32)
+    h = jax.nn.silu(gate) * up
+    return [jnp.sum(v, axis=(0, 1)) for v in (h, h * h, up, up * up, gate, gate * gate)]
 
 
 def mlp_stats(mlp, inputs: Iterable[jax.Array]) -> MLPStats:
@@ -68,10 +81,7 @@ def mlp_stats(mlp, inputs: Iterable[jax.Array]) -> MLPStats:
     sums = None
     count = 0
     for x in inputs:
-        gate, up = mlp.pre_activations(x)
-        gate, up = gate.astype(jnp.float32), up.astype(jnp.float32)
-        h = jax.nn.silu(gate) * up
-        parts = [jnp.sum(v, axis=(0, 1)) for v in (h, h * h, up, up * up, gate, gate * gate)]
+        parts = _mlp_sums(mlp, x)
         sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
         count += x.shape[0] * x.shape[1]
     if count == 0:

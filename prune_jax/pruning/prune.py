@@ -10,7 +10,7 @@ Within a block, with recovery (``refit="full"``, the paper's order):
   → refit o → refit gate,up → score and remove FFN channels → refit down
   → run the pruned block (its output is the next block's pruned-stream input).
 Each refit is ridge least squares of the pruned-stream inputs onto the dense
-outputs of the same map (``recover.refit_linear``), so the error a removal causes is
+outputs of the same map (``recover``: streamed Grams, one ridge path), so the error a removal causes is
 absorbed by the next map. The paper lists "refit o" before "prune heads"; we refit o
 after the removal, on the kept heads — it then absorbs the removal itself (its
 error is never larger, since the unrefit map competes). ``refit="second"`` refits o

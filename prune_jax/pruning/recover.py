@@ -3,23 +3,36 @@
 For a linear map whose (pruned-stream) inputs are X̂ [tokens, C] and whose dense
 targets are Y [tokens, D], the ridge least-squares refit is
 
-    W(λ) = (X̂ᵀX̂ + λ·mean(diag X̂ᵀX̂)·I)⁻¹ X̂ᵀY,
+    W(λ) = (X̂ᵀX̂ + λ·mean(diag X̂ᵀX̂)·I)⁻¹ X̂ᵀY.
 
-solved by Cholesky in float32 with highest matmul precision (a failed factorisation —
-NaN — retries with 10λ). λ is picked on held-out calibration tokens from a grid, and
-the unrefit weights compete too: the chosen W never has a larger held-out
-reconstruction error than not refitting.
+Everything a refit needs is a sum over tokens, so it is *streamed*: ``accumulate_grams``
+adds one chunk's X̂ᵀX̂ [C, C] and X̂ᵀY [C, D] to running sums (memory O(C² + C·D),
+independent of the number of calibration tokens; summed over devices by XLA when the
+chunk is sharded). The last ``held_out`` fraction of the tokens (in stream order: whole
+sequences at the end) go into separate held-out sums G_h, C_h, ‖Y_h‖², so the held-out
+error of any W is a quadratic form, no held-out activations kept:
 
-The glue below applies this to a module's maps: ``refit_map`` refits one kernel (and its
-bias, as an intercept) and ``refit_shared_input`` several kernels that read the same
-input (q, k, v; gate, up) as one concatenated map — one Gram matrix, one λ.
+    E_h(W) = ‖X̂_h W − Y_h‖² = ⟨W, G_h W⟩ − 2⟨W, C_h⟩ + ‖Y_h‖².
+
+``ridge_path`` solves the whole λ grid from one eigendecomposition G = QΛQᵀ,
+W(λ) = Q (Λ + λs)⁻¹ QᵀC (s = mean diag G; never fails to factorise), scores every W(λ)
+and the unrefit weights on the held-out sums and keeps the best, in one compiled
+program with one host transfer: the chosen W never has a larger held-out error than not
+refitting. Grams and the solve are float32 at highest matmul precision (float64 when
+``jax_enable_x64`` is on and the Grams are accumulated in float64).
+
+The glue below applies this to a module's maps: ``refit_maps`` solves several kernels
+that read the same input (q, k, v; gate, up; or one o / down) as one concatenated map,
+with their biases refit jointly as intercepts (``with_intercept`` adds the constant
+input column).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 from flax import nnx
 
@@ -28,107 +41,150 @@ from skmm_jax.precision import HIGHEST
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def _error(x: jax.Array, y: jax.Array, w: jax.Array) -> float:
-    residual = jnp.matmul(x, w, precision=HIGHEST) - y
-    return float(jnp.sum(residual * residual))
+class Grams(NamedTuple):
+    """Sufficient statistics of one refit, summed over calibration tokens.
+
+    Attributes:
+      xx, xy: training X̂ᵀX̂ [C, C] and X̂ᵀY [C, D].
+      held_xx, held_xy, held_yy: the same over held-out tokens, and ‖Y_h‖² (scalar).
+    """
+
+    xx: jax.Array
+    xy: jax.Array
+    held_xx: jax.Array
+    held_xy: jax.Array
+    held_yy: jax.Array
 
 
-def ridge_solve(gram: jax.Array, cross: jax.Array, ridge: float) -> jax.Array:
-    """(G + λ·mean(diag G)·I)⁻¹ C by Cholesky; retries with 10λ while it fails."""
-    scale = jnp.mean(jnp.diag(gram))
-    eye = jnp.eye(gram.shape[0], dtype=jnp.float32)
-    for _ in range(6):
-        factor = jsl.cho_factor(gram + ridge * scale * eye, lower=True)
-        w = jsl.cho_solve(factor, cross)
-        if bool(jnp.all(jnp.isfinite(w))):
-            return w
-        ridge *= 10.0
-    raise FloatingPointError("ridge refit failed: the Gram matrix could not be factorised even with a large ridge")
+def zero_grams(inputs: int, outputs: int, dtype=jnp.float32) -> Grams:
+    return Grams(jnp.zeros((inputs, inputs), dtype), jnp.zeros((inputs, outputs), dtype),
+                 jnp.zeros((inputs, inputs), dtype), jnp.zeros((inputs, outputs), dtype), jnp.zeros((), dtype))  # fmt: skip
+
+
+def held_out_split(num_tokens: int, held_out: float = 0.1) -> int:
+    """Index of the first held-out token: the last ``held_out`` fraction is held out."""
+    split = max(1, int(round(num_tokens * (1.0 - held_out))))
+    if split >= num_tokens:
+        raise ValueError("recovery needs held-out tokens: the calibration set is too small")
+    return split
+
+
+@jax.jit
+def _accumulate(grams: Grams, x: jax.Array, y: jax.Array, start: jax.Array, split: jax.Array) -> Grams:
+    dtype = grams.xx.dtype
+    x = x.reshape(-1, x.shape[-1]).astype(dtype)
+    y = y.reshape(-1, y.shape[-1]).astype(dtype)
+    held = (start + jnp.arange(x.shape[0])) >= split  # [B] token is held out
+    x_train = jnp.where(held[:, None], 0.0, x)
+    x_held = x - x_train
+    y_held = jnp.where(held[:, None], y, 0.0)
+    dot = lambda a, b: jnp.matmul(a.T, b, precision=HIGHEST)  # noqa: E731
+    return Grams(grams.xx + dot(x_train, x), grams.xy + dot(x_train, y), grams.held_xx + dot(x_held, x),
+                 grams.held_xy + dot(x_held, y), grams.held_yy + jnp.sum(y_held * y_held))  # fmt: skip
+
+
+def accumulate_grams(grams: Grams | None, x: jax.Array, y: jax.Array, start: int, split: int) -> Grams:
+    """Adds one chunk to the running sums.
+
+    Args:
+      grams: the sums so far, or None for the first chunk.
+      x: [..., C] inputs of the chunk's tokens, y: [..., D] their targets (same leading shape).
+      start: index of the chunk's first token in the whole stream.
+      split: first held-out token (``held_out_split``).
+    """
+    if grams is None:
+        grams = zero_grams(x.shape[-1], y.shape[-1], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    return _accumulate(grams, x, y, jnp.asarray(start), jnp.asarray(split))
+
+
+def with_intercept(x: jax.Array) -> jax.Array:
+    """x [..., C] → [..., C + 1] with a constant 1 column (a bias refit as a weight)."""
+    return jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], axis=-1)
+
+
+def _held_out_error(grams: Grams, w: jax.Array) -> jax.Array:
+    quadratic = jnp.sum(w * jnp.matmul(grams.held_xx, w, precision=HIGHEST))
+    return quadratic - 2.0 * jnp.sum(w * grams.held_xy) + grams.held_yy
+
+
+@jax.jit
+def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Best of {unrefit, W(λ) for λ in ``ridges``} by held-out error (module docstring).
+
+    Returns (W [C, D], index of the winner (−1: unrefit), held-out errors [1 + K]:
+    unrefit first). A W(λ) with a non-finite error never wins.
+    """
+    w_current = w_current.astype(grams.xx.dtype)
+    evals, evecs = jnp.linalg.eigh(grams.xx)
+    evals = jnp.maximum(evals, 0.0)  # G is PSD; round-off may leave tiny negatives
+    scale = jnp.mean(jnp.diag(grams.xx))
+    rotated = jnp.matmul(evecs.T, grams.xy, precision=HIGHEST)  # QᵀC
+    unrefit = _held_out_error(grams, w_current)
+
+    def step(best, ridge):
+        best_w, best_error, best_index, index = best
+        w = jnp.matmul(evecs, rotated / (evals + ridge * scale)[:, None], precision=HIGHEST)
+        error = _held_out_error(grams, w)
+        better = jnp.isfinite(error) & jnp.all(jnp.isfinite(w)) & (error < best_error)
+        best = (jnp.where(better, w, best_w), jnp.where(better, error, best_error), jnp.where(better, index, best_index), index + 1)
+        return best, error
+
+    (w, _, winner, _), errors = jax.lax.scan(step, (w_current, unrefit, jnp.asarray(-1), jnp.asarray(0)), ridges.astype(grams.xx.dtype))
+    return w, winner, jnp.concatenate([unrefit[None], errors])
+
+
+def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...] = RIDGE_GRID) -> tuple[jax.Array, dict]:
+    """(W [C, D], info): the chosen λ (None = unrefit), its held-out error and every
+    candidate's held-out error ("unrefit" and f"{λ:g}")."""
+    w, winner, errors = ridge_path(grams, w_current, jnp.asarray(grid, grams.xx.dtype))
+    winner, errors = jax.device_get((winner, errors))  # the one host transfer of a refit
+    errors = [float(e) for e in errors]
+    info = {
+        "ridge": None if winner < 0 else float(grid[winner]),
+        "held_out_error": errors[0] if winner < 0 else errors[winner + 1],
+        "errors": {"unrefit": errors[0], **{f"{ridge:g}": e for ridge, e in zip(grid, errors[1:])}},
+    }
+    return w, info
 
 
 def refit_linear(
     x: jax.Array, y: jax.Array, w_current: jax.Array, *, held_out: float = 0.1, grid: tuple[float, ...] = RIDGE_GRID
 ) -> tuple[jax.Array, dict]:
-    """Best of {unrefit, ridge refits over ``grid``} by held-out reconstruction error.
-
-    Args:
-      x: [tokens, C] pruned-stream inputs of the map.
-      y: [tokens, D] dense targets (the map's bias, if any, already subtracted).
-      w_current: [C, D] the pruned map before refitting.
-      held_out: fraction of tokens (the last ones) used only to choose λ.
-
-    Returns:
-      (W [C, D], info with the chosen λ (None = unrefit) and the held-out errors).
-    """
-    x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
-    y = y.reshape(-1, y.shape[-1]).astype(jnp.float32)
-    split = max(1, int(round(x.shape[0] * (1.0 - held_out))))
-    if split >= x.shape[0]:
-        raise ValueError("recovery needs held-out tokens: the calibration set is too small")
-    xt, yt, xh, yh = x[:split], y[:split], x[split:], y[split:]
-    gram = jnp.matmul(xt.T, xt, precision=HIGHEST)
-    cross = jnp.matmul(xt.T, yt, precision=HIGHEST)
-    w_current = jnp.asarray(w_current, jnp.float32)
-    best_w, best_err, best_ridge = w_current, _error(xh, yh, w_current), None
-    errors = {"unrefit": best_err}
-    for ridge in grid:
-        w = ridge_solve(gram, cross, ridge)
-        err = _error(xh, yh, w)
-        errors[f"{ridge:g}"] = err
-        if err < best_err:
-            best_w, best_err, best_ridge = w, err, ridge
-    return best_w, {"ridge": best_ridge, "held_out_error": best_err, "errors": errors}
+    """``refit_from_grams`` on in-memory x [tokens, C], y [tokens, D] (the last
+    ``held_out`` fraction of the tokens held out)."""
+    x = x.reshape(-1, x.shape[-1])
+    grams = accumulate_grams(None, x, y.reshape(-1, y.shape[-1]), 0, held_out_split(x.shape[0], held_out))
+    return refit_from_grams(grams, w_current, grid)
 
 
-def refit_map(x: jax.Array, y: jax.Array, kernel: jax.Array, bias: jax.Array | None, grid: tuple[float, ...]) -> tuple[jax.Array, jax.Array | None, dict]:
-    """Ridge refit of a kernel [C, ...] (and its bias, if the map has one) mapping inputs
-    x [S, T, C] to targets y [S, T, ...].
-
-    A bias is refit jointly as the weight of a constant input column (an intercept):
-    it absorbs the mean shift that removed units leave behind, FLAP's bias
-    compensation being the special case of refitting the bias alone. Returns
-    (kernel, bias or None, info), each in its own shape and dtype.
-    """
-    out_shape = kernel.shape[1:]
-    w_current = kernel.reshape(kernel.shape[0], -1).astype(jnp.float32)
-    y = y.reshape(y.shape[:2] + (-1,)).astype(jnp.float32)
-    if bias is not None:
-        x = jnp.concatenate([x.astype(jnp.float32), jnp.ones(x.shape[:-1] + (1,), jnp.float32)], axis=-1)
-        w_current = jnp.concatenate([w_current, bias.reshape(1, -1).astype(jnp.float32)], axis=0)
-    w, info = refit_linear(x, y, w_current, grid=grid)
-    new_bias = None if bias is None else w[-1].reshape(bias.shape).astype(bias.dtype)
-    w = w[: kernel.shape[0]] if bias is not None else w
-    return w.reshape((kernel.shape[0],) + out_shape).astype(kernel.dtype), new_bias, info
-
-
-def refit_shared_input(module, kernels: tuple[str, ...], biases: tuple[str, ...], x: jax.Array, y: jax.Array, grid: tuple[float, ...]) -> dict:
-    """Refits the maps ``kernels`` of ``module`` (each [C, ...], all reading the input
-    x [S, T, C]) as one map onto y [S, T, Σ outputs] (their dense outputs, concatenated
-    in the same order), in place; ``biases`` are refit with them when the module has
-    them. Returns the refit info."""
+def _stacked(module, kernels: tuple[str, ...], biases: tuple[str, ...], inputs: int):
     params = [getattr(module, name)[...] for name in kernels]
-    widths = [int(np.prod(k.shape[1:])) for k in params]
-    stacked = jnp.concatenate([k.reshape(k.shape[0], -1).astype(jnp.float32) for k in params], axis=1)
+    stacked = jnp.concatenate([k.reshape(inputs, -1).astype(jnp.float32) for k in params], axis=1)  # [C, Σ outputs]
     has_bias = getattr(module, biases[0]) is not None
     old_biases = [getattr(module, name)[...] for name in biases] if has_bias else None
-    bias = jnp.concatenate([b.reshape(-1) for b in old_biases]) if has_bias else None
-    w, b, info = refit_map(x, y, stacked, bias, grid)
-    cuts = np.cumsum(widths)[:-1]
-    for name, part, k in zip(kernels, jnp.split(w, cuts, axis=1), params):
+    if has_bias:
+        stacked = jnp.concatenate([stacked, jnp.concatenate([b.reshape(1, -1).astype(jnp.float32) for b in old_biases], axis=1)], axis=0)
+    return params, old_biases, stacked
+
+
+def map_has_bias(module, biases: tuple[str, ...]) -> bool:
+    """Whether the maps' biases exist (then their inputs need ``with_intercept``)."""
+    return getattr(module, biases[0]) is not None
+
+
+def refit_maps(module, kernels: tuple[str, ...], biases: tuple[str, ...], grams: Grams, grid: tuple[float, ...]) -> dict:
+    """Refits the maps ``kernels`` of ``module`` in place from ``grams`` of their shared
+    input x [..., C] (with the intercept column when they have biases) against their
+    concatenated targets [..., Σ outputs] (kernel k viewed as [C, outputs_k]: q [D, N, H],
+    gate [D, F], o [N, H, D] with C = N·H, down [F, D]). Returns the refit info."""
+    has_bias = map_has_bias(module, biases)
+    inputs = grams.xx.shape[0] - int(has_bias)
+    params, old_biases, w_current = _stacked(module, kernels, biases, inputs)
+    w, info = refit_from_grams(grams, w_current, grid)
+    cuts = np.cumsum([int(np.prod(k.shape)) // inputs for k in params])[:-1]
+    for name, part, k in zip(kernels, jnp.split(w[:inputs], cuts, axis=1), params):
         setattr(module, name, nnx.Param(part.reshape(k.shape).astype(k.dtype)))
     if has_bias:
-        for name, part, old in zip(biases, jnp.split(b, cuts), old_biases):
+        for name, part, old in zip(biases, jnp.split(w[inputs], cuts), old_biases):
             setattr(module, name, nnx.Param(part.reshape(old.shape).astype(old.dtype)))
-    return info
-
-
-def refit_output_map(module, kernel: str, bias: str, x: jax.Array, y: jax.Array, grid: tuple[float, ...]) -> dict:
-    """Refits the map ``kernel`` [C..., D] of ``module`` (viewed as [C, D]; input
-    x [S, T, C...]) and its bias onto y [S, T, D], in place. Returns the refit info."""
-    w_old = getattr(module, kernel)[...]
-    b_old = getattr(module, bias)
-    w, b, info = refit_map(x.reshape(x.shape[:2] + (-1,)), y, w_old.reshape(-1, w_old.shape[-1]), None if b_old is None else b_old[...], grid)
-    setattr(module, kernel, nnx.Param(w.reshape(w_old.shape)))
-    if b is not None:
-        setattr(module, bias, nnx.Param(b))
     return info

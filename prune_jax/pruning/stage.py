@@ -7,14 +7,18 @@ Each half of a decoder block is a depth-2 unit on the residual stream,
 
 and is pruned by the same steps (``prune_half``), given the two calibration streams
 (pruned stream h, dense stream h_dense — None before the first refit block):
-  1. dense targets, before anything changes: the half's output on h_dense (the second
-     map's target) and, for ``refit="full"``, its first maps' outputs;
-  2. refit the first maps (q,k,v | gate,up: one input, one Gram) to their dense outputs;
-  3. if units go: calibrate statistics of the unit outputs on the pruned stream, score
+  1. one pass over both streams: the half's dense update on h_dense (the second map's
+     target, before anything changes) and, for ``refit="full"``, the Grams of the first
+     maps (q,k,v | gate,up: one input) against their dense outputs → refit;
+  2. if units go: statistics of the unit outputs on the pruned stream, score
      (``scores.SCORES``), rerank (attention: the similarity criterion), keep set (GQA
      aware for heads), bias compensation, slice;
-  4. refit the second map (o | down) on the kept units to the dense output;
-  5. advance both streams (the pruned one through the model's residual hook).
+  3. one pass: Grams of the second map (o | down) on the kept units against the dense
+     update → refit;
+  4. advance both streams (the pruned one through the model's residual hook).
+Every pass runs chunk by chunk of sequences through compiled per-chunk functions
+(``nnx.jit``; blocks of equal widths share them), and the refits only keep Gram
+matrices (``recover``), so memory is the two streams, the dense update and O(C²) per map.
 ``Half`` names what differs between the halves: modules, maps and statistics.
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
-from prune_jax.pruning.recover import refit_output_map, refit_shared_input
+from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, prefer_marked, similar_heads
 from prune_jax.pruning.slicing import head_keep_set, keep_top, slice_channels, slice_heads
@@ -62,12 +66,13 @@ class StageContext:
     key: jax.Array
     given_scores: list[tuple[np.ndarray, np.ndarray]] | None = None
 
-    def map(self, fn: Callable[[Array, Array], Array], x: Array) -> Array:
-        """fn(x chunk, positions chunk) over chunks of sequences, concatenated."""
-        return jnp.concatenate([fn(x[s:e], self.positions[s:e]) for s, e in chunk_bounds(x.shape[0], self.chunk)], axis=0)
+    def bounds(self, num_sequences: int) -> list[tuple[int, int]]:
+        return list(chunk_bounds(num_sequences, self.chunk))
 
-    def chunks(self, x: Array):
-        return (x[s:e] for s, e in chunk_bounds(x.shape[0], self.chunk))
+    def inputs(self, half: "Half", block, h: Array):
+        """(normalised input x [B, T, D], positions [B, T]) of the half, chunk by chunk of
+        the stream h [S, T, D] (x is never materialised for the whole calibration set)."""
+        return ((_normalised(half, block, h[s:e]), self.positions[s:e]) for s, e in self.bounds(h.shape[0]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +88,12 @@ class Half:
       units: (module, x, positions, inv_freq) → [S, T, units, ...], the second map's input.
       output: (module, x, positions, inv_freq) → [S, T, D], the half's residual update.
       second_kernel, second_bias: the map whose input units are removed.
-      calibrate: (module, x, ctx) → statistics of the units on the stream x.
+      calibrate: (module, chunks of (x, positions), ctx) → statistics of the units.
       unit_mean: statistics → E[unit output] [units, ...] (bias compensation).
       score: the registry entry's function for these units.
       keep_set: (module, scores, cut, head_mode) → (kept units, slice argument).
       slice: (module, kept, slice argument) → None, in place.
-      rerank: (module, x, scores, ctx) → (scores, marked units or None).
+      rerank: (module, chunks of (x, positions), scores, ctx) → (scores, marked units or None).
     """
 
     index: int
@@ -102,21 +107,66 @@ class Half:
     output: Callable[[Any, Array, Array, Array], Array]
     second_kernel: str
     second_bias: str
-    calibrate: Callable[[Any, Array, StageContext], Any]
+    calibrate: Callable[[Any, Iterable[tuple[Array, Array]], StageContext], Any]
     unit_mean: Callable[[Any], np.ndarray]
     score: Callable[[Score], Callable[[Any, Evidence], np.ndarray]]
     keep_set: Callable[[Any, np.ndarray, int, str], tuple[np.ndarray, Any]]
     slice: Callable[[Any, np.ndarray, Any], None]
-    rerank: Callable[[Any, Array, np.ndarray, StageContext], tuple[np.ndarray, tuple[int, ...] | None]]
+    rerank: Callable[[Any, Iterable[tuple[Array, Array]], np.ndarray, StageContext], tuple[np.ndarray, tuple[int, ...] | None]]
 
 
-def _similar_heads_first(attn, x: Array, scores: np.ndarray, ctx: StageContext) -> tuple[np.ndarray, tuple[int, ...] | None]:
+# The per-chunk forwards, compiled once per (half, block widths, chunk shape): blocks of
+# equal widths share the executables. ``half`` is static (its fields are module-level
+# functions, so it hashes by identity of its steps).
+
+
+@functools.partial(nnx.jit, static_argnums=(0,))
+def _normalised(half: Half, block, h: Array) -> Array:
+    return half.norm(block)(h)
+
+
+@functools.partial(nnx.jit, static_argnums=(0, 1))
+def _dense_outputs(half: Half, full: bool, block, h_dense: Array, positions: Array, inv_freq: Array):
+    """(the half's residual update [B, T, D], its first maps' outputs [B, T, Σ] or None)."""
+    module, x = half.module(block), half.norm(block)(h_dense)
+    out = half.output(module, x, positions, inv_freq)
+    targets = jnp.concatenate([t.reshape(t.shape[:2] + (-1,)) for t in half.first_outputs(module, x)], -1) if full else None
+    return out, targets
+
+
+@functools.partial(nnx.jit, static_argnums=(0,))
+def _flat_units(half: Half, block, h: Array, positions: Array, inv_freq: Array) -> Array:
+    """[B, T, C]: the second map's input (heads flattened to N·H columns)."""
+    units = half.units(half.module(block), half.norm(block)(h), positions, inv_freq)
+    return units.reshape(units.shape[:2] + (-1,))
+
+
+@functools.partial(nnx.jit, static_argnums=(0,))
+def _residual(half: Half, block, h: Array, positions: Array, inv_freq: Array) -> Array:
+    return half.residual(block, h, positions, inv_freq)
+
+
+@functools.partial(nnx.jit, static_argnums=(0,))
+def _heads(half: Half, attn, x: Array, positions: Array, inv_freq: Array) -> Array:
+    return attn.heads(x, positions, inv_freq)
+
+
+def advance(half: Half, block, h: Array, ctx: StageContext) -> Array:
+    """The stream h [S, T, D] after the half (the model's residual hook), chunk by chunk."""
+    return jnp.concatenate([_residual(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq) for s, e in ctx.bounds(h.shape[0])])
+
+
+def _similar_heads_first(attn, inputs, scores: np.ndarray, ctx: StageContext) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """Head criterion "similarity" (paper §3.2): heads marked redundant go first."""
     if ctx.config.head_criterion != "similarity":
         return scores, None
-    probs = (attn.probabilities(x[s:e], ctx.positions[s:e], ctx.inv_freq) for s, e in chunk_bounds(x.shape[0], ctx.chunk))
+    probs = (attn.probabilities(x, positions, ctx.inv_freq) for x, positions in inputs)
     marked = similar_heads(head_divergence(probs), scores, ctx.config.similarity_tau)
     return prefer_marked(scores, marked), tuple(np.flatnonzero(marked).tolist())
+
+
+def _attention_calibrate(attn, inputs, ctx: StageContext):
+    return attention_stats(_heads(ATTENTION, attn, x, positions, ctx.inv_freq) for x, positions in inputs)
 
 
 ATTENTION = Half(
@@ -131,8 +181,7 @@ ATTENTION = Half(
     output=lambda attn, x, positions, inv_freq: attn(x, positions, inv_freq),
     second_kernel="o_kernel",
     second_bias="o_bias",
-    # all of o_proj's inputs in one sum (a [S, T, N, H] array: heads are few)
-    calibrate=lambda attn, x, ctx: attention_stats([ctx.map(functools.partial(attn.heads, inv_freq=ctx.inv_freq), x)]),
+    calibrate=_attention_calibrate,
     unit_mean=lambda stats: stats.z_mean,  # [N, H]
     score=lambda score: score.heads,
     keep_set=lambda attn, scores, cut, head_mode: head_keep_set(scores, attn.k_kernel[...].shape[1], cut, head_mode),
@@ -152,21 +201,22 @@ MLP = Half(
     output=lambda mlp, x, positions, inv_freq: mlp(x),
     second_kernel="down_kernel",
     second_bias="down_bias",
-    calibrate=lambda mlp, x, ctx: mlp_stats(mlp, ctx.chunks(x)),  # per chunk: [S, T, F] may be large
+    calibrate=lambda mlp, inputs, ctx: mlp_stats(mlp, (x for x, _ in inputs)),
     unit_mean=lambda stats: stats.h_mean,  # [F]
     score=lambda score: score.channels,
     keep_set=lambda mlp, scores, cut, head_mode: (keep_top(scores, len(scores) - cut), None),
     slice=lambda mlp, keep, _: slice_channels(mlp, keep),
-    rerank=lambda mlp, x, scores, ctx: (scores, None),
+    rerank=lambda mlp, inputs, scores, ctx: (scores, None),
 )
 
 HALVES = (ATTENTION, MLP)
 
 
-def unit_scores(half: Half, module, layer: int, x: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:
-    """(scores of the half's units, their statistics or None) on the stream x = the
-    normalised input (None when the score needs no statistics)."""
-    stats = None if x is None else half.calibrate(module, x, ctx)
+def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:
+    """(scores of the half's units, their statistics or None) on the stream h [S, T, D]
+    (the half's input; None when the score needs no statistics)."""
+    module = half.module(block)
+    stats = None if h is None else half.calibrate(module, ctx.inputs(half, block, h), ctx)
     if ctx.given_scores is not None:  # "gradients" scores: from the dense model, up front
         return ctx.given_scores[layer][half.index], stats
     evidence = Evidence(key=jax.random.fold_in(ctx.key, 2 * layer + half.index), norm=ctx.config.norm, stats=stats)
@@ -177,11 +227,12 @@ def _needs_stats(ctx: StageContext) -> bool:
     return ctx.score.needs == "statistics" or ctx.config.compensate
 
 
-def _remove_units(half: Half, module, layer: int, x: Array, cut: int, ctx: StageContext) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Scores the half's units on the pruned stream, removes ``cut`` of them (per group or
+def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageContext) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Scores the half's units on the pruned stream h, removes ``cut`` of them (per group or
     KV groups for heads), compensates biases if asked; returns (kept, marked)."""
-    scores, stats = unit_scores(half, module, layer, x if _needs_stats(ctx) else None, ctx)
-    scores, marked = half.rerank(module, x, scores, ctx)
+    module = half.module(block)
+    scores, stats = unit_scores(half, block, layer, h if _needs_stats(ctx) else None, ctx)
+    scores, marked = half.rerank(module, ctx.inputs(half, block, h), scores, ctx)
     keep, slice_arg = half.keep_set(module, scores, cut, ctx.config.head_mode)
     if ctx.config.compensate:  # b += Σ_{removed units c} E[u_c] W[c]
         dropped = np.setdiff1d(np.arange(len(scores)), keep)
@@ -195,27 +246,49 @@ def _remove_units(half: Half, module, layer: int, x: Array, cut: int, ctx: Stage
     return tuple(int(k) for k in keep), marked
 
 
+def _refit_first_maps(half: Half, block, h: Array, h_dense: Array, ctx: StageContext) -> tuple[Array, Refit | None]:
+    """One pass over both streams: the half's dense residual update [S, T, D] (the second
+    map's target, computed before anything changes) and, for ``refit="full"``, the refit
+    of the first maps (q,k,v | gate,up: one input, one Gram) to their dense outputs."""
+    module, full = half.module(block), ctx.config.refit == "full"
+    tokens_per_sequence, split = h.shape[1], held_out_split(h.shape[0] * h.shape[1])
+    intercept = map_has_bias(module, half.first_biases)
+    dense_out, grams = [], None
+    for s, e in ctx.bounds(h.shape[0]):
+        out, targets = _dense_outputs(half, full, block, h_dense[s:e], ctx.positions[s:e], ctx.inv_freq)
+        dense_out.append(out)
+        if full:
+            x = _normalised(half, block, h[s:e])
+            grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
+    first = Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid)) if full else None
+    return jnp.concatenate(dense_out), first
+
+
+def _refit_second_map(half: Half, block, h: Array, dense_out: Array, ctx: StageContext) -> Refit:
+    """Refit of the second map (o | down) on the kept units to the dense residual update."""
+    module, tokens_per_sequence, split = half.module(block), h.shape[1], held_out_split(h.shape[0] * h.shape[1])
+    intercept = map_has_bias(module, (half.second_bias,))
+    grams = None
+    for s, e in ctx.bounds(h.shape[0]):
+        units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
+        grams = accumulate_grams(grams, with_intercept(units) if intercept else units, dense_out[s:e], s * tokens_per_sequence, split)
+    return Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid))
+
+
 def prune_half(half: Half, block, layer: int, h: Array, h_dense: Array | None, cut: int, ctx: StageContext) -> tuple[Array, Array | None, HalfReport]:
     """Prunes ``cut`` units of one half of ``block`` (heads per group or KV groups; FFN
     channels) and refits it when ``h_dense`` is given; returns the advanced (pruned,
-    dense) streams and what was done."""
-    module, grid = half.module(block), ctx.config.ridge_grid
-    normalise = lambda v, positions: half.norm(block)(v)  # noqa: E731
+    dense) streams and what was done. Refits stream Gram matrices chunk by chunk
+    (``recover``): besides the two streams, only the dense update [S, T, D] is kept."""
     first = second = kept = marked = None
-    x = ctx.map(normalise, h) if (cut or h_dense is not None) else None  # the pruned stream's input [S, T, D]
     if h_dense is not None:
-        x_dense = ctx.map(normalise, h_dense)
-        dense_out = ctx.map(functools.partial(half.output, module, inv_freq=ctx.inv_freq), x_dense)  # before any change
-        if ctx.config.refit == "full":
-            targets = ctx.map(lambda v, p: jnp.concatenate([t.reshape(t.shape[:2] + (-1,)) for t in half.first_outputs(module, v)], -1), x_dense)
-            first = Refit(**refit_shared_input(module, half.first_kernels, half.first_biases, x, targets, grid))
+        dense_out, first = _refit_first_maps(half, block, h, h_dense, ctx)
     if cut:
-        kept, marked = _remove_units(half, module, layer, x, cut, ctx)
+        kept, marked = _remove_units(half, block, layer, h, cut, ctx)
     if h_dense is not None:
-        units = ctx.map(functools.partial(half.units, module, inv_freq=ctx.inv_freq), x)
-        second = Refit(**refit_output_map(module, half.second_kernel, half.second_bias, units, dense_out, grid))
+        second = _refit_second_map(half, block, h, dense_out, ctx)
         h_dense = h_dense + dense_out  # the dense half's output, computed before the weights changed
-    h = ctx.map(lambda v, positions: half.residual(block, v, positions, ctx.inv_freq), h)
+    h = advance(half, block, h, ctx)
     return h, h_dense, HalfReport(kept=kept, first_refit=first, second_refit=second, similar_marked=marked)
 
 
@@ -237,10 +310,9 @@ def dense_unit_scores(model, h: Array, layers: range, ctx: StageContext) -> dict
         pair = []
         for half in HALVES:
             if layer in layers:
-                x = ctx.map(lambda v, positions: half.norm(block)(v), h) if needs_stream else None
-                pair.append(unit_scores(half, half.module(block), layer, x, ctx)[0])
+                pair.append(unit_scores(half, block, layer, h if needs_stream else None, ctx)[0])
             if needs_stream:
-                h = ctx.map(lambda v, positions: half.residual(block, v, positions, ctx.inv_freq), h)
+                h = advance(half, block, h, ctx)
         if pair:
             out[layer] = tuple(pair)
     return out
