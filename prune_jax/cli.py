@@ -43,12 +43,51 @@ def _resolve_split(split: str, source: str, *, auto: str) -> str:
     return (auto if source == "wiki-sample" else "all") if split == "auto" else split
 
 
-def _load_model_with_status(model: str, dtype: str = "float32"):
+def _load_model_with_status(model: str, dtype: str = "float32", mesh=None):
     """Loads (model, tokenizer) behind a spinner: a GGUF file is dequantised, which takes a while."""
     from prune_jax.models.llama import load_model
 
-    with console.status(f"loading {model} ({dtype}) ..."):
-        return load_model(model, dtype=dtype)
+    where = "" if mesh is None else f" onto mesh {dict(mesh.shape)}"
+    with console.status(f"loading {model} ({dtype}){where} ..."):
+        return load_model(model, dtype=dtype, mesh=mesh)
+
+
+def _is_writer(net) -> bool:
+    """In a multi-process run, gathers the parameters to every process (collective: all
+    call it) and says whether this one is process 0, the only one that writes."""
+    import jax
+
+    if jax.process_count() == 1:
+        return True
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    state = nnx.state(net)
+    nnx.update(net, jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), state))
+    return jax.process_index() == 0
+
+
+def _mesh(spec: str | None):
+    """--mesh "data=4,model=2" → a Mesh over all devices; joins a multi-process run first
+    when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set
+    (``jax.distributed``)."""
+    import os
+
+    import jax
+
+    from prune_jax.models.llama.sharding import parse_mesh
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
+        try:
+            jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
+        except (KeyError, ValueError) as err:
+            fail(f"JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers too ({err})")
+    if spec is None:
+        return None
+    try:
+        return parse_mesh(spec)
+    except ValueError as err:
+        fail(f"--mesh: {err}")
 
 
 def _documents(source: str, split: str, seed: int):
@@ -91,6 +130,8 @@ def prune_command(
     ffn_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer FFN channel ratio in [0, 1) (instead of --sparsity)."),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with pruning.json; an existing directory is replaced only if an earlier run wrote it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
+    dtype: str = typer.Option("float32", help="Parameter dtype: float32 | bfloat16 (statistics and Grams accumulate in float32 either way)."),
+    mesh: Optional[str] = typer.Option(None, help='Device mesh, e.g. "data=4,model=2": parameters FSDP-sharded over data and tensor-parallel over model, calibration sequences over data.'),
 ) -> None:
     """Prune a LLaMA model structurally and save it as an HF directory."""
     import time
@@ -104,6 +145,11 @@ def prune_command(
 
     # Every cheap check first: a bad flag must not cost a model load.
     check_output_dir(out, overwrite=overwrite)
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device_mesh = _mesh(mesh)
+    if device_mesh is not None and "data" in device_mesh.shape and calib_samples % device_mesh.shape["data"]:
+        fail(f"--calib-samples {calib_samples} must divide over the mesh's data axis ({device_mesh.shape['data']} devices)")
     calib_split = _resolve_split(calib_split, calib, auto="calibration")
     layer_range = None
     if layer_start is not None or layer_stop is not None:
@@ -118,7 +164,7 @@ def prune_command(
         fail(str(err))
     try:
         start = time.perf_counter()
-        net, tok = _load_model_with_status(model)
+        net, tok = _load_model_with_status(model, dtype, device_mesh)
         if tok is None:
             fail(f"{model} has no tokenizer files")
         net.config.check_sequence_length(calib_seq_len, name="--calib-seq-len")
@@ -127,14 +173,17 @@ def prune_command(
         calibration_docs = _documents(calib, calib_split, seed)
         batches = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
-            net, report = prune(net, batches, config, progress=lambda done, total: bar.update(done - bar.n))
+            net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n))
         record = report.to_json()
+        record["dtype"], record["mesh"] = dtype, None if device_mesh is None else dict(device_mesh.shape)
         record["calibration"] = {
             "source": calib, "split": calib_split, "documents": [d.id for d in calibration_docs],
             "tokens": int(np.asarray(batches).size), "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
         }
         record["model"] = str(model)
         record["total_seconds"] = time.perf_counter() - start
+        if not _is_writer(net):
+            return
         message = save_hf(net, tok, out, extra_files={"pruning.json": record}, overwrite=overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         fail(str(err))

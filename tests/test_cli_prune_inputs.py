@@ -226,3 +226,23 @@ def test_prune_help_lists_every_method():
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert all(method in text for method in METHODS), text
+
+
+def test_prune_dtype_and_mesh_flags(tiny, tmp_path: Path):
+    cases = [
+        (["--dtype", "float16"], "--dtype must be one of"),
+        (["--mesh", "data"], "--mesh"),
+        (["--mesh", "data=64"], "needs 64 devices"),
+        (["--mesh", "data=3"], "must divide over the mesh's data axis"),  # 4 calibration samples over 3 devices
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, prune_args(tiny, tmp_path / "out", *extra))
+        assert_clean_failure(result, message)
+        assert not (tmp_path / "out").exists()
+
+
+def test_prune_on_a_mesh_in_bfloat16_writes_the_run(tiny, tmp_path: Path):
+    result = runner.invoke(app, prune_args(tiny, tmp_path / "out", "--mesh", "data=2,model=2", "--dtype", "bfloat16", "--recover"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert record["mesh"] == {"data": 2, "model": 2} and record["dtype"] == "bfloat16"

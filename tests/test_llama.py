@@ -333,3 +333,42 @@ def test_sequence_length_is_checked_against_the_context(tiny_llama_config, rando
     for bad in (0, -1):  # -1 once ran no batch at all and reported perplexity 1.0
         with pytest.raises(ValueError, match=rf"batch_size must be a positive number of windows or None .*got {bad}"):
             perplexity(model, np.zeros((2, 16), np.int32), batch_size=bad)
+
+
+def test_bf16_checkpoint_loads_tensor_by_tensor_onto_a_mesh(tmp_path: Path, tiny_llama_config, random_llama):
+    """A bf16 safetensors directory loads as bf16 (no float32 round trip), each parameter
+    placed by the FSDP / tensor-parallel rules, with the values of a one-device load."""
+    import ml_dtypes
+    from jax.sharding import Mesh, PartitionSpec as P
+    from safetensors.numpy import load_file, save_file
+
+    config = tiny_llama_config(vocab_size=40, hidden_size=32, num_layers=2, heads=(4, 2), intermediate=48)
+    save_hf(random_llama(config, seed=3), None, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(weights).items()}, weights)
+    mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
+    sharded = load_hf_dir(tmp_path / "m", dtype="bfloat16", mesh=mesh)
+    single = load_hf_dir(tmp_path / "m", dtype="bfloat16")
+    layer = sharded.layers[1]
+    assert layer.attn.q_kernel[...].dtype == jnp.bfloat16
+    assert layer.attn.q_kernel[...].sharding.spec == P("data", "model", None)  # [D, N, H]
+    assert layer.attn.o_kernel[...].sharding.spec == P("model", None, "data")  # [N, H, D]
+    assert layer.mlp.gate_kernel[...].sharding.spec == P("data", "model")
+    assert sharded.embed[...].sharding.spec == P("model", "data")  # 40 tokens over 2, 32 dims over 2
+    assert layer.input_norm.weight[...].sharding.spec == P()
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 9)))
+    a, b = np.asarray(sharded(tokens)), np.asarray(single(tokens))  # bf16 partial sums differ by device split
+    assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
+    for a, b in zip(jax.tree.leaves(nnx.state(sharded)), jax.tree.leaves(nnx.state(single))):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_parse_mesh():
+    from prune_jax.models.llama.sharding import parse_mesh
+
+    mesh = parse_mesh("data=2,model=2")
+    assert dict(mesh.shape) == {"data": 2, "model": 2}
+    assert dict(parse_mesh("data=-1").shape) == {"data": len(jax.devices())}
+    for bad in ("data", "data=0", "data=2,data=2", "data=64", "data=-1,model=-1"):
+        with pytest.raises(ValueError, match="mesh"):
+            parse_mesh(bad)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prune_jax.models.llama.modeling import Llama, num_parameters
+from prune_jax.models.llama.sharding import auto_mesh
 from prune_jax.pruning.allocation import HEAD_MODES, allocate, default_layer_range, prunable_parameters
 from prune_jax.pruning.recover import RIDGE_GRID
 from prune_jax.pruning.report import LayerReport, PruneReport
@@ -157,9 +158,10 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
     tokens = jnp.asarray(calibration, jnp.int32)
     positions = model.default_positions(tokens)
     chunk = config.batch_size
-    if mesh is not None:
+    if mesh is not None and axis in mesh.shape:
         from jax.sharding import NamedSharding, PartitionSpec
 
+        mesh = auto_mesh(mesh)  # jax.make_mesh's explicit axes would need a sharding stated at every op
         devices = mesh.shape[axis]
         if tokens.shape[0] % devices:
             raise ValueError(f"{tokens.shape[0]} calibration sequences do not divide over {devices} devices on mesh axis {axis!r}")
@@ -187,9 +189,12 @@ def prune(
       model: our LLaMA (float32 recommended for calibration).
       calibration: [S, T] int token sequences (e.g. ``prune_jax.data.calibration_batches``).
       config: see ``PruneConfig``.
-      mesh: optional device mesh; calibration sequences are sharded over ``axis``
-        (data parallel: statistics and Gram matrices are sums over tokens, which
-        XLA all-reduces), the model is replicated. S must divide by the axis size.
+      mesh: optional device mesh (``jax.sharding.Mesh`` or ``jax.make_mesh``);
+        calibration sequences are sharded over ``axis`` when the mesh has it (data
+        parallel: statistics and Gram matrices are sums over tokens, which XLA
+        all-reduces; S must divide by the axis size). The parameters stay where they
+        are: load or ``sharding.shard_model`` them onto the mesh for FSDP / tensor
+        parallelism (sliced and refit parameters keep their placement).
       axis: mesh axis name for the sequences.
       progress: ``progress(blocks_done, num_blocks)``.
 
@@ -203,7 +208,7 @@ def prune(
         add_zero_biases(model, attention=True, mlp=True)
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
     tokens, ctx = _context(model, calibration, config, mesh, axis)
-    h = model.embed_tokens(tokens).astype(jnp.float32)  # [S, T, D] the pruned stream
+    h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
     allocation = allocate(model, layers, config, lambda: dense_unit_scores(model, h, layers, ctx))
 
     h_dense, layer_reports = None, []  # the dense stream, from the first refit block on

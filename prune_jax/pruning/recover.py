@@ -34,8 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
+from prune_jax.models.llama.sharding import replace_param
 from skmm_jax.precision import HIGHEST
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -183,8 +182,8 @@ def refit_maps(module, kernels: tuple[str, ...], biases: tuple[str, ...], grams:
     w, info = refit_from_grams(grams, w_current, grid)
     cuts = np.cumsum([int(np.prod(k.shape)) // inputs for k in params])[:-1]
     for name, part, k in zip(kernels, jnp.split(w[:inputs], cuts, axis=1), params):
-        setattr(module, name, nnx.Param(part.reshape(k.shape).astype(k.dtype)))
+        replace_param(module, name, part.reshape(k.shape))
     if has_bias:
         for name, part, old in zip(biases, jnp.split(w[inputs], cuts), old_biases):
-            setattr(module, name, nnx.Param(part.reshape(old.shape).astype(old.dtype)))
+            replace_param(module, name, part.reshape(old.shape))
     return info

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prune_jax.models.llama.sharding import replace_param
+
 
 def keep_top(scores: np.ndarray, keep: int) -> np.ndarray:
     """Sorted indices of the ``keep`` largest scores (ties to the lower index)."""
@@ -51,28 +53,28 @@ def head_keep_set(scores: np.ndarray, kv_heads: int, cut: int, head_mode: str) -
 def slice_heads(attn, keep_heads: np.ndarray, keep_groups: np.ndarray | None = None) -> None:
     """Keeps query heads ``keep_heads`` (and KV groups ``keep_groups``) physically."""
     idx = jnp.asarray(keep_heads)
-    attn.q_kernel = nnx.Param(attn.q_kernel[...][:, idx, :])
-    attn.o_kernel = nnx.Param(attn.o_kernel[...][idx])
+    replace_param(attn, "q_kernel", attn.q_kernel[...][:, idx, :])
+    replace_param(attn, "o_kernel", attn.o_kernel[...][idx])
     if attn.q_bias is not None:
-        attn.q_bias = nnx.Param(attn.q_bias[...][idx])
+        replace_param(attn, "q_bias", attn.q_bias[...][idx])
     if keep_groups is not None:
         gidx = jnp.asarray(keep_groups)
-        attn.k_kernel = nnx.Param(attn.k_kernel[...][:, gidx, :])
-        attn.v_kernel = nnx.Param(attn.v_kernel[...][:, gidx, :])
+        replace_param(attn, "k_kernel", attn.k_kernel[...][:, gidx, :])
+        replace_param(attn, "v_kernel", attn.v_kernel[...][:, gidx, :])
         if attn.k_bias is not None:
-            attn.k_bias = nnx.Param(attn.k_bias[...][gidx])
-            attn.v_bias = nnx.Param(attn.v_bias[...][gidx])
+            replace_param(attn, "k_bias", attn.k_bias[...][gidx])
+            replace_param(attn, "v_bias", attn.v_bias[...][gidx])
 
 
 def slice_channels(mlp, keep: np.ndarray) -> None:
     """Keeps FFN channels ``keep``: columns of gate/up kernels, rows of down."""
     idx = jnp.asarray(keep)
-    mlp.gate_kernel = nnx.Param(mlp.gate_kernel[...][:, idx])
-    mlp.up_kernel = nnx.Param(mlp.up_kernel[...][:, idx])
-    mlp.down_kernel = nnx.Param(mlp.down_kernel[...][idx])
+    replace_param(mlp, "gate_kernel", mlp.gate_kernel[...][:, idx])
+    replace_param(mlp, "up_kernel", mlp.up_kernel[...][:, idx])
+    replace_param(mlp, "down_kernel", mlp.down_kernel[...][idx])
     if mlp.gate_bias is not None:
-        mlp.gate_bias = nnx.Param(mlp.gate_bias[...][idx])
-        mlp.up_bias = nnx.Param(mlp.up_bias[...][idx])
+        replace_param(mlp, "gate_bias", mlp.gate_bias[...][idx])
+        replace_param(mlp, "up_bias", mlp.up_bias[...][idx])
 
 
 def add_zero_biases(model, attention: bool, mlp: bool) -> None:

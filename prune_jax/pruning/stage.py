@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prune_jax.models.llama.sharding import replace_param
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
 from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
@@ -241,7 +242,7 @@ def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageC
         bias = getattr(module, half.second_bias)[...]
         axes = "NH"[: mean.ndim]  # heads: [N, H] means, [N, H, D] rows; channels: [F], [F, D]
         shift = jnp.einsum(f"{axes},{axes}D->D", mean, rows)  # [D]
-        setattr(module, half.second_bias, nnx.Param((bias.astype(jnp.float32) + shift).astype(bias.dtype)))
+        replace_param(module, half.second_bias, bias.astype(jnp.float32) + shift)
     half.slice(module, keep, slice_arg)
     return tuple(int(k) for k in keep), marked
 

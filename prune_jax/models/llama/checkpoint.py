@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+from jax.sharding import Mesh
 
 from prune_jax.models.llama.modeling import Llama, LlamaConfig
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
@@ -35,34 +36,51 @@ NON_UNIFORM_MESSAGE = (
 )
 
 
-def _read_safetensors(directory: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+class SafetensorsTensors(Mapping):
+    """HF name → tensor of a directory's safetensors files, read one tensor at a time
+    on access, in its stored dtype (bf16 stays bf16: numpy's via ml_dtypes), so loading
+    holds about one tensor on the host besides the model. Headers are read up front:
+    a missing or corrupt file fails before any tensor is read."""
 
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
+    def __init__(self, directory: Path):
+        from safetensors import safe_open
+
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
+        else:
+            files = sorted(p.name for p in directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors weights (and no model.safetensors.index.json)")
+        self._where: dict[str, Path] = {}
+        for name in files:
+            path = directory / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in the index but missing")
+            try:
+                with safe_open(str(path), framework="np") as f:
+                    self._where.update((key, path) for key in f.keys())
+            except Exception as err:  # OSError, ValueError and safetensors' own SafetensorError
+                raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        path = self._where[key]
         try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
-    else:
-        files = sorted(p.name for p in directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors weights (and no model.safetensors.index.json)")
-    tensors: dict[str, np.ndarray] = {}
-    for name in files:
-        path = directory / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: listed in the index but missing")
-        try:
-            # The flax framework reads bf16 too (NumPy has no bfloat16).
-            with safe_open(str(path), framework="flax") as f:
-                for key in f.keys():
-                    tensors[key] = np.asarray(f.get_tensor(key).astype("float32"))
-        except (OSError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-        except Exception as err:  # safetensors raises its own SafetensorError
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    return tensors
+            with safe_open(str(path), framework="np") as f:
+                return f.get_tensor(key)
+        except Exception as err:
+            raise ValueError(f"{path}: tensor {key!r} is not readable ({err})") from None
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> LlamaConfig:
@@ -79,21 +97,22 @@ def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> Llam
     raise FileNotFoundError(f"{directory}: no config.json (or {OUR_CONFIG}); is this a model directory?")
 
 
-def load_hf_dir(directory: str | os.PathLike, *, dtype: str = "float32") -> Llama:
-    """A LLaMA from an HF-style directory (config + safetensors)."""
+def load_hf_dir(directory: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None) -> Llama:
+    """A LLaMA from an HF-style directory (config + safetensors), tensor by tensor in
+    ``dtype``, each put straight onto ``mesh`` (``sharding.param_spec``) when given."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {directory} does not exist")
     config = read_config(directory, dtype=dtype)
-    return model_from_state_dict(config, _read_safetensors(directory))
+    return model_from_state_dict(config, SafetensorsTensors(directory), mesh=mesh)
 
 
-def load_gguf(path: str | os.PathLike, *, dtype: str = "float32") -> Llama:
+def load_gguf(path: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None) -> Llama:
     """A LLaMA from a GGUF file (dequantised to float32, q/k un-permuted)."""
     from prune_jax.models.llama.gguf_io import read_gguf
 
     hf_config, tensors = read_gguf(path)
-    return model_from_state_dict(LlamaConfig.from_hf(hf_config, dtype=dtype), tensors)
+    return model_from_state_dict(LlamaConfig.from_hf(hf_config, dtype=dtype), tensors, mesh=mesh)
 
 
 def load_tokenizer(source: str | os.PathLike) -> Any | None:
@@ -133,15 +152,24 @@ def resolve_model_source(source: str | os.PathLike) -> Path:
     return path
 
 
-def load_model(source: str | os.PathLike, *, dtype: str = "float32", tokenizer: bool = True) -> tuple[Llama, Any | None]:
-    """(model, tokenizer) from "smollm2-135m", a .gguf file or an HF directory."""
+def load_model(
+    source: str | os.PathLike, *, dtype: str = "float32", tokenizer: bool = True, mesh: Mesh | None = None
+) -> tuple[Llama, Any | None]:
+    """(model, tokenizer) from "smollm2-135m", a .gguf file or an HF directory.
+
+    Args:
+      dtype: parameter dtype ("float32" or "bfloat16"; an HF directory is read tensor by
+        tensor in its stored dtype and cast once).
+      mesh: put every parameter straight onto this mesh (FSDP over its "data" axis,
+        tensor parallel over "model", see ``sharding``); None: the default device.
+    """
     path = resolve_model_source(source)
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: a model file must be .gguf; for safetensors pass the directory holding config.json")
-        model = load_gguf(path, dtype=dtype)
+        model = load_gguf(path, dtype=dtype, mesh=mesh)
     else:
-        model = load_hf_dir(path, dtype=dtype)
+        model = load_hf_dir(path, dtype=dtype, mesh=mesh)
     tok = load_tokenizer(path) if tokenizer else None
     check_tokenizer(model, tok)
     return model, tok

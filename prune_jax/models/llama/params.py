@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import Mesh
+
 from prune_jax.models.llama.modeling import DTYPES, Llama, LlamaConfig, abstract_llama
+from prune_jax.models.llama.sharding import param_sharding
 
 Transform = Callable[[np.ndarray, int], np.ndarray]
 
@@ -117,8 +120,14 @@ def _unflatten(flat: dict[tuple, object]) -> dict:
     return tree
 
 
-def model_from_state_dict(config: LlamaConfig, tensors: Mapping[str, np.ndarray]) -> Llama:
+def model_from_state_dict(config: LlamaConfig, tensors: Mapping[str, np.ndarray], *, mesh: Mesh | None = None) -> Llama:
     """Builds our model from HF-named, HF-layout arrays (float arrays of any dtype).
+
+    Tensors are read from ``tensors`` one at a time (it may be lazy, e.g.
+    ``checkpoint.SafetensorsTensors``), transposed in their own dtype, cast once to the
+    config's dtype and put on the device — or straight onto ``mesh`` with
+    ``sharding.param_spec`` — so the host holds about one tensor besides the model,
+    and no replicated copy of the model exists.
 
     Raises:
       ValueError listing every unexpected tensor, missing parameter and shape
@@ -130,12 +139,12 @@ def model_from_state_dict(config: LlamaConfig, tensors: Mapping[str, np.ndarray]
     filled: dict[tuple, jax.Array] = {}
     problems: list[str] = []
     seen: set[tuple] = set()  # paths a tensor was offered for (wrong shapes are reported once, not also as missing)
-    for name, array in tensors.items():
+    for name in tensors:
         if _IGNORED.match(name):
             continue
         found = _our_path(name)
         if found is None:
-            problems.append(f"unexpected tensor {name!r} {tuple(np.shape(array))}")
+            problems.append(f"unexpected tensor {name!r} {tuple(np.shape(tensors[name]))}")
             continue
         path, to_ours = found
         if path == ("lm_head",) and config.tie_word_embeddings:
@@ -145,15 +154,18 @@ def model_from_state_dict(config: LlamaConfig, tensors: Mapping[str, np.ndarray]
             continue
         want = tuple(expected[path].shape)
         seen.add(path)
+        array = np.asarray(tensors[name])  # the one tensor on the host
         try:
-            value = to_ours(np.asarray(array, np.float32), config.head_dim)
+            value = to_ours(array, config.head_dim)
         except ValueError:  # e.g. rows not a multiple of head_dim
             problems.append(f"{name!r}: shape {tuple(np.shape(array))} does not fit head_dim {config.head_dim}; expected {want} in our layout")
             continue
         if value.shape != want:
             problems.append(f"{name!r}: shape {tuple(np.shape(array))} → {value.shape}, expected {want}")
             continue
-        filled[path] = jnp.asarray(value, dtype)
+        value = np.asarray(value, dtype)  # jnp dtypes are numpy dtypes (bfloat16 via ml_dtypes)
+        filled[path] = jnp.asarray(value) if mesh is None else jax.device_put(value, param_sharding(path, value.shape, mesh))
+        del value, array
     for path in expected:
         if path not in seen:
             problems.append(f"missing parameter {'/'.join(map(str, path))}")
