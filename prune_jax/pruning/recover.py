@@ -16,9 +16,9 @@ error of any W is a quadratic form, no held-out activations kept:
 
 ``ridge_path`` solves the whole λ grid from one eigendecomposition G = QΛQᵀ,
 W(λ) = Q (Λ + λs)⁻¹ QᵀC (s = mean diag G; never fails to factorise), scores every W(λ)
-and the unrefit weights on the held-out sums and keeps the best, in one compiled
-program with one host transfer: the chosen W never has a larger held-out error than not
-refitting. Grams and the solve are float32 at highest matmul precision (float64 when
+in the eigenbasis (O(C²) per λ) and the unrefit weights on the held-out sums and keeps
+the best, in one compiled program with one host transfer: the chosen W never has a
+larger held-out error than not refitting. Grams and the solve are float32 at highest matmul precision (float64 when
 ``jax_enable_x64`` is on and the Grams are accumulated in float64).
 
 The glue below applies this to a module's maps: ``refit_maps`` solves several kernels
@@ -29,6 +29,7 @@ input column).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -68,22 +69,28 @@ def held_out_split(num_tokens: int, held_out: float = 0.1) -> int:
     return split
 
 
-@jax.jit
-def _accumulate(grams: Grams, x: jax.Array, y: jax.Array, start: jax.Array, split: jax.Array) -> Grams:
+@functools.partial(jax.jit, static_argnums=(5,), donate_argnums=(0,))
+def _accumulate(grams: Grams, x: jax.Array, y: jax.Array, start: jax.Array, split: jax.Array, part: str) -> Grams:
+    """``part``: "train" / "held" when the whole chunk is on one side of the split (one
+    matmul per sum), "mixed" for the one chunk that straddles it (masked, two)."""
     dtype = grams.xx.dtype
     x = x.reshape(-1, x.shape[-1]).astype(dtype)
     y = y.reshape(-1, y.shape[-1]).astype(dtype)
+    dot = lambda a, b: jnp.matmul(a.T, b, precision=HIGHEST)  # noqa: E731
+    if part == "train":
+        return grams._replace(xx=grams.xx + dot(x, x), xy=grams.xy + dot(x, y))
+    if part == "held":
+        return grams._replace(held_xx=grams.held_xx + dot(x, x), held_xy=grams.held_xy + dot(x, y), held_yy=grams.held_yy + jnp.sum(y * y))
     held = (start + jnp.arange(x.shape[0])) >= split  # [B] token is held out
     x_train = jnp.where(held[:, None], 0.0, x)
     x_held = x - x_train
     y_held = jnp.where(held[:, None], y, 0.0)
-    dot = lambda a, b: jnp.matmul(a.T, b, precision=HIGHEST)  # noqa: E731
     return Grams(grams.xx + dot(x_train, x), grams.xy + dot(x_train, y), grams.held_xx + dot(x_held, x),
                  grams.held_xy + dot(x_held, y), grams.held_yy + jnp.sum(y_held * y_held))  # fmt: skip
 
 
 def accumulate_grams(grams: Grams | None, x: jax.Array, y: jax.Array, start: int, split: int) -> Grams:
-    """Adds one chunk to the running sums.
+    """Adds one chunk to the running sums (``grams`` is consumed: its buffers are reused).
 
     Args:
       grams: the sums so far, or None for the first chunk.
@@ -93,7 +100,9 @@ def accumulate_grams(grams: Grams | None, x: jax.Array, y: jax.Array, start: int
     """
     if grams is None:
         grams = zero_grams(x.shape[-1], y.shape[-1], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    return _accumulate(grams, x, y, jnp.asarray(start), jnp.asarray(split))
+    stop = start + int(np.prod(x.shape[:-1]))
+    part = "train" if stop <= split else "held" if start >= split else "mixed"
+    return _accumulate(grams, x, y, jnp.asarray(start), jnp.asarray(split), part)
 
 
 def with_intercept(x: jax.Array) -> jax.Array:
@@ -110,25 +119,37 @@ def _held_out_error(grams: Grams, w: jax.Array) -> jax.Array:
 def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Best of {unrefit, W(λ) for λ in ``ridges``} by held-out error (module docstring).
 
-    Returns (W [C, D], index of the winner (−1: unrefit), held-out errors [1 + K]:
-    unrefit first). A W(λ) with a non-finite error never wins.
+    In the eigenbasis of G = QΛQᵀ, with R = QᵀC, W(λ) = Q diag(d) R, d = 1/(Λ + λs), the
+    held-out error of every λ costs O(C²), not a C × O solve:
+
+        ⟨W, G_h W⟩ = dᵀ (M ∘ K) d,  M = QᵀG_hQ, K = RRᵀ;   ⟨W, C_h⟩ = Σ_i d_i ⟨R_i, (QᵀC_h)_i⟩,
+
+    so the grid costs 4 C²·O + 2 C³ flops once (plus the eigendecomposition) and only the
+    winner is formed (one more C²·O). Returns (W [C, D], index of the winner (−1:
+    unrefit), held-out errors [1 + K]: unrefit first). A non-finite error never wins.
     """
+    dot = lambda a, b: jnp.matmul(a, b, precision=HIGHEST)  # noqa: E731
     w_current = w_current.astype(grams.xx.dtype)
     evals, evecs = jnp.linalg.eigh(grams.xx)
     evals = jnp.maximum(evals, 0.0)  # G is PSD; round-off may leave tiny negatives
     scale = jnp.mean(jnp.diag(grams.xx))
-    rotated = jnp.matmul(evecs.T, grams.xy, precision=HIGHEST)  # QᵀC
+    rotated = dot(evecs.T, grams.xy)  # R = QᵀC [C, O]
+    held_products = jnp.sum(rotated * dot(evecs.T, grams.held_xy), axis=1)  # ⟨R_i, (QᵀC_h)_i⟩ [C]
+    quadratic = dot(dot(evecs.T, grams.held_xx), evecs) * dot(rotated, rotated.T)  # M ∘ K [C, C]
+
+    def held_out_error(ridge):
+        d = 1.0 / (evals + ridge * scale)
+        return d @ dot(quadratic, d) - 2.0 * jnp.dot(d, held_products) + grams.held_yy
+
+    errors = jax.vmap(held_out_error)(ridges.astype(grams.xx.dtype))
     unrefit = _held_out_error(grams, w_current)
-
-    def step(best, ridge):
-        best_w, best_error, best_index, index = best
-        w = jnp.matmul(evecs, rotated / (evals + ridge * scale)[:, None], precision=HIGHEST)
-        error = _held_out_error(grams, w)
-        better = jnp.isfinite(error) & jnp.all(jnp.isfinite(w)) & (error < best_error)
-        best = (jnp.where(better, w, best_w), jnp.where(better, error, best_error), jnp.where(better, index, best_index), index + 1)
-        return best, error
-
-    (w, _, winner, _), errors = jax.lax.scan(step, (w_current, unrefit, jnp.asarray(-1), jnp.asarray(0)), ridges.astype(grams.xx.dtype))
+    candidates = jnp.where(jnp.isfinite(errors), errors, jnp.inf)
+    best = jnp.argmin(candidates)
+    refit_wins = candidates[best] < unrefit
+    d = 1.0 / (evals + ridges.astype(grams.xx.dtype)[best] * scale)
+    w_best = dot(evecs, d[:, None] * rotated)
+    w = jnp.where(refit_wins & jnp.all(jnp.isfinite(w_best)), w_best, w_current)
+    winner = jnp.where(refit_wins & jnp.all(jnp.isfinite(w_best)), best, -1)
     return w, winner, jnp.concatenate([unrefit[None], errors])
 
 

@@ -1,0 +1,240 @@
+"""prune_jax at Llama-3-8B widths on this machine: loading memory, pruning time, memory
+and compilations per block.
+
+A random-weight LLaMA with Llama-3-8B's block widths (D 4096, F 14 336, 32 query heads,
+8 KV heads, head_dim 128; vocabulary cut to 32 000) and a few layers is written once as
+a bf16 safetensors directory. Every measurement runs in its own process (peak RSS is per
+process):
+  - ``baseline``: the runtime's fixed RSS (python + jax + prune_jax, one tiny array);
+  - ``load``: ``load_model(dir, dtype="bfloat16")`` (tensor by tensor, stored dtype), and
+    with ``--old-tree DIR`` the loader of an older checkout (float32 host dict) for the ratio;
+  - ``prune``: 20 % dap + full recovery of every block, float32 compute on the CPU, for
+    each calibration size: seconds per block, XLA compilations, peak RSS.
+
+    python benchmarks/prune_scale.py                         # 2 layers, calibration 16,64 × 128
+    python benchmarks/prune_scale.py --old-tree /tmp/base    # plus the old loader's memory
+
+Results: benchmarks/results/prune_scale.{json,md}. Memory model in the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+WIDTHS = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) inside a ``with`` block, sampled every 2 ms by a thread
+    (``ru_maxrss`` cannot be reset, and imports leave a transient peak of their own)."""
+
+    def __enter__(self):
+        import threading
+
+        self.before = self.peak = rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, rss_mb())
+                self._stop.wait(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def write_checkpoint(directory: Path, layers: int) -> dict:
+    """Random N(0, 0.02²) bf16 weights, norms 1, as config.json + model.safetensors."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": layers, "rms_norm_eps": 1e-5,
+              "rope_theta": 500000.0, "max_position_embeddings": 8192, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+              "hidden_act": "silu", **WIDTHS}  # fmt: skip
+    if (directory / "config.json").is_file() and json.loads((directory / "config.json").read_text()) == config:
+        return config
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    D, F, N, K, H, V = (WIDTHS[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size"))
+
+    def normal(*shape):
+        return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(ml_dtypes.bfloat16)
+
+    tensors = {"model.embed_tokens.weight": normal(V, D), "lm_head.weight": normal(V, D), "model.norm.weight": np.ones(D, ml_dtypes.bfloat16)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors.update({
+            p + "self_attn.q_proj.weight": normal(N * H, D), p + "self_attn.k_proj.weight": normal(K * H, D),
+            p + "self_attn.v_proj.weight": normal(K * H, D), p + "self_attn.o_proj.weight": normal(D, N * H),
+            p + "mlp.gate_proj.weight": normal(F, D), p + "mlp.up_proj.weight": normal(F, D), p + "mlp.down_proj.weight": normal(D, F),
+            p + "input_layernorm.weight": np.ones(D, ml_dtypes.bfloat16), p + "post_attention_layernorm.weight": np.ones(D, ml_dtypes.bfloat16),
+        })  # fmt: skip
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    return config
+
+
+def child(args) -> dict:
+    """One measurement in this process; returns its JSON row."""
+    if args.child == "baseline":
+        import jax.numpy as jnp
+
+        import prune_jax.pruning  # noqa: F401
+
+        jnp.ones(4).block_until_ready()
+        return {"peak_rss_mb": peak_rss_mb()}
+    if args.child == "load":
+        if args.tree:
+            sys.path.insert(0, args.tree)
+        from prune_jax.models.llama import load_model
+
+        import jax.numpy as jnp
+
+        from prune_jax.models.llama.modeling import num_parameters
+
+        jnp.ones(4).block_until_ready()  # the runtime is up before the measurement starts
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            model, _ = load_model(args.dir, dtype="bfloat16", tokenizer=False)
+            seconds = time.perf_counter() - start
+        return {"seconds": seconds, "rss_before_mb": rss.before, "peak_rss_mb": rss.peak, "rss_after_mb": rss_mb(),
+                "parameters": num_parameters(model)}
+    # prune
+    import jax
+
+    from prune_jax.models.llama import load_model
+    from prune_jax.pruning import PruneConfig, prune
+
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: compiles.append(secs) if name == "/jax/core/compile/backend_compile_duration" else None)
+    model, _ = load_model(args.dir, dtype=args.dtype, tokenizer=False)
+    layers = model.config.num_layers
+    tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, (args.samples, args.seq_len))
+    stamps = []
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        model, report = prune(model, tokens, PruneConfig(method="dap", sparsity=0.2, recover=True, layer_range=(0, layers), batch_size=args.batch),
+                              progress=lambda done, total: stamps.append(time.perf_counter()))
+        seconds = time.perf_counter() - start
+    blocks = np.diff([start] + stamps).tolist()
+    return {"samples": args.samples, "seq_len": args.seq_len, "dtype": args.dtype, "seconds": seconds, "block_seconds": blocks,
+            "compilations": len(compiles), "compile_seconds": float(sum(compiles)), "peak_rss_mb": rss.peak,
+            "rss_after_load_mb": rss.before, "layer_intermediate": list(report.layer_intermediate),
+            "layer_heads": [list(h) for h in report.layer_heads]}  # fmt: skip
+
+
+def run_child(*extra: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"child {extra} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--calib", default="16x128,64x128", help="S×T calibration sizes")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per forward chunk")
+    parser.add_argument("--dir", default=str(Path.home() / ".cache" / "prune_jax" / "llama3-8b-widths"))
+    parser.add_argument("--old-tree", default=None, help="a checkout whose loader to compare (e.g. a worktree of an older commit)")
+    parser.add_argument("--child", choices=["baseline", "load", "prune"])
+    parser.add_argument("--tree", default=None)
+    parser.add_argument("--samples", type=int)
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--label", default="", help="a name for this run's prune rows (e.g. the code version)")
+    parser.add_argument("--append", action="store_true", help="keep the prune rows (and loading rows) of the results file, add these")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    directory = Path(args.dir) / f"layers{args.layers}"
+    config = write_checkpoint(directory, args.layers)
+    D, F, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    largest = max(V * D, F * D)
+    out_json = RESULTS / "prune_scale.json"
+    previous = json.loads(out_json.read_text()) if args.append and out_json.is_file() else {}
+    result = {"config": config, "checkpoint_bytes": (directory / "model.safetensors").stat().st_size, "largest_tensor_params": largest}
+    result["baseline"] = run_child("--child", "baseline")
+    print("baseline", result["baseline"], flush=True)
+    result["load"] = run_child("--child", "load", "--dir", str(directory))
+    print("load", result["load"], flush=True)
+    if "load_old" in previous:
+        result["load_old"] = previous["load_old"]
+    if args.old_tree:
+        result["load_old"] = run_child("--child", "load", "--dir", str(directory), "--tree", args.old_tree)
+        print("load (old loader)", result["load_old"], flush=True)
+    result["prune"] = previous.get("prune", [])
+    for size in [c for c in args.calib.split(",") if c]:
+        s, t = (int(v) for v in size.lower().split("x"))
+        row = {"label": args.label, **run_child("--child", "prune", "--dir", str(directory), "--samples", str(s), "--seq-len", str(t), "--batch", str(args.batch))}
+        result["prune"].append(row)
+        print("prune", {k: v for k, v in row.items() if k not in ("layer_heads",)}, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from skmm_jax.io import save_json_atomic
+
+    save_json_atomic(out_json, result)
+    write_report(result)
+
+
+def write_report(result: dict) -> None:
+    config, base = result["config"], result["baseline"]["peak_rss_mb"]
+    params = result["load"]["parameters"]
+    bf16_mb = 2 * params / 2**20
+    largest_mb = 2 * result["largest_tensor_params"] / 2**20
+    lines = [
+        f"# prune_jax at Llama-3-8B widths ({config['num_hidden_layers']} layers, random bf16 weights)", "",
+        "`python benchmarks/prune_scale.py` on this 2-core CPU; each row in its own process.", "",
+        f"Parameters {params:,} (bf16 {bf16_mb:,.0f} MiB; largest tensor {largest_mb:,.0f} MiB); runtime baseline RSS {base:,.0f} MiB.", "",
+        "| loading | seconds | RSS before MiB | peak MiB | peak − before MiB | bytes / parameter | after MiB |", "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, key in (("ours: tensor by tensor, stored dtype", "load"), ("before (float32 host dict)", "load_old")):
+        if key in result:
+            row = result[key]
+            extra = row["peak_rss_mb"] - row["rss_before_mb"]
+            lines.append(f"| {name} | {row['seconds']:.1f} | {row['rss_before_mb']:,.0f} | {row['peak_rss_mb']:,.0f} | {extra:,.0f} | "
+                         f"{extra * 2**20 / params:.2f} | {row['rss_after_mb']:,.0f} |")
+    limit = bf16_mb + 1.3 * largest_mb
+    ours = result["load"]["peak_rss_mb"] - result["load"]["rss_before_mb"]
+    lines += ["", f"Target: peak − before ≤ bf16 bytes + 1.3 × largest tensor = {bf16_mb:,.0f} + 1.3 × {largest_mb:,.0f} = {limit:,.0f} MiB: "
+              f"{ours:,.0f} MiB, {'met' if ours <= limit else 'missed'}.", "",
+              "| run | calibration | dtype | prune s | s / block | compilations | compile s | RSS after load MiB | peak MiB | peak − after load MiB |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in result["prune"]:
+        lines.append(f"| {row.get('label', '')} | {row['samples']} × {row['seq_len']} | {row['dtype']} | {row['seconds']:.0f} | "
+                     f"{', '.join(f'{b:.0f}' for b in row['block_seconds'])} | {row['compilations']} | {row['compile_seconds']:.1f} | "
+                     f"{row['rss_after_load_mb']:,.0f} | {row['peak_rss_mb']:,.0f} | {row['peak_rss_mb'] - row['rss_after_load_mb']:,.0f} |")  # fmt: skip
+    (RESULTS / "prune_scale.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
