@@ -454,7 +454,7 @@ def run_tune(data: Data, store: Store, variants: list[dict]) -> None:
     for variant in todo:
         for seed in TUNE_SEEDS:
             for n in pool_sizes(data, POOL_FRACTIONS):
-                if any(t["variant"] == variant and t["seed"] == seed and t["n"] == n and t.get("ft") == hparams for t in tuning):
+                if any(t["variant"] == variant and t["seed"] == seed and t["n"] == n and t.get("ft") is None for t in tuning):
                     continue
                 method = "uniform" if variant["input"] == "uniform" else "skmm"
                 indices, seconds, _ = run_selection(data, method, seed, n, variant)

@@ -10,14 +10,13 @@ program did not write itself is never replaced unless the user says ``--overwrit
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 
-from skmm_jax.io import OUTPUT_MARKER, is_our_output
+from skmm_jax.io import is_our_output
 
 _stderr = Console(stderr=True)
 

@@ -12,8 +12,6 @@ from skmm_jax.baselines import (
     BASELINES,
     adaptive_sampling,
     covering_radius,
-    herding,
-    kcenter_greedy,
     leverage_scores,
     ridge_leverage,
     ridge_leverage_scores,
