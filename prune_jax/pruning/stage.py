@@ -152,9 +152,30 @@ def _heads(half: Half, attn, x: Array, positions: Array, inv_freq: Array) -> Arr
     return attn.heads(x, positions, inv_freq)
 
 
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _write_rows(buffer: Array, rows: Array, start: Array) -> Array:
+    """buffer[start : start + len(rows)] = rows, in place (the buffer is donated)."""
+    return jax.lax.dynamic_update_slice_in_dim(buffer, rows.astype(buffer.dtype), start, axis=0)
+
+
+def _stream(ctx: StageContext, like: Array, chunk_fn: Callable[[int, int], Array]) -> Array:
+    """[S, ...] from chunk_fn(start, stop) per chunk of sequences, written into one buffer
+    (no list of chunks next to their concatenation: one stream's memory, not two)."""
+    bounds = ctx.bounds(like.shape[0])
+    if len(bounds) == 1:  # one chunk (e.g. all sequences, sharded over a mesh): nothing to assemble
+        return chunk_fn(*bounds[0])
+    out = None
+    for s, e in bounds:
+        rows = chunk_fn(s, e)
+        if out is None:
+            out = jnp.zeros((like.shape[0],) + rows.shape[1:], rows.dtype)
+        out = _write_rows(out, rows, jnp.asarray(s))
+    return out
+
+
 def advance(half: Half, block, h: Array, ctx: StageContext) -> Array:
     """The stream h [S, T, D] after the half (the model's residual hook), chunk by chunk."""
-    return jnp.concatenate([_residual(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq) for s, e in ctx.bounds(h.shape[0])])
+    return _stream(ctx, h, lambda s, e: _residual(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq))
 
 
 def _similar_heads_first(attn, inputs, scores: np.ndarray, ctx: StageContext) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -254,15 +275,19 @@ def _refit_first_maps(half: Half, block, h: Array, h_dense: Array, ctx: StageCon
     module, full = half.module(block), ctx.config.refit == "full"
     tokens_per_sequence, split = h.shape[1], held_out_split(h.shape[0] * h.shape[1])
     intercept = map_has_bias(module, half.first_biases)
-    dense_out, grams = [], None
-    for s, e in ctx.bounds(h.shape[0]):
+    grams = None
+
+    def dense_chunk(s: int, e: int) -> Array:
+        nonlocal grams
         out, targets = _dense_outputs(half, full, block, h_dense[s:e], ctx.positions[s:e], ctx.inv_freq)
-        dense_out.append(out)
         if full:
             x = _normalised(half, block, h[s:e])
             grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
+        return out
+
+    dense_out = _stream(ctx, h_dense, dense_chunk)
     first = Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid)) if full else None
-    return jnp.concatenate(dense_out), first
+    return dense_out, first
 
 
 def _refit_second_map(half: Half, block, h: Array, dense_out: Array, ctx: StageContext) -> Refit:
