@@ -60,6 +60,7 @@ bench: $(VENV)/.installed-bench data
 	$(BIN)/python benchmarks/real_lp_ft.py
 	$(BIN)/python benchmarks/llama_eval.py
 	$(BIN)/python benchmarks/prune_llama.py --speed
+	$(BIN)/python benchmarks/prune_scale.py
 
 clean:
 	rm -rf $(VENV) .venv-smoke .pytest_cache
