@@ -145,12 +145,10 @@ def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array) -> tuple[j
     unrefit = _held_out_error(grams, w_current)
     candidates = jnp.where(jnp.isfinite(errors), errors, jnp.inf)
     best = jnp.argmin(candidates)
-    refit_wins = candidates[best] < unrefit
     d = 1.0 / (evals + ridges.astype(grams.xx.dtype)[best] * scale)
     w_best = dot(evecs, d[:, None] * rotated)
-    w = jnp.where(refit_wins & jnp.all(jnp.isfinite(w_best)), w_best, w_current)
-    winner = jnp.where(refit_wins & jnp.all(jnp.isfinite(w_best)), best, -1)
-    return w, winner, jnp.concatenate([unrefit[None], errors])
+    refit_wins = (candidates[best] < unrefit) & jnp.all(jnp.isfinite(w_best))
+    return jnp.where(refit_wins, w_best, w_current), jnp.where(refit_wins, best, -1), jnp.concatenate([unrefit[None], errors])
 
 
 def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...] = RIDGE_GRID) -> tuple[jax.Array, dict]:
