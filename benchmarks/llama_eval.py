@@ -5,7 +5,10 @@ Both models get the same weights (the embedded GGUF, dequantised once by
 once) and the same non-overlapping windows. Reported:
   - perplexity at 128- and 2048-token windows from each, and their relative difference;
   - forward throughput (tokens/s, logits included) at batch 8 × 128 and 1 × 2048, median
-    of repeated runs after a warm-up, in the same process, and the ratio ours / torch.
+    of repeated runs after a warm-up, in the same process, and the ratio ours / torch;
+  - long context: perplexity of one --long-context window (8192 tokens, SmolLM2's
+    context) from each, its seconds and the peak resident memory above the memory before
+    the call (sampled every 2 ms), with the memory model of ours next to it.
 
     python benchmarks/llama_eval.py                  # first 32,768 tokens per window size
     python benchmarks/llama_eval.py --max-tokens 0   # the whole evaluation split (slow on CPU)
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -67,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, default=32768, help="tokens per window size (0: whole split)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long-context", type=int, default=8192, help="tokens of the long-context window (0: skip)")
     args = parser.parse_args()
 
     import torch
@@ -121,8 +126,30 @@ def main() -> None:
                            "ours_seconds": ours_t, "torch_seconds": torch_t})
         print(throughput[-1], flush=True)
 
+    long_rows = []
+    if args.long_context:
+        from prune_scale import PeakRSS  # benchmarks/prune_scale.py: the 2 ms RSS sampler
+
+        window = np.asarray(tokens[: args.long_context], np.int64).reshape(1, -1)
+        for attempt in ("cold", "warm"):  # cold includes the compilation
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                ours_ppl = perplexity(ours, window, batch_size=1).perplexity
+                seconds = time.perf_counter() - start
+            long_rows.append({"implementation": f"ours ({attempt})", "perplexity": ours_ppl, "seconds": seconds,
+                              "rss_before_mb": rss.before, "peak_rss_mb": rss.peak})
+            print(long_rows[-1], flush=True)
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            torch_ppl = torch_perplexity(reference, window, 1)
+            seconds = time.perf_counter() - start
+        long_rows.append({"implementation": "transformers", "perplexity": torch_ppl, "seconds": seconds,
+                          "rss_before_mb": rss.before, "peak_rss_mb": rss.peak})
+        print(long_rows[-1], flush=True)
+
     result = {
         "model": str(gguf_path), "max_tokens": args.max_tokens, "perplexity": rows, "throughput": throughput,
+        "long_context": long_rows,
         "platform": platform.platform(), "cpu_count": __import__("os").cpu_count(), "jax": jax.__version__,
         "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
     }
@@ -143,6 +170,23 @@ def main() -> None:
     lines += ["", "| forward (logits) | ours tokens/s | transformers tokens/s | ours / transformers |", "|---|---:|---:|---:|"]
     for t in throughput:
         lines.append(f"| {t['batch']} × {t['seq_len']} | {t['ours_tokens_per_s']:.0f} | {t['torch_tokens_per_s']:.0f} | {t['ours_over_torch']:.2f}× |")
+    if long_rows:
+        config = ours.config
+        T, D, F, V = args.long_context, config.hidden_size, config.layer_intermediate[0], config.vocab_size
+        N = config.layer_heads[0][0]
+        # What one block holds at its peak, float32: the stream and its norm, q/k/v/attention
+        # output (≈ 4·D with GQA, bounded by it), gate/up/h (3·F), one score block
+        # N·128·T; the loss holds one vocabulary chunk [T, 8192] plus the stream.
+        block_mb = 4 * T * (2 * D + 4 * D + 3 * F + N * 128) / 2**20
+        loss_mb = 4 * T * (8192 + 2 * D) / 2**20
+        full_logits_mb = 4 * T * V / 2**20
+        lines += ["", f"| 1 × {T} perplexity | PPL | seconds | peak − before MiB |", "|---|---:|---:|---:|"]
+        for r in long_rows:
+            lines.append(f"| {r['implementation']} | {r['perplexity']:.4f} | {r['seconds']:.1f} | {r['peak_rss_mb'] - r['rss_before_mb']:,.0f} |")
+        lines += ["", f"Memory model of ours at T = {T} (float32, beyond the weights): one block at its peak "
+                  f"4·T·(6·D + 3·F + N·128) B = {block_mb:,.0f} MiB, the loss 4·T·(8192 + 2·D) B = {loss_mb:,.0f} MiB "
+                  f"(vocabulary chunks of 8192; the full [T, V] logits alone would be {full_logits_mb:,.0f} MiB), "
+                  "plus XLA's buffer reuse and the runtime's pools."]
     (RESULTS / "llama_eval.md").write_text("\n".join(lines) + "\n")
 
 

@@ -132,6 +132,8 @@ def prune_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
     dtype: str = typer.Option("float32", help="Parameter dtype: float32 | bfloat16 (statistics and Grams accumulate in float32 either way)."),
     mesh: Optional[str] = typer.Option(None, help='Device mesh, e.g. "data=4,model=2": parameters FSDP-sharded over data and tensor-parallel over model, calibration sequences over data.'),
+    checkpoint: Optional[Path] = typer.Option(None, help="Directory for a checkpoint after every block (pruned blocks, both calibration streams); deleted once --out is written."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run whose checkpoint is in --checkpoint (same flags and model)."),
 ) -> None:
     """Prune a LLaMA model structurally and save it as an HF directory."""
     import time
@@ -151,6 +153,14 @@ def prune_command(
     if device_mesh is not None and "data" in device_mesh.shape and calib_samples % device_mesh.shape["data"]:
         fail(f"--calib-samples {calib_samples} must divide over the mesh's data axis ({device_mesh.shape['data']} devices)")
     calib_split = _resolve_split(calib_split, calib, auto="calibration")
+    if resume and checkpoint is None:
+        fail("--resume continues from --checkpoint DIR; pass the directory of the interrupted run")
+    if checkpoint is not None and checkpoint.exists():
+        held = checkpoint.is_dir() and (checkpoint / "progress.json").is_file()
+        if checkpoint.is_file() or not held and any(checkpoint.iterdir()):
+            fail(f"--checkpoint {checkpoint} exists and holds no pruning checkpoint; name a new or empty directory")
+        if held and not resume:
+            fail(f"--checkpoint {checkpoint} holds an interrupted run; pass --resume to continue it, or delete the directory")
     layer_range = None
     if layer_start is not None or layer_stop is not None:
         if layer_start is None or layer_stop is None:
@@ -173,7 +183,8 @@ def prune_command(
         calibration_docs = _documents(calib, calib_split, seed)
         batches = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
-            net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n))
+            net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n),
+                                checkpoint=checkpoint)
         record = report.to_json()
         record["dtype"], record["mesh"] = dtype, None if device_mesh is None else dict(device_mesh.shape)
         record["calibration"] = {
@@ -185,6 +196,10 @@ def prune_command(
         if not _is_writer(net):
             return
         message = save_hf(net, tok, out, extra_files={"pruning.json": record}, overwrite=overwrite)
+        if checkpoint is not None:  # the output is complete: the checkpoint has served
+            import shutil
+
+            shutil.rmtree(checkpoint)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         fail(str(err))
     console.print(
@@ -278,6 +293,7 @@ def eval_command(
     max_windows: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first this many windows."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default ≈ 16K tokens per step)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16."),
+    attention: str = typer.Option("chunked", help="chunked (XLA, no [T, T] scores) | dot_product (jax.nn.dot_product_attention: cuDNN flash on GPU)."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (or .gguf), when the model has none of its own."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (atomically)."),
 ) -> None:
@@ -288,19 +304,23 @@ def eval_command(
 
     from prune_jax.data import eval_windows
     from prune_jax.evaluate import perplexity
-    from prune_jax.models.llama import load_tokenizer
+    from prune_jax.models.llama import load_tokenizer, set_attention
     from prune_jax.models.llama.checkpoint import check_tokenizer
+    from prune_jax.models.llama.modeling import ATTENTION_IMPLEMENTATIONS
     from skmm_jax.io import save_json_atomic
 
     split = _resolve_split(split, data, auto="eval")
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        fail(f"--attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {attention!r}")
     check_output_file(json_out, "--json")
     if tokenizer is not None and not tokenizer.exists():
         fail(f"--tokenizer {tokenizer} does not exist (expected a tokenizer/model directory or a .gguf file)")
     try:
         start = time.perf_counter()
         net, tok = _load_model_with_status(model, dtype)
+        set_attention(net, attention)
         net.config.check_sequence_length(seq_len, name="--seq-len")
         if tokenizer is not None:
             tok = load_tokenizer(tokenizer)
@@ -319,7 +339,7 @@ def eval_command(
     except (ValueError, FileNotFoundError, TypeError) as err:
         fail(str(err))
     payload = {
-        "model": str(model), "data": str(data), "split": split, "seed": seed, "dtype": dtype,
+        "model": str(model), "data": str(data), "split": split, "seed": seed, "dtype": dtype, "attention": attention,
         "perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens, "windows": result.windows,
         "seq_len": result.seq_len, "documents": len(docs), "seconds": seconds, "load_seconds": load_seconds,
         "tokens_per_second": result.windows * result.seq_len / seconds,

@@ -183,6 +183,13 @@ def test_prune_jax_eval_on_a_tiny_model_directory(tmp_path: Path, tiny_model_and
     _, evaluation = split_documents(load_documents(corpus), seed=0)
     windows = eval_windows(tokenize_corpus(evaluation, tokenizer, cache_dir=tmp_path / "cache"), 8)
     assert abs(perplexity(model, windows).perplexity / json.loads(out.read_text())["perplexity"] - 1) < 1e-5
+    # --attention dot_product (jax.nn.dot_product_attention): the same number.
+    chunked = json.loads(out.read_text())["perplexity"]
+    result = runner.invoke(prune_app, ["eval", "--model", str(model_dir), "--data", str(corpus), "--seq-len", "8",
+                                       "--split", "eval", "--attention", "dot_product", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["attention"] == "dot_product"
+    assert abs(json.loads(out.read_text())["perplexity"] / chunked - 1) < 1e-5
 
     bad = runner.invoke(prune_app, ["eval", "--model", str(tmp_path / "missing"), "--data", str(corpus)])
     assert bad.exit_code == 2 and "no such file or directory" in " ".join(bad.output.split())
@@ -209,3 +216,38 @@ def test_prune_jax_prune_then_eval(tmp_path: Path, tiny_model_and_corpus):
     assert bad.exit_code == 2 and "sparsity must lie in (0, 1)" in " ".join(bad.output.split())
     short = runner.invoke(prune_app, [*args[:-2], "--calib-seq-len", "100000", "--out", str(tmp_path / "x")])
     assert short.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_prune_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path, tiny_model_and_corpus, monkeypatch):
+    import importlib
+
+    prune_module = importlib.import_module("prune_jax.pruning.prune")  # the module (the package exports the function)
+    model_dir, corpus = tiny_model_and_corpus.model_dir, tiny_model_and_corpus.corpus
+    args = ["prune", "--model", str(model_dir), "--method", "dap", "--recover", "--sparsity", "0.3", "--calib", str(corpus),
+            "--calib-samples", "4", "--calib-seq-len", "8", "--layer-start", "0", "--layer-stop", "3"]
+    assert runner.invoke(prune_app, [*args, "--out", str(tmp_path / "straight")]).exit_code == 0
+
+    class Crash(Exception):
+        pass
+
+    real = prune_module.prune_block
+
+    def crash_at_block_2(block, layer, *rest):
+        if layer == 2:
+            raise Crash
+        return real(block, layer, *rest)
+
+    checkpoint, out = tmp_path / "ckpt", tmp_path / "resumed"
+    monkeypatch.setattr(prune_module, "prune_block", crash_at_block_2)
+    crashed = runner.invoke(prune_app, [*args, "--out", str(out), "--checkpoint", str(checkpoint)])
+    assert isinstance(crashed.exception, Crash) and not out.exists()
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["block_000.safetensors", "block_001.safetensors", "progress.json", "streams.safetensors"]
+    monkeypatch.setattr(prune_module, "prune_block", real)
+
+    again = runner.invoke(prune_app, [*args, "--out", str(out), "--checkpoint", str(checkpoint)])
+    assert again.exit_code == 2 and "pass --resume" in " ".join(again.output.split()) and not out.exists()
+    assert runner.invoke(prune_app, [*args, "--out", str(out), "--resume"]).exit_code == 2  # --resume needs --checkpoint
+    resumed = runner.invoke(prune_app, [*args, "--out", str(out), "--checkpoint", str(checkpoint), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert not checkpoint.exists()  # deleted once the output was written
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()

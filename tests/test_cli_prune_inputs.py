@@ -136,6 +136,7 @@ EVAL_CASES = [
     (["--seq-len", "1"], "Invalid value for '--seq-len'"),
     (["--seq-len", "16384"], "--seq-len=16384 exceeds"),
     (["--dtype", "float16"], "--dtype must be one of float32, bfloat16"),
+    (["--attention", "flash"], "--attention must be one of chunked, dot_product"),
     (["--split", "test"], "--split must be one of"),
 ]
 

@@ -372,3 +372,72 @@ def test_parse_mesh():
     for bad in ("data", "data=0", "data=2,data=2", "data=64", "data=-1,model=-1"):
         with pytest.raises(ValueError, match="mesh"):
             parse_mesh(bad)
+
+
+def test_chunked_nll_equals_the_full_softmax_in_values_and_gradients():
+    from prune_jax.models.llama.modeling import chunked_nll
+
+    rng = np.random.default_rng(3)
+    hidden = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    head = jnp.asarray(rng.standard_normal((16, 37)), jnp.float32)  # [D, V], V = 37 prime
+    targets = jnp.asarray(rng.integers(0, 37, (2, 5)), jnp.int32)
+
+    def full(hidden, head):
+        logits = hidden @ head
+        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+    want, want_grads = full(hidden, head), jax.grad(lambda h, w: full(h, w).sum(), argnums=(0, 1))(hidden, head)
+    # 5 and 8: several chunks, the last one overlapping its predecessor (37 = 7·5 + 2 = 4·8 + 5);
+    # 37: one chunk exactly; tied: the head passed as the [V, D] embedding.
+    for chunk in (5, 8, 37):
+        for tied in (False, True):
+            weights = head.T if tied else head
+            loss = lambda h, w: chunked_nll(h, w, targets, vocab_chunk=chunk, head_is_embedding=tied)  # noqa: E731
+            np.testing.assert_allclose(np.asarray(loss(hidden, weights)), np.asarray(want), atol=1e-5)
+            got_h, got_w = jax.grad(lambda h, w: loss(h, w).sum(), argnums=(0, 1))(hidden, weights)
+            np.testing.assert_allclose(np.asarray(got_h), np.asarray(want_grads[0]), atol=1e-5)
+            np.testing.assert_allclose(np.asarray(got_w.T if tied else got_w), np.asarray(want_grads[1]), atol=1e-5)
+
+
+def test_dot_product_attention_gives_the_chunked_logits(tiny_llama_config, random_llama):
+    from prune_jax.evaluate import forward_logits
+    from prune_jax.models.llama import set_attention
+
+    model = random_llama(tiny_llama_config(num_layers=2, heads=(4, 2), vocab_size=23, max_position_embeddings=64))
+    tokens = np.random.default_rng(0).integers(0, 23, (2, 40))
+    chunked = forward_logits(model, tokens)
+    assert set_attention(model, "dot_product").config.attention == "dot_product"
+    assert all(block.attn.implementation == "dot_product" for block in model.layers)
+    np.testing.assert_allclose(forward_logits(model, tokens), chunked, atol=1e-5)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        set_attention(model, "flash")
+
+
+def test_evaluation_compiles_the_same_programs_whatever_the_depth(tiny_llama_config, random_llama):
+    """Blocks run one jitted call each, so a model of 2 and one of 6 equal-width blocks
+    compile the same number of programs (one whole-model program would grow with depth)."""
+    from prune_jax.evaluate import perplexity
+
+    def compilations(num_layers: int, hidden_size: int) -> int:
+        seen = []
+
+        def listen(name, secs, **_):
+            if name == "/jax/core/compile/backend_compile_duration":
+                seen.append(secs)
+
+        config = tiny_llama_config(num_layers=num_layers, vocab_size=29, hidden_size=hidden_size, max_position_embeddings=32)
+        model = random_llama(config)
+        windows = np.random.default_rng(num_layers).integers(0, 29, (3, 31))
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            value = perplexity(model, windows, batch_size=2).perplexity
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        reference = np.exp(np.mean(np.asarray(jax.jit(lambda t: model.token_nll(t))(jnp.asarray(windows)))))
+        np.testing.assert_allclose(value, reference, rtol=1e-5)
+        return len(seen)
+
+    compilations(1, hidden_size=16)  # compiles what no width changes (eager scalar ops) once
+    # Different widths, so neither run finds the other's programs in the cache: embedding,
+    # one block program, loss.
+    assert compilations(2, hidden_size=24) == compilations(6, hidden_size=32) <= 4

@@ -372,3 +372,42 @@ def test_sharded_parameters_prune_like_one_device(layout):
     # Tensor-parallel partial sums change float32 round-off in the Grams; the ridge solve
     # (condition number up to 1/λ = 10⁴) amplifies it to ~1e-4 relative in the refit weights.
     np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_an_interrupted_prune_resumes_from_its_checkpoint_with_the_same_result(tmp_path: Path, stop_after):
+    """Interrupted after block 1 (before the pruned range: streams only) or block 3 (inside
+    it, with the dense stream of the recovery), a resumed run on a freshly loaded dense
+    model ends with the uninterrupted run's kept units, weights and reports."""
+    tokens = calib(5, (8, 16))
+    config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(2, 4), batch_size=4)
+    reference, report_ref = prune(tiny(seed=3), tokens, config)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(done, total):
+        if done == stop_after + 1:
+            raise Interrupt
+
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(Interrupt):
+        prune(tiny(seed=3), tokens, config, checkpoint=checkpoint, progress=stop)
+    assert (checkpoint / "progress.json").is_file()
+    seen = []
+    resumed, report = prune(tiny(seed=3), tokens, config, checkpoint=checkpoint, progress=lambda done, total: seen.append(done))
+    assert seen[0] == stop_after + 1  # the finished blocks were restored, not recomputed
+    assert report.layers == report_ref.layers and report.layer_intermediate == report_ref.layer_intermediate
+    want, got = state_dict_from_model(reference), state_dict_from_model(resumed)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+    # A checkpoint of another run (other calibration) is refused, and so is a directory of other files.
+    with pytest.raises(ValueError, match="checkpoint of a different run"):
+        prune(tiny(seed=3), calib(6, (8, 16)), config, checkpoint=checkpoint)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds no pruning checkpoint"):
+        prune(tiny(seed=3), tokens, config, checkpoint=tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"

@@ -36,7 +36,9 @@ calibrate → score → keep → slice → refit step both halves of a block sha
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,7 @@ import numpy as np
 
 from prune_jax.models.llama.modeling import Llama, num_parameters
 from prune_jax.models.llama.sharding import auto_mesh
+from prune_jax.pruning import resume
 from prune_jax.pruning.allocation import HEAD_MODES, allocate, default_layer_range, prunable_parameters
 from prune_jax.pruning.recover import RIDGE_GRID
 from prune_jax.pruning.report import LayerReport, PruneReport
@@ -153,6 +156,17 @@ def _layer_range(model: Llama, config: PruneConfig) -> range:
     return range(start, stop)
 
 
+def _checkpoint_dir(path) -> Path:
+    """``path`` as a checkpoint directory: absent, empty, or holding a checkpoint."""
+    path = Path(path)
+    if jax.process_count() > 1:
+        raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
+    if path.exists() and (not path.is_dir() or any(path.iterdir()) and not (path / resume.PROGRESS).is_file()):
+        raise ValueError(f"checkpoint {path} exists and holds no pruning checkpoint ({resume.PROGRESS}); name a new or empty directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, axis: str) -> tuple[jax.Array, StageContext]:
     """(tokens [S, T] on the device(s), the stages' shared context)."""
     tokens = jnp.asarray(calibration, jnp.int32)
@@ -182,6 +196,7 @@ def prune(
     mesh: jax.sharding.Mesh | None = None,
     axis: str = "data",
     progress: Progress | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> tuple[Llama, PruneReport]:
     """Prunes ``model`` in place (its kernels are replaced by sliced ones) and returns it.
 
@@ -197,6 +212,11 @@ def prune(
         parallelism (sliced and refit parameters keep their placement).
       axis: mesh axis name for the sequences.
       progress: ``progress(blocks_done, num_blocks)``.
+      checkpoint: a directory for per-block checkpoints (``resume``): after each pruned
+        block its parameters, both streams and the reports so far; when it already holds
+        a checkpoint of this run (same config, calibration and dense model), the
+        finished blocks are restored and pruning continues after them, with the result
+        of an uninterrupted run. Empty or absent: a fresh run. Single-process only.
 
     Returns:
       (model, report); ``report.to_json()`` is the ``pruning.json`` record.
@@ -204,6 +224,11 @@ def prune(
     calibration = _check_calibration(model, calibration)
     start_time = time.perf_counter()
     layers = _layer_range(model, config)
+    resumed, stamp = None, None
+    if checkpoint is not None:
+        checkpoint = _checkpoint_dir(checkpoint)
+        stamp = resume.fingerprint(config, calibration, model.config)
+        resumed = resume.load_progress(checkpoint, stamp)
     if config.compensate:
         add_zero_biases(model, attention=True, mlp=True)
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
@@ -211,15 +236,28 @@ def prune(
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
     allocation = allocate(model, layers, config, lambda: dense_unit_scores(model, h, layers, ctx))
 
-    h_dense, layer_reports = None, []  # the dense stream, from the first refit block on
+    h_dense, layer_reports, first = None, [], 0  # the dense stream, from the first refit block on
+    if resumed is not None:  # blocks [0, first) are done: their parameters, the streams into `first`
+        first, layer_reports = resumed.next_layer, list(resumed.reports)
+        for layer in range(layers.start, first):
+            resume.restore_block(checkpoint, layer, model.layers[layer])
+        h = jax.device_put(resumed.h, h.sharding)
+        h_dense = None if resumed.h_dense is None else jax.device_put(resumed.h_dense, h.sharding)
+        if progress is not None:
+            progress(first, len(model.layers))
     for layer, block in enumerate(model.layers):
+        if layer < first:
+            continue
         if config.recover and layer == layers.start:
             h_dense = h  # until here both streams ran the same unchanged blocks
         if layer < layers.stop or h_dense is not None:  # else no later block reads the streams
             h, h_dense, record = prune_block(block, layer, h, h_dense, allocation.cuts.get(layer, (0, 0)), ctx)
+            layer_reports.append(record)
+            if checkpoint is not None:
+                # Blocks before the range are unchanged (the dense model restores them).
+                resume.save_block(checkpoint, stamp, layer, block if layer >= layers.start else None, h, h_dense, layer_reports)
         else:
-            record = LayerReport(layer)
-        layer_reports.append(record)
+            layer_reports.append(LayerReport(layer))
         if progress is not None:
             progress(layer + 1, len(model.layers))
 

@@ -48,6 +48,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from prune_jax.models.llama.sharding import to_host
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
 
 NEEDS = ("statistics", "gradients", "nothing")
@@ -105,9 +106,9 @@ def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
 
 def _ffn(mlp) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(W_G [D, F], W_U [D, F], W_D [F, D], ‖W_D[j]‖² [F]) in float32."""
-    gate = np.asarray(mlp.gate_kernel[...], np.float32)
-    up = np.asarray(mlp.up_kernel[...], np.float32)
-    down = np.asarray(mlp.down_kernel[...], np.float32)
+    gate = to_host(mlp.gate_kernel[...], np.float32)
+    up = to_host(mlp.up_kernel[...], np.float32)
+    down = to_host(mlp.down_kernel[...], np.float32)
     return gate, up, down, (down * down).sum(axis=1)
 
 
@@ -119,13 +120,13 @@ def _first_maps(mlp) -> np.ndarray:
 
 def _query_rows(attn) -> np.ndarray:
     """[N, D·H]: head n's W_Q columns, one row per head."""
-    q = np.asarray(attn.q_kernel[...], np.float32)  # [D, N, H]
+    q = to_host(attn.q_kernel[...], np.float32)  # [D, N, H]
     return q.transpose(1, 0, 2).reshape(q.shape[1], -1)
 
 
 def _o_sq(attn) -> np.ndarray:
     """[N, H]: ‖W_O[c]‖² per o_proj input column c = (head n, dim h)."""
-    o = np.asarray(attn.o_kernel[...], np.float32)  # [N, H, D]
+    o = to_host(attn.o_kernel[...], np.float32)  # [N, H, D]
     return (o * o).sum(axis=2)
 
 
@@ -166,8 +167,8 @@ def _data_free_channels(mlp, ev: Evidence) -> np.ndarray:
 
 def _data_free_heads(attn, ev: Evidence) -> np.ndarray:
     """Σ = I: E[z_c²] → ‖W_V[:, c]‖² of the head's KV group."""
-    q = np.asarray(attn.q_kernel[...], np.float32)  # [D, N, H]
-    v = np.asarray(attn.v_kernel[...], np.float32)  # [D, K, H]
+    q = to_host(attn.q_kernel[...], np.float32)  # [D, N, H]
+    v = to_host(attn.v_kernel[...], np.float32)  # [D, K, H]
     group = q.shape[1] // v.shape[1]
     v_sq = np.repeat((v * v).sum(axis=0), group, axis=0)  # [N, H]
     return (v_sq * _o_sq(attn)).sum(axis=1)
@@ -178,13 +179,13 @@ def _wanda_channels(mlp, ev: Evidence) -> np.ndarray:
 
 
 def _wanda_heads(attn, ev: Evidence) -> np.ndarray:
-    o = np.asarray(attn.o_kernel[...], np.float32)
+    o = to_host(attn.o_kernel[...], np.float32)
     return (np.abs(o).mean(axis=2) * np.sqrt(ev.stats.z_sq_sum)).sum(axis=1)
 
 
 def _saliency(module, gradients, name: str) -> np.ndarray:
     """|w · ∂L/∂w| of one kernel."""
-    return np.abs(np.asarray(getattr(module, name)[...], np.float32) * np.asarray(getattr(gradients, name)[...], np.float32))
+    return np.abs(to_host(getattr(module, name)[...], np.float32) * to_host(getattr(gradients, name)[...], np.float32))
 
 
 def _taylor_channels(mlp, ev: Evidence) -> np.ndarray:
@@ -202,7 +203,7 @@ def _depth2_l1_channels(mlp, ev: Evidence) -> np.ndarray:
 
 
 def _depth2_l1_heads(attn, ev: Evidence) -> np.ndarray:
-    o = np.asarray(attn.o_kernel[...], np.float32)
+    o = to_host(attn.o_kernel[...], np.float32)
     return _norm(_query_rows(attn), 1, "l1") * _norm(o.reshape(o.shape[0], -1), 1, "l1")
 
 

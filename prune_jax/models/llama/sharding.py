@@ -123,3 +123,14 @@ def replace_param(module, name: str, value: jax.Array) -> None:
     (``like``): slicing and refitting a sharded model keep it sharded."""
     old = getattr(module, name)[...]
     setattr(module, name, nnx.Param(like(value.astype(old.dtype), old)))
+
+
+def to_host(x, dtype=None) -> np.ndarray:
+    """``x`` as a numpy array on this host, also when it is sharded over devices of other
+    processes (a multi-host mesh): then every process must call this in the same order
+    (``process_allgather`` is a collective)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x, dtype)

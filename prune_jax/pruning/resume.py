@@ -1,0 +1,137 @@
+"""Per-block checkpoints of a pruning run, and resuming from the last finished block.
+
+After block i, ``prune(..., checkpoint=DIR)`` writes into DIR:
+
+  - ``block_{i:03d}.safetensors``: block i's parameters as pruned and refit (sliced
+    shapes; keys ``layers.{i}.attn.q_kernel`` …);
+  - ``streams.safetensors``: the two calibration streams entering block i + 1 (the
+    pruned stream h and the dense stream h_dense, in the model's dtype; replaced
+    every block);
+  - ``progress.json`` last, the commit point: the next block, the finished blocks'
+    reports, and a fingerprint of what must not change between the run and its resume
+    (the prune config, the calibration tokens, the dense model's config and widths).
+
+Every file is written atomically (temporary file + rename), so a crash leaves the
+previous block's complete checkpoint. Resuming reloads the dense model, recomputes what
+``prune`` computes before the first block (deterministic: allocation, gradient scores),
+then restores the finished blocks' parameters and the streams and continues, so the
+result equals an uninterrupted run's. Disk: the pruned blocks (≤ the model) plus two
+streams of S·T·D values (8B, 128 × 2048 tokens in bf16: 2 × 2 GiB).
+
+Single-process runs only (the streams are gathered to the host); a multi-host run
+would write them per process (e.g. with orbax) — not done yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from prune_jax.models.llama.sharding import replace_param
+from prune_jax.pruning.report import HalfReport, LayerReport, Refit
+from skmm_jax.io import atomic_write, save_json_atomic
+
+PROGRESS = "progress.json"
+STREAMS = "streams.safetensors"
+
+
+def fingerprint(config, calibration: np.ndarray, model_config) -> str:
+    """SHA-256 of what a resume must share with the run it continues."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    digest.update(str(calibration.shape).encode() + np.ascontiguousarray(calibration, np.int64).tobytes())
+    digest.update(json.dumps(dataclasses.asdict(model_config), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save
+
+    atomic_write(path, lambda f: f.write(save(tensors)))
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    return np.asarray(jax.device_get(x))
+
+
+def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, reports: list[LayerReport]) -> None:
+    """Checkpoint after ``layer``: its parameters, the streams into ``layer + 1``, then
+    progress.json (written last: a crash before it leaves the previous checkpoint valid)."""
+    if block is not None:  # None: the block is unchanged (before the pruned range)
+        params = {f"layers.{layer}." + ".".join(map(str, path)): _host(var[...])
+                  for path, var in nnx.to_flat_state(nnx.state(block, nnx.Param))}
+        _save_tensors(directory / f"block_{layer:03d}.safetensors", params)
+    streams = {"h": _host(h)} if h_dense is None else {"h": _host(h), "h_dense": _host(h_dense)}
+    _save_tensors(directory / STREAMS, streams)
+    save_json_atomic(directory / PROGRESS, {"fingerprint": stamp, "next_layer": layer + 1,
+                                            "layers": [dataclasses.asdict(r) for r in reports]})
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """A checkpoint's state: blocks [0, next_layer) are done."""
+
+    next_layer: int
+    reports: list[LayerReport]
+    h: np.ndarray
+    h_dense: np.ndarray | None
+
+
+def load_progress(directory: Path, stamp: str) -> Resumed | None:
+    """The checkpoint in ``directory``, None when there is none yet.
+
+    Raises:
+      ValueError: the checkpoint belongs to a different run (config, calibration or model)
+        or its files are unreadable.
+    """
+    from prune_jax.models.llama.checkpoint import SafetensorsTensors
+
+    path = directory / PROGRESS
+    if not path.is_file():
+        return None
+    try:
+        progress = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete the checkpoint directory to start over") from None
+    if progress.get("fingerprint") != stamp:
+        raise ValueError(f"{directory} holds the checkpoint of a different run (prune config, calibration tokens or model "
+                         "differ); use another checkpoint directory or delete this one to start over")
+    streams = SafetensorsTensors(directory)
+    return Resumed(next_layer=int(progress["next_layer"]), reports=[_layer_report(r) for r in progress["layers"]],
+                   h=streams["h"], h_dense=streams["h_dense"] if "h_dense" in streams else None)
+
+
+def restore_block(directory: Path, layer: int, block) -> None:
+    """Block ``layer``'s checkpointed parameters into ``block`` (placed like the dense ones)."""
+    from prune_jax.models.llama.checkpoint import SafetensorsTensors
+
+    tensors = SafetensorsTensors(directory)
+    prefix = f"layers.{layer}."
+    for path, _ in nnx.to_flat_state(nnx.state(block, nnx.Param)):
+        key = prefix + ".".join(map(str, path))
+        if key not in tensors:
+            raise ValueError(f"{directory}: checkpoint of block {layer} lacks {key}; delete the directory to start over")
+        module = block
+        for name in path[:-1]:
+            module = getattr(module, name)
+        replace_param(module, path[-1], jax.numpy.asarray(tensors[key]))
+
+
+def _refit(d: dict | None) -> Refit | None:
+    return None if d is None else Refit(ridge=d["ridge"], held_out_error=d["held_out_error"], errors=dict(d["errors"]))
+
+
+def _half(d: dict) -> HalfReport:
+    tuple_or_none = lambda v: None if v is None else tuple(v)  # noqa: E731
+    return HalfReport(kept=tuple_or_none(d["kept"]), first_refit=_refit(d["first_refit"]), second_refit=_refit(d["second_refit"]),
+                      similar_marked=tuple_or_none(d["similar_marked"]))
+
+
+def _layer_report(d: dict) -> LayerReport:
+    return LayerReport(layer=d["layer"], attention=_half(d["attention"]), mlp=_half(d["mlp"]))
