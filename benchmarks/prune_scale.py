@@ -233,6 +233,17 @@ def write_report(result: dict) -> None:
         lines.append(f"| {row.get('label', '')} | {row['samples']} × {row['seq_len']} | {row['dtype']} | {row['seconds']:.0f} | "
                      f"{', '.join(f'{b:.0f}' for b in row['block_seconds'])} | {row['compilations']} | {row['compile_seconds']:.1f} | "
                      f"{row['rss_after_load_mb']:,.0f} | {row['peak_rss_mb']:,.0f} | {row['peak_rss_mb'] - row['rss_after_load_mb']:,.0f} |")  # fmt: skip
+    D = config["hidden_size"]
+    lines += ["", "Memory per calibration token (slope of peak − after load between a run's smallest and largest calibration):", ""]
+    for label in dict.fromkeys(row.get("label", "") for row in result["prune"]):
+        rows = sorted((r for r in result["prune"] if r.get("label", "") == label), key=lambda r: r["samples"] * r["seq_len"])
+        if len(rows) > 1 and rows[-1]["samples"] * rows[-1]["seq_len"] > rows[0]["samples"] * rows[0]["seq_len"]:
+            grow = [(r["peak_rss_mb"] - r["rss_after_load_mb"]) * 2**20 for r in (rows[0], rows[-1])]
+            per_token = (grow[1] - grow[0]) / (rows[-1]["samples"] * rows[-1]["seq_len"] - rows[0]["samples"] * rows[0]["seq_len"])
+            lines.append(f"- {label or 'unlabelled'}: {per_token / 1e3:.1f} KB per token = {per_token / (4 * D):.2f}·D float32 values")
+    lines += ["", "Memory model (bytes; b the stream dtype's bytes): parameters b·P + two calibration streams 2·S·T·D·b (advanced "
+              "in place) + the dense block b·P_block (refit targets) + one chunk's activations ≈ 4·B·T·F·4 + one refit "
+              "≈ 4·(2C² + 2C·O) + 4·C²."]
     (RESULTS / "prune_scale.md").write_text("\n".join(lines) + "\n")
 
 

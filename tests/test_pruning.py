@@ -411,3 +411,31 @@ def test_an_interrupted_prune_resumes_from_its_checkpoint_with_the_same_result(t
     with pytest.raises(ValueError, match="holds no pruning checkpoint"):
         prune(tiny(seed=3), tokens, config, checkpoint=tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+
+def test_compilations_do_not_grow_with_the_number_of_blocks():
+    """The per-chunk stage functions are compiled once per block shape: pruning 2 or 4
+    equal-width blocks compiles the same programs (fresh widths for each run, so neither
+    finds the other's programs in the cache)."""
+
+    def compilations(num_layers: int, hidden_size: int) -> int:
+        seen = []
+
+        def listen(name, secs, **_):
+            if name == "/jax/core/compile/backend_compile_duration":
+                seen.append(secs)
+
+        model = tiny(seed=1, num_layers=num_layers, hidden_size=hidden_size, layer_heads=((6, 2),) * num_layers,
+                     layer_intermediate=(48,) * num_layers)
+        config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(0, num_layers), batch_size=4)
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            prune(model, calib(1, (8, 16)), config)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        return len(seen)
+
+    compilations(1, hidden_size=24)  # what no width changes compiles once
+    # D = 40 and 56 differ from every unit count (48 channels, 6·8 or fewer head columns), so
+    # no two Gram shapes coincide in either run (a coincidence would save one compile).
+    assert compilations(2, hidden_size=40) == compilations(4, hidden_size=56)

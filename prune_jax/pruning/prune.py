@@ -249,7 +249,7 @@ def prune(
         if layer < first:
             continue
         if config.recover and layer == layers.start:
-            h_dense = h  # until here both streams ran the same unchanged blocks
+            h_dense = jnp.copy(h)  # until here both streams ran the same unchanged blocks (a copy: each is advanced in place)
         if layer < layers.stop or h_dense is not None:  # else no later block reads the streams
             h, h_dense, record = prune_block(block, layer, h, h_dense, allocation.cuts.get(layer, (0, 0)), ctx)
             layer_reports.append(record)

@@ -7,18 +7,19 @@ Each half of a decoder block is a depth-2 unit on the residual stream,
 
 and is pruned by the same steps (``prune_half``), given the two calibration streams
 (pruned stream h, dense stream h_dense — None before the first refit block):
-  1. one pass over both streams: the half's dense update on h_dense (the second map's
-     target, before anything changes) and, for ``refit="full"``, the Grams of the first
-     maps (q,k,v | gate,up: one input) against their dense outputs → refit;
+  1. for ``refit="full"``, one pass over both streams: the Grams of the first maps
+     (q,k,v | gate,up: one input) on h against the dense maps' outputs on h_dense → refit;
   2. if units go: statistics of the unit outputs on the pruned stream, score
      (``scores.SCORES``), rerank (attention: the similarity criterion), keep set (GQA
      aware for heads), bias compensation, slice;
   3. one pass: Grams of the second map (o | down) on the kept units against the dense
-     update → refit;
-  4. advance both streams (the pruned one through the model's residual hook).
-Every pass runs chunk by chunk of sequences through compiled per-chunk functions
-(``nnx.jit``; blocks of equal widths share them), and the refits only keep Gram
-matrices (``recover``), so memory is the two streams, the dense update and O(C²) per map.
+     half's update, computed per chunk and added to h_dense in place → refit;
+  4. advance the pruned stream in place (the model's residual hook).
+The dense targets come from a clone of the block taken before any change (one block's
+parameters). Every pass runs chunk by chunk of sequences through compiled per-chunk
+functions (``nnx.jit``; blocks of equal widths share them), both streams are updated in
+place (donated buffers), and the refits only keep Gram matrices (``recover``), so
+memory is the two streams (2·S·T·D values), one chunk's activations and O(C²) per map.
 ``Half`` names what differs between the halves: modules, maps and statistics.
 """
 
@@ -126,13 +127,28 @@ def _normalised(half: Half, block, h: Array) -> Array:
     return half.norm(block)(h)
 
 
-@functools.partial(nnx.jit, static_argnums=(0, 1))
-def _dense_outputs(half: Half, full: bool, block, h_dense: Array, positions: Array, inv_freq: Array):
-    """(the half's residual update [B, T, D], its first maps' outputs [B, T, Σ] or None)."""
-    module, x = half.module(block), half.norm(block)(h_dense)
-    out = half.output(module, x, positions, inv_freq)
-    targets = jnp.concatenate([t.reshape(t.shape[:2] + (-1,)) for t in half.first_outputs(module, x)], -1) if full else None
-    return out, targets
+@functools.partial(nnx.jit, static_argnums=(0,))
+def _first_targets(half: Half, dense_block, h_dense: Array) -> Array:
+    """The dense first maps' outputs [B, T, Σ] (q,k,v | gate,up, concatenated)."""
+    module = half.module(dense_block)
+    return jnp.concatenate([t.reshape(t.shape[:2] + (-1,)) for t in half.first_outputs(module, half.norm(dense_block)(h_dense))], -1)
+
+
+@functools.partial(nnx.jit, static_argnums=(0,), donate_argnums=(2,))
+def _dense_update_rows(half: Half, dense_block, h_dense: Array, start: Array, positions: Array, inv_freq: Array):
+    """Rows [start, start + B) of the dense stream (B = len(positions)) advanced through the
+    dense half, in place (h_dense is donated), and the half's update on them [B, T, D]
+    (the second map's refit target)."""
+    rows = jax.lax.dynamic_slice_in_dim(h_dense, start, positions.shape[0], axis=0)
+    out = half.output(half.module(dense_block), half.norm(dense_block)(rows), positions, inv_freq)
+    return jax.lax.dynamic_update_slice_in_dim(h_dense, rows + out, start, axis=0), out
+
+
+@functools.partial(nnx.jit, static_argnums=(0,), donate_argnums=(2,))
+def _advance_rows(half: Half, block, h: Array, start: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rows [start, start + B) of the stream h advanced through the half, in place (donated)."""
+    rows = jax.lax.dynamic_slice_in_dim(h, start, positions.shape[0], axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(h, half.residual(block, rows, positions, inv_freq).astype(h.dtype), start, axis=0)
 
 
 @functools.partial(nnx.jit, static_argnums=(0,))
@@ -143,39 +159,17 @@ def _flat_units(half: Half, block, h: Array, positions: Array, inv_freq: Array) 
 
 
 @functools.partial(nnx.jit, static_argnums=(0,))
-def _residual(half: Half, block, h: Array, positions: Array, inv_freq: Array) -> Array:
-    return half.residual(block, h, positions, inv_freq)
-
-
-@functools.partial(nnx.jit, static_argnums=(0,))
 def _heads(half: Half, attn, x: Array, positions: Array, inv_freq: Array) -> Array:
     return attn.heads(x, positions, inv_freq)
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _write_rows(buffer: Array, rows: Array, start: Array) -> Array:
-    """buffer[start : start + len(rows)] = rows, in place (the buffer is donated)."""
-    return jax.lax.dynamic_update_slice_in_dim(buffer, rows.astype(buffer.dtype), start, axis=0)
-
-
-def _stream(ctx: StageContext, like: Array, chunk_fn: Callable[[int, int], Array]) -> Array:
-    """[S, ...] from chunk_fn(start, stop) per chunk of sequences, written into one buffer
-    (no list of chunks next to their concatenation: one stream's memory, not two)."""
-    bounds = ctx.bounds(like.shape[0])
-    if len(bounds) == 1:  # one chunk (e.g. all sequences, sharded over a mesh): nothing to assemble
-        return chunk_fn(*bounds[0])
-    out = None
-    for s, e in bounds:
-        rows = chunk_fn(s, e)
-        if out is None:
-            out = jnp.zeros((like.shape[0],) + rows.shape[1:], rows.dtype)
-        out = _write_rows(out, rows, jnp.asarray(s))
-    return out
-
-
 def advance(half: Half, block, h: Array, ctx: StageContext) -> Array:
-    """The stream h [S, T, D] after the half (the model's residual hook), chunk by chunk."""
-    return _stream(ctx, h, lambda s, e: _residual(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq))
+    """The stream h [S, T, D] after the half (the model's residual hook), chunk by chunk,
+    in place: ``h``'s buffer is donated and becomes the result (the caller must hold no
+    other reference to it), so advancing never holds two streams."""
+    for s, e in ctx.bounds(h.shape[0]):
+        h = _advance_rows(half, block, h, jnp.asarray(s), ctx.positions[s:e], ctx.inv_freq)
+    return h
 
 
 def _similar_heads_first(attn, inputs, scores: np.ndarray, ctx: StageContext) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -268,60 +262,61 @@ def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageC
     return tuple(int(k) for k in keep), marked
 
 
-def _refit_first_maps(half: Half, block, h: Array, h_dense: Array, ctx: StageContext) -> tuple[Array, Refit | None]:
-    """One pass over both streams: the half's dense residual update [S, T, D] (the second
-    map's target, computed before anything changes) and, for ``refit="full"``, the refit
-    of the first maps (q,k,v | gate,up: one input, one Gram) to their dense outputs."""
-    module, full = half.module(block), ctx.config.refit == "full"
-    tokens_per_sequence, split = h.shape[1], held_out_split(h.shape[0] * h.shape[1])
+def _refit_first_maps(half: Half, block, dense_block, h: Array, h_dense: Array, ctx: StageContext) -> Refit:
+    """One pass over both streams: the refit of the first maps (q,k,v | gate,up: one
+    input, one Gram) on the pruned stream to the dense maps' outputs."""
+    module, tokens_per_sequence, split = half.module(block), h.shape[1], held_out_split(h.shape[0] * h.shape[1])
     intercept = map_has_bias(module, half.first_biases)
     grams = None
-
-    def dense_chunk(s: int, e: int) -> Array:
-        nonlocal grams
-        out, targets = _dense_outputs(half, full, block, h_dense[s:e], ctx.positions[s:e], ctx.inv_freq)
-        if full:
-            x = _normalised(half, block, h[s:e])
-            grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
-        return out
-
-    dense_out = _stream(ctx, h_dense, dense_chunk)
-    first = Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid)) if full else None
-    return dense_out, first
+    for s, e in ctx.bounds(h.shape[0]):
+        targets = _first_targets(half, dense_block, h_dense[s:e])
+        x = _normalised(half, block, h[s:e])
+        grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
+    return Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid))
 
 
-def _refit_second_map(half: Half, block, h: Array, dense_out: Array, ctx: StageContext) -> Refit:
-    """Refit of the second map (o | down) on the kept units to the dense residual update."""
+def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, ctx: StageContext) -> tuple[Array, Refit]:
+    """One pass over both streams: the refit of the second map (o | down) on the kept
+    units to the dense half's update, which is computed chunk by chunk from the dense
+    block and added to the dense stream in place (never stored for the whole set);
+    returns (the advanced dense stream, the refit)."""
     module, tokens_per_sequence, split = half.module(block), h.shape[1], held_out_split(h.shape[0] * h.shape[1])
     intercept = map_has_bias(module, (half.second_bias,))
     grams = None
     for s, e in ctx.bounds(h.shape[0]):
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
-        grams = accumulate_grams(grams, with_intercept(units) if intercept else units, dense_out[s:e], s * tokens_per_sequence, split)
-    return Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid))
+        h_dense, target = _dense_update_rows(half, dense_block, h_dense, jnp.asarray(s), ctx.positions[s:e], ctx.inv_freq)
+        grams = accumulate_grams(grams, with_intercept(units) if intercept else units, target, s * tokens_per_sequence, split)
+    return h_dense, Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid))
 
 
-def prune_half(half: Half, block, layer: int, h: Array, h_dense: Array | None, cut: int, ctx: StageContext) -> tuple[Array, Array | None, HalfReport]:
+def prune_half(half: Half, block, dense_block, layer: int, h: Array, h_dense: Array | None, cut: int,
+               ctx: StageContext) -> tuple[Array, Array | None, HalfReport]:
     """Prunes ``cut`` units of one half of ``block`` (heads per group or KV groups; FFN
-    channels) and refits it when ``h_dense`` is given; returns the advanced (pruned,
-    dense) streams and what was done. Refits stream Gram matrices chunk by chunk
-    (``recover``): besides the two streams, only the dense update [S, T, D] is kept."""
+    channels) and refits it to ``dense_block`` (the block before any change) when
+    ``h_dense`` is given; returns the advanced (pruned, dense) streams and what was done.
+    Both streams are advanced in place (their buffers are donated) and the refits stream
+    Gram matrices chunk by chunk (``recover``), so besides the two streams only per-chunk
+    activations and O(C²) per map are held."""
     first = second = kept = marked = None
-    if h_dense is not None:
-        dense_out, first = _refit_first_maps(half, block, h, h_dense, ctx)
+    if h_dense is not None and ctx.config.refit == "full":
+        first = _refit_first_maps(half, block, dense_block, h, h_dense, ctx)
     if cut:
         kept, marked = _remove_units(half, block, layer, h, cut, ctx)
     if h_dense is not None:
-        second = _refit_second_map(half, block, h, dense_out, ctx)
-        h_dense = h_dense + dense_out  # the dense half's output, computed before the weights changed
+        h_dense, second = _refit_second_map(half, block, dense_block, h, h_dense, ctx)
     h = advance(half, block, h, ctx)
     return h, h_dense, HalfReport(kept=kept, first_refit=first, second_refit=second, similar_marked=marked)
 
 
 def prune_block(block, layer: int, h: Array, h_dense: Array | None, cuts: tuple[int, int], ctx: StageContext) -> tuple[Array, Array | None, LayerReport]:
-    """Both halves of one block, attention first (``prune_half``)."""
-    h, h_dense, attention = prune_half(ATTENTION, block, layer, h, h_dense, cuts[0], ctx)
-    h, h_dense, mlp = prune_half(MLP, block, layer, h, h_dense, cuts[1], ctx)
+    """Both halves of one block, attention first (``prune_half``). ``h`` and ``h_dense``
+    are donated (advanced in place). With recovery, the refit targets come from a clone
+    of the block taken before any change: its arrays are shared until the block's own
+    are replaced, so it costs one block's parameters, not a stored dense update."""
+    dense_block = nnx.clone(block) if h_dense is not None else None
+    h, h_dense, attention = prune_half(ATTENTION, block, dense_block, layer, h, h_dense, cuts[0], ctx)
+    h, h_dense, mlp = prune_half(MLP, block, dense_block, layer, h, h_dense, cuts[1], ctx)
     return h, h_dense, LayerReport(layer, attention, mlp)
 
 
@@ -331,6 +326,7 @@ def dense_unit_scores(model, h: Array, layers: range, ctx: StageContext) -> dict
     if ctx.given_scores is not None:
         return {layer: ctx.given_scores[layer] for layer in layers}
     needs_stream = ctx.score.needs == "statistics"
+    h = jnp.copy(h) if needs_stream else h  # advanced in place below: the caller keeps its own
     out = {}
     for layer, block in enumerate(model.layers[: layers.stop]):
         pair = []
