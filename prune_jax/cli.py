@@ -155,10 +155,13 @@ def prune_command(
     calib_split = _resolve_split(calib_split, calib, auto="calibration")
     if resume and checkpoint is None:
         fail("--resume continues from --checkpoint DIR; pass the directory of the interrupted run")
-    if checkpoint is not None and checkpoint.exists():
-        held = checkpoint.is_dir() and (checkpoint / "progress.json").is_file()
-        if checkpoint.is_file() or not held and any(checkpoint.iterdir()):
-            fail(f"--checkpoint {checkpoint} exists and holds no pruning checkpoint; name a new or empty directory")
+    if checkpoint is not None:
+        from prune_jax.pruning.resume import checkpoint_dir
+
+        try:
+            held = checkpoint_dir(checkpoint, create=False)
+        except ValueError as err:
+            fail(f"--{err}")
         if held and not resume:
             fail(f"--checkpoint {checkpoint} holds an interrupted run; pass --resume to continue it, or delete the directory")
     layer_range = None

@@ -67,12 +67,12 @@ class _Staged:
     def __init__(self, model):
         self.model = nnx.split(model)  # (graphdef, state) of the whole model: embedding, norm, head
         self.blocks = [nnx.split(block) for block in model.layers]
-        self.inv_freq = model.rope_frequencies()
+        self.inv_freq, self.default_positions = model.rope_frequencies(), model.default_positions
 
     def stream(self, tokens: Array) -> Array:
         """The residual stream after the last block, [B, T, D]."""
         x = _embedded(*self.model, tokens)
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
+        positions = self.default_positions(tokens)
         for graphdef, state in self.blocks:
             x = _block_output(graphdef, state, x, positions, self.inv_freq)
         return x

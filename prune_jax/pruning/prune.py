@@ -156,17 +156,6 @@ def _layer_range(model: Llama, config: PruneConfig) -> range:
     return range(start, stop)
 
 
-def _checkpoint_dir(path) -> Path:
-    """``path`` as a checkpoint directory: absent, empty, or holding a checkpoint."""
-    path = Path(path)
-    if jax.process_count() > 1:
-        raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
-    if path.exists() and (not path.is_dir() or any(path.iterdir()) and not (path / resume.PROGRESS).is_file()):
-        raise ValueError(f"checkpoint {path} exists and holds no pruning checkpoint ({resume.PROGRESS}); name a new or empty directory")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, axis: str) -> tuple[jax.Array, StageContext]:
     """(tokens [S, T] on the device(s), the stages' shared context)."""
     tokens = jnp.asarray(calibration, jnp.int32)
@@ -226,7 +215,10 @@ def prune(
     layers = _layer_range(model, config)
     resumed, stamp = None, None
     if checkpoint is not None:
-        checkpoint = _checkpoint_dir(checkpoint)
+        if jax.process_count() > 1:
+            raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
+        checkpoint = Path(checkpoint)
+        resume.checkpoint_dir(checkpoint)
         stamp = resume.fingerprint(config, calibration, model.config)
         resumed = resume.load_progress(checkpoint, stamp)
     if config.compensate:
@@ -240,7 +232,7 @@ def prune(
     if resumed is not None:  # blocks [0, first) are done: their parameters, the streams into `first`
         first, layer_reports = resumed.next_layer, list(resumed.reports)
         for layer in range(layers.start, first):
-            resume.restore_block(checkpoint, layer, model.layers[layer])
+            resume.restore_block(resumed, layer, model.layers[layer])
         h = jax.device_put(resumed.h, h.sharding)
         h_dense = None if resumed.h_dense is None else jax.device_put(resumed.h_dense, h.sharding)
         if progress is not None:

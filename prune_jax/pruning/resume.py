@@ -27,13 +27,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
-from prune_jax.models.llama.sharding import replace_param
+from prune_jax.models.llama.sharding import replace_param, to_host
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from skmm_jax.io import atomic_write, save_json_atomic
 
@@ -56,18 +58,31 @@ def _save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: f.write(save(tensors)))
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    return np.asarray(jax.device_get(x))
+def checkpoint_dir(path: str | os.PathLike, *, create: bool = True) -> bool:
+    """Checks ``path`` as a checkpoint directory (absent, empty, or holding a checkpoint),
+    creates it when ``create``, and says whether it already holds a checkpoint. Used by
+    ``prune`` and, before the model loads, by the CLI.
+
+    Raises:
+      ValueError: ``path`` is a file, or a directory of other files (never touched).
+    """
+    path = Path(path)
+    held = path.is_dir() and (path / PROGRESS).is_file()
+    if path.exists() and (not path.is_dir() or not held and any(path.iterdir())):
+        raise ValueError(f"checkpoint {path} exists and holds no pruning checkpoint ({PROGRESS}); name a new or empty directory")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return held
 
 
 def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, reports: list[LayerReport]) -> None:
     """Checkpoint after ``layer``: its parameters, the streams into ``layer + 1``, then
     progress.json (written last: a crash before it leaves the previous checkpoint valid)."""
     if block is not None:  # None: the block is unchanged (before the pruned range)
-        params = {f"layers.{layer}." + ".".join(map(str, path)): _host(var[...])
+        params = {f"layers.{layer}." + ".".join(map(str, path)): to_host(var[...])
                   for path, var in nnx.to_flat_state(nnx.state(block, nnx.Param))}
         _save_tensors(directory / f"block_{layer:03d}.safetensors", params)
-    streams = {"h": _host(h)} if h_dense is None else {"h": _host(h), "h_dense": _host(h_dense)}
+    streams = {"h": to_host(h)} if h_dense is None else {"h": to_host(h), "h_dense": to_host(h_dense)}
     _save_tensors(directory / STREAMS, streams)
     save_json_atomic(directory / PROGRESS, {"fingerprint": stamp, "next_layer": layer + 1,
                                             "layers": [dataclasses.asdict(r) for r in reports]})
@@ -81,6 +96,7 @@ class Resumed:
     reports: list[LayerReport]
     h: np.ndarray
     h_dense: np.ndarray | None
+    tensors: Mapping[str, np.ndarray]  # the checkpoint's tensors, read on access (restore_block)
 
 
 def load_progress(directory: Path, stamp: str) -> Resumed | None:
@@ -102,21 +118,19 @@ def load_progress(directory: Path, stamp: str) -> Resumed | None:
     if progress.get("fingerprint") != stamp:
         raise ValueError(f"{directory} holds the checkpoint of a different run (prune config, calibration tokens or model "
                          "differ); use another checkpoint directory or delete this one to start over")
-    streams = SafetensorsTensors(directory)
-    return Resumed(next_layer=int(progress["next_layer"]), reports=[_layer_report(r) for r in progress["layers"]],
-                   h=streams["h"], h_dense=streams["h_dense"] if "h_dense" in streams else None)
-
-
-def restore_block(directory: Path, layer: int, block) -> None:
-    """Block ``layer``'s checkpointed parameters into ``block`` (placed like the dense ones)."""
-    from prune_jax.models.llama.checkpoint import SafetensorsTensors
-
     tensors = SafetensorsTensors(directory)
+    return Resumed(next_layer=int(progress["next_layer"]), reports=[_layer_report(r) for r in progress["layers"]],
+                   h=tensors["h"], h_dense=tensors["h_dense"] if "h_dense" in tensors else None, tensors=tensors)
+
+
+def restore_block(resumed: Resumed, layer: int, block) -> None:
+    """Block ``layer``'s checkpointed parameters into ``block`` (placed like the dense ones)."""
+    tensors = resumed.tensors
     prefix = f"layers.{layer}."
     for path, _ in nnx.to_flat_state(nnx.state(block, nnx.Param)):
         key = prefix + ".".join(map(str, path))
         if key not in tensors:
-            raise ValueError(f"{directory}: checkpoint of block {layer} lacks {key}; delete the directory to start over")
+            raise ValueError(f"checkpoint of block {layer} lacks {key}; delete the checkpoint directory to start over")
         module = block
         for name in path[:-1]:
             module = getattr(module, name)
