@@ -13,10 +13,20 @@ from prune_jax.data.documents import Document
 from prune_jax.data.wiki import wiki_documents
 from skmm_jax.io import iter_jsonl
 
-__all__ = ["TXT_CHUNK_CHARS", "WIKI_SAMPLE_SOURCE", "load_documents", "paragraph_chunks"]
+__all__ = ["PYTHON_DOCS_SOURCE", "TXT_CHUNK_CHARS", "WIKI_SAMPLE_SOURCE", "load_documents", "paragraph_chunks"]
 
 # The name `load_documents` gives the embedded Wikipedia sample (`wiki_documents()`).
 WIKI_SAMPLE_SOURCE = "wiki-sample"
+# A second, non-Wikipedia corpus that needs no download: the help topics of Python's own
+# documentation (``pydoc_data.topics``, part of the standard library; 79 topics, ~465 000
+# characters of technical English with code), one document per topic.
+PYTHON_DOCS_SOURCE = "python-docs"
+
+
+def _python_docs_documents() -> list[Document]:
+    from pydoc_data.topics import topics
+
+    return [Document(id=f"pydoc:{name}", text=text.strip(), title=name) for name, text in sorted(topics.items()) if text.strip()]
 
 
 def _content_id(text: str) -> str:
@@ -152,6 +162,8 @@ def load_documents(source: str | os.PathLike[str]) -> list[Document]:
     Sources:
 
     - ``"wiki-sample"``: `wiki_documents()` of the embedded Wikipedia sample.
+    - ``"python-docs"``: the help topics of Python's documentation (standard library's
+      ``pydoc_data``), one document per topic: a non-Wikipedia evaluation corpus.
     - ``*.txt`` (UTF-8): if the file contains form feeds (``\\f``), each form-feed
       separated part is a document; otherwise documents are separated by **two or more
       blank lines** (a single blank line is a paragraph break inside a document). A
@@ -179,12 +191,14 @@ def load_documents(source: str | os.PathLike[str]) -> list[Document]:
     """
     if isinstance(source, str) and source == WIKI_SAMPLE_SOURCE:
         return wiki_documents()
+    if isinstance(source, str) and source == PYTHON_DOCS_SOURCE:
+        return _python_docs_documents()
     if isinstance(source, str) and source.startswith("hf:"):
         return _hub_documents(source)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(
-            f"corpus source {str(source)!r} does not exist (and is not {WIKI_SAMPLE_SOURCE!r} or hf:...)"
+            f"corpus source {str(source)!r} does not exist (and is not {WIKI_SAMPLE_SOURCE!r}, {PYTHON_DOCS_SOURCE!r} or hf:...)"
         )
     if not path.is_file():
         raise ValueError(f"corpus source {path} is not a file")

@@ -48,6 +48,7 @@ from prune_jax.models.llama.modeling import Llama, num_parameters
 from prune_jax.models.llama.sharding import auto_mesh
 from prune_jax.pruning import resume
 from prune_jax.pruning.allocation import HEAD_MODES, allocate, default_layer_range, prunable_parameters
+from prune_jax.pruning.obs import DAMP
 from prune_jax.pruning.recover import RIDGE_GRID
 from prune_jax.pruning.report import LayerReport, PruneReport
 from prune_jax.pruning.scores import SCORES, gradient_scores
@@ -92,6 +93,7 @@ class PruneConfig:
         default: the score's ``compensates_biases`` (on for "flap" only). Adds zero biases where the model has none; with
         recovery, every bias is then refit jointly with its kernel (an intercept).
       ridge_grid: λ candidates for recovery.
+      damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.
       batch_size: calibration sequences per forward step.
       seed: for "random" and nothing else.
     """
@@ -110,6 +112,7 @@ class PruneConfig:
     refit: str = "full"
     bias_compensation: bool | None = None
     ridge_grid: tuple[float, ...] = RIDGE_GRID
+    damp: float = DAMP
     batch_size: int = 16
     seed: int = 0
 
@@ -131,6 +134,8 @@ class PruneConfig:
             raise ValueError(f"similarity_tau must be > 0, got {self.similarity_tau!r}")
         if self.norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
+        if not self.damp > 0:
+            raise ValueError(f"damp must be > 0, got {self.damp!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

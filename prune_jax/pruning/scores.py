@@ -20,6 +20,11 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
                 gate/up columns and down row       and o rows (LLM-Pruner element-1; from
                                                    the dense model's gradients)
   depth2-l1     ‖(W_G, W_U)[:, j]‖₁ ‖W_D[j]‖₁     ‖W_Q[:, n]‖₁ ‖W_O[n]‖₁
+  dap-obs       err({j}) = ‖W_D[j]‖² / (H⁻¹)_jj   err({n}) = tr(W_O[n]ᵀ [(H⁻¹)_nn]⁻¹ W_O[n])
+                (H = E[x̂x̂ᵀ] of the second map's input on the pruned stream; ``obs``): the
+                output error of removing the unit with optimal compensation. This entry
+                *removes* units itself (``Score.removes``): greedy, with the compensation
+                applied after each removal; the scores serve the adaptive allocation.
 
 The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
 pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
@@ -50,8 +55,9 @@ import numpy as np
 
 from prune_jax.models.llama.sharding import to_host
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
+from prune_jax.pruning.obs import UnitGram, single_errors, stacked_weights
 
-NEEDS = ("statistics", "gradients", "nothing")
+NEEDS = ("statistics", "gradients", "gram", "nothing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +68,14 @@ class Evidence:
       key: PRNG key of this layer and module (random scores).
       norm: "l1" or "l2" (``PruneConfig.norm``, for the magnitude score).
       stats: calibration statistics of the pruned stream (``MLPStats`` or
-        ``AttentionStats``), when the score needs "statistics".
+        ``AttentionStats``) when the score needs "statistics", ``UnitGram`` for "gram".
       gradients: the module's mean gradients on the dense model (same structure as the
         module), when the score needs "gradients".
     """
 
     key: jax.Array
     norm: str = "l2"
-    stats: MLPStats | AttentionStats | None = None
+    stats: MLPStats | AttentionStats | UnitGram | None = None
     gradients: Any = None
 
 
@@ -85,19 +91,26 @@ class Score:
       heads: ``heads(attn, evidence)`` → [N] query head scores.
       needs: "statistics" (activation statistics of the pruned stream, taken block by
         block), "gradients" (of the dense model's next-token loss on the calibration
-        tokens: scored once, up front, on the dense weights) or "nothing" (weights only).
+        tokens: scored once, up front, on the dense weights), "gram" (the second map's
+        input Gram on the pruned stream, ``obs.UnitGram``) or "nothing" (weights only).
       compensates_biases: bias compensation is on by default (FLAP):
-        b += W[:, pruned] · mean(x_pruned).
+        b += W[:, pruned] · mean(x_pruned); for a removing score, the bias is the
+        intercept row of the greedy's compensation.
+      removes: the units are chosen and compensated by ``obs.greedy_remove`` on the
+        "gram" evidence (the score functions then only serve the allocation).
     """
 
     channels: ScoreFn
     heads: ScoreFn
     needs: str = "statistics"
     compensates_biases: bool = False
+    removes: bool = False
 
     def __post_init__(self):
         if self.needs not in NEEDS:
             raise ValueError(f"needs must be one of {NEEDS}, got {self.needs!r}")
+        if self.removes and self.needs != "gram":
+            raise ValueError("a score that removes units needs the 'gram' evidence")
 
 
 def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
@@ -207,6 +220,19 @@ def _depth2_l1_heads(attn, ev: Evidence) -> np.ndarray:
     return _norm(_query_rows(attn), 1, "l1") * _norm(o.reshape(o.shape[0], -1), 1, "l1")
 
 
+def _obs_channels(mlp, ev: Evidence) -> np.ndarray:
+    bias = mlp.down_bias[...] if ev.stats.intercept else None
+    weights = stacked_weights(mlp.down_kernel[...], bias)
+    return single_errors(ev.stats.gram, weights, np.arange(mlp.down_kernel[...].shape[0])[:, None], ev.stats.damp)
+
+
+def _obs_heads(attn, ev: Evidence) -> np.ndarray:
+    heads, head_dim = attn.o_kernel[...].shape[:2]
+    bias = attn.o_bias[...] if ev.stats.intercept else None
+    weights = stacked_weights(attn.o_kernel[...], bias)
+    return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.stats.damp)
+
+
 SCORES: dict[str, Score] = {
     "random": Score(_random_channels, _random_heads, needs="nothing"),
     "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.norm),
@@ -221,6 +247,7 @@ SCORES: dict[str, Score] = {
     "dap-data-free": Score(_data_free_channels, _data_free_heads, needs="nothing"),
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
+    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", removes=True),
 }
 METHODS = tuple(SCORES)
 

@@ -36,6 +36,7 @@ from flax import nnx
 
 from prune_jax.models.llama.sharding import replace_param
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
+from prune_jax.pruning.obs import UnitGram, add_gram, greedy_remove, stacked_weights
 from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, prefer_marked, similar_heads
@@ -43,6 +44,7 @@ from prune_jax.pruning.slicing import head_keep_set, keep_top, slice_channels, s
 from skmm_jax.streaming import chunk_bounds
 
 Array = jax.Array
+MAX_GREEDY_STEPS = 256  # OBS greedy: at most this many downdates per map (wide FFNs remove several channels per step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,9 @@ class Half:
       keep_set: (module, scores, cut, head_mode) → (kept units, slice argument).
       slice: (module, kept, slice argument) → None, in place.
       rerank: (module, chunks of (x, positions), scores, ctx) → (scores, marked units or None).
+      removal_units: (module, cut, head_mode) → (unit rows [U, g] of the flattened second
+        map's input, unit groups [U], quota per group, removed [U] → (kept, slice
+        argument)): the units of the OBS greedy (``obs.greedy_remove``).
     """
 
     index: int
@@ -115,6 +120,7 @@ class Half:
     keep_set: Callable[[Any, np.ndarray, int, str], tuple[np.ndarray, Any]]
     slice: Callable[[Any, np.ndarray, Any], None]
     rerank: Callable[[Any, Iterable[tuple[Array, Array]], np.ndarray, StageContext], tuple[np.ndarray, tuple[int, ...] | None]]
+    removal_units: Callable[[Any, int, str], tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, Any]]]]
 
 
 # The per-chunk forwards, compiled once per (half, block widths, chunk shape): blocks of
@@ -181,6 +187,28 @@ def _similar_heads_first(attn, inputs, scores: np.ndarray, ctx: StageContext) ->
     return prefer_marked(scores, marked), tuple(np.flatnonzero(marked).tolist())
 
 
+def _head_removal_units(attn, cut: int, head_mode: str):
+    """Per-group: units = query heads (head_dim rows of o each), every KV group loses
+    ``cut``; kv-groups: units = whole KV groups (their query heads' rows), ``cut`` go."""
+    heads, head_dim = attn.o_kernel[...].shape[:2]
+    kv_heads = attn.k_kernel[...].shape[1]
+    group = heads // kv_heads
+    rows = np.arange(heads * head_dim).reshape(heads, head_dim)  # head n = k·G + g reads KV group k
+    if head_mode == "per-group":
+        return rows, np.arange(heads) // group, np.full(kv_heads, cut), lambda removed: (np.flatnonzero(~removed), None)
+
+    def kept_groups(removed):
+        keep_groups = np.flatnonzero(~removed)
+        return np.concatenate([g * group + np.arange(group) for g in keep_groups]), keep_groups
+
+    return rows.reshape(kv_heads, group * head_dim), np.zeros(kv_heads, int), np.asarray([cut]), kept_groups
+
+
+def _channel_removal_units(mlp, cut: int, head_mode: str):
+    channels = mlp.down_kernel[...].shape[0]
+    return np.arange(channels)[:, None], np.zeros(channels, int), np.asarray([cut]), lambda removed: (np.flatnonzero(~removed), None)
+
+
 def _attention_calibrate(attn, inputs, ctx: StageContext):
     return attention_stats(_heads(ATTENTION, attn, x, positions, ctx.inv_freq) for x, positions in inputs)
 
@@ -203,6 +231,7 @@ ATTENTION = Half(
     keep_set=lambda attn, scores, cut, head_mode: head_keep_set(scores, attn.k_kernel[...].shape[1], cut, head_mode),
     slice=slice_heads,
     rerank=_similar_heads_first,
+    removal_units=_head_removal_units,
 )
 
 MLP = Half(
@@ -223,16 +252,34 @@ MLP = Half(
     keep_set=lambda mlp, scores, cut, head_mode: (keep_top(scores, len(scores) - cut), None),
     slice=lambda mlp, keep, _: slice_channels(mlp, keep),
     rerank=lambda mlp, inputs, scores, ctx: (scores, None),
+    removal_units=_channel_removal_units,
 )
 
 HALVES = (ATTENTION, MLP)
+
+
+def unit_gram(half: Half, block, h: Array, ctx: StageContext) -> UnitGram:
+    """The mean of x̂x̂ᵀ over the calibration tokens of the second map's input x̂ (with the
+    intercept column when the map has a bias) on the stream h, chunk by chunk."""
+    intercept = map_has_bias(half.module(block), (half.second_bias,))
+    gram = None
+    for s, e in ctx.bounds(h.shape[0]):
+        units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
+        units = with_intercept(units) if intercept else units
+        gram = add_gram(jnp.zeros((units.shape[-1],) * 2, jnp.float32) if gram is None else gram, units)
+    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept, ctx.config.damp)
 
 
 def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:
     """(scores of the half's units, their statistics or None) on the stream h [S, T, D]
     (the half's input; None when the score needs no statistics)."""
     module = half.module(block)
-    stats = None if h is None else half.calibrate(module, ctx.inputs(half, block, h), ctx)
+    if h is None:
+        stats = None
+    elif ctx.score.needs == "gram":
+        stats = unit_gram(half, block, h, ctx)
+    else:
+        stats = half.calibrate(module, ctx.inputs(half, block, h), ctx)
     if ctx.given_scores is not None:  # "gradients" scores: from the dense model, up front
         return ctx.given_scores[layer][half.index], stats
     evidence = Evidence(key=jax.random.fold_in(ctx.key, 2 * layer + half.index), norm=ctx.config.norm, stats=stats)
@@ -240,7 +287,27 @@ def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContex
 
 
 def _needs_stats(ctx: StageContext) -> bool:
-    return ctx.score.needs == "statistics" or ctx.config.compensate
+    return ctx.score.needs in ("statistics", "gram") or ctx.config.compensate
+
+
+def _obs_remove(half: Half, block, h: Array, cut: int, ctx: StageContext) -> tuple[int, ...]:
+    """Removes ``cut`` units (per KV group or whole groups for heads) by the OBS greedy on
+    the second map's input Gram, with the compensation of the kept rows (and the bias, the
+    intercept row, when there is one); returns the kept units."""
+    module = half.module(block)
+    stats = unit_gram(half, block, h, ctx)
+    kernel = getattr(module, half.second_kernel)[...]
+    bias = getattr(module, half.second_bias)[...] if stats.intercept else None
+    rows, groups, quota, kept_of = half.removal_units(module, cut, ctx.config.head_mode)
+    per_step = max(1, -(-int(quota.sum()) // MAX_GREEDY_STEPS)) if len(quota) == 1 else 1
+    removal = greedy_remove(stats.gram, stacked_weights(kernel, bias), rows, quota, unit_group=groups, per_step=per_step, damp=stats.damp)
+    inputs = int(np.prod(kernel.shape[:-1]))
+    replace_param(module, half.second_kernel, removal.weights[:inputs].reshape(kernel.shape).astype(kernel.dtype))
+    if bias is not None:
+        replace_param(module, half.second_bias, removal.weights[inputs].astype(bias.dtype))
+    keep, slice_arg = kept_of(np.asarray(removal.removed))
+    half.slice(module, keep, slice_arg)
+    return tuple(int(k) for k in keep)
 
 
 def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageContext) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -301,7 +368,9 @@ def prune_half(half: Half, block, dense_block, layer: int, h: Array, h_dense: Ar
     first = second = kept = marked = None
     if h_dense is not None and ctx.config.refit == "full":
         first = _refit_first_maps(half, block, dense_block, h, h_dense, ctx)
-    if cut:
+    if cut and ctx.score.removes:
+        kept = _obs_remove(half, block, h, cut, ctx)
+    elif cut:
         kept, marked = _remove_units(half, block, layer, h, cut, ctx)
     if h_dense is not None:
         h_dense, second = _refit_second_map(half, block, dense_block, h, h_dense, ctx)
@@ -325,7 +394,7 @@ def dense_unit_scores(model, h: Array, layers: range, ctx: StageContext) -> dict
     from the embedded calibration tokens ``h`` (first pass of the adaptive allocation)."""
     if ctx.given_scores is not None:
         return {layer: ctx.given_scores[layer] for layer in layers}
-    needs_stream = ctx.score.needs == "statistics"
+    needs_stream = ctx.score.needs in ("statistics", "gram")
     h = jnp.copy(h) if needs_stream else h  # advanced in place below: the caller keeps its own
     out = {}
     for layer, block in enumerate(model.layers[: layers.stop]):

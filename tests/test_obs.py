@@ -1,0 +1,128 @@
+"""The OBS greedy (``pruning.obs``): against a from-scratch least-squares greedy in numpy."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prune_jax.pruning import PruneConfig, prune
+from prune_jax.pruning.obs import greedy_remove, single_errors
+
+
+def _problem(seed: int = 0, inputs: int = 12, outputs: int = 5, tokens: int = 300):
+    """(H [C, C] mean second moment with an intercept column last, W [C, D])."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(tokens, inputs)) @ rng.normal(size=(inputs, inputs)) * 0.5 + rng.normal(size=inputs)
+    x[:, -1] = 1.0
+    return x.T @ x / tokens, rng.normal(size=(inputs, outputs))
+
+
+def _refit_error(gram: np.ndarray, weights: np.ndarray, removed_rows) -> tuple[float, np.ndarray]:
+    """min over W' with W'[removed] = 0 of tr((W' − W)ᵀ H (W' − W)), and the minimiser."""
+    keep = np.setdiff1d(np.arange(len(gram)), np.asarray(list(removed_rows), int))
+    best = np.zeros_like(weights)
+    best[keep] = np.linalg.solve(gram[np.ix_(keep, keep)], gram[keep] @ weights)
+    delta = best - weights
+    return float(np.trace(delta.T @ gram @ delta)), best
+
+
+def _scratch_greedy(gram, weights, unit_rows, count, groups=None, quota=None):
+    """Each step refits every candidate from scratch and removes the cheapest."""
+    removed = []
+    for _ in range(count):
+        candidates = [u for u in range(len(unit_rows)) if u not in removed]
+        if groups is not None:
+            candidates = [u for u in candidates if sum(groups[r] == groups[u] for r in removed) < quota[groups[u]]]
+        errors = [_refit_error(gram, weights, np.concatenate([unit_rows[r] for r in removed + [u]]))[0] for u in candidates]
+        removed.append(candidates[int(np.argmin(errors))])
+    return removed
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 2])
+def test_greedy_picks_what_a_from_scratch_least_squares_greedy_picks(rows_per_unit):
+    gram, weights = _problem()
+    unit_rows = np.arange(10).reshape(-1, rows_per_unit)  # row 11 (the intercept) and row 10 are never units
+    count = 4 if rows_per_unit == 1 else 2
+    removal = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, count, damp=1e-9)
+    order = np.asarray(removal.order).ravel().tolist()
+    assert order == _scratch_greedy(gram, weights, list(unit_rows), count)
+    assert np.asarray(removal.removed).sum() == count
+
+
+def test_obs_update_equals_refitting_the_kept_rows_by_least_squares():
+    gram, weights = _problem(seed=1)
+    unit_rows = np.arange(11)[:, None]
+    removal = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, 5, damp=1e-9)
+    removed = np.flatnonzero(np.asarray(removal.removed))
+    error, refit = _refit_error(gram, weights, removed)
+    np.testing.assert_allclose(np.asarray(removal.weights), refit, atol=2e-4)
+    np.testing.assert_allclose(float(np.sum(removal.errors)), error, rtol=1e-3)  # step errors add up to the total
+    assert np.all(np.asarray(removal.weights)[removed] == 0.0)
+
+
+def test_joint_steps_and_group_quotas():
+    gram, weights = _problem(seed=2)
+    unit_rows = np.arange(10).reshape(5, 2)
+    groups = np.array([0, 0, 0, 1, 1])
+    removal = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, [1, 1], unit_group=groups, damp=1e-9)
+    removed = np.asarray(removal.removed)
+    assert removed[:3].sum() == 1 and removed[3:].sum() == 1
+    assert np.asarray(removal.order).ravel().tolist() == _scratch_greedy(gram, weights, list(unit_rows), 2, groups, [1, 1])
+    # 5 units in steps of 2: 3 steps, the last one removes one; the result is an exact refit of what was removed
+    joint = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), np.arange(11)[:, None], 5, per_step=2, damp=1e-9)
+    assert np.asarray(joint.order).shape == (3, 2) and int(np.asarray(joint.order)[-1, 1]) == -1
+    removed = np.flatnonzero(np.asarray(joint.removed))
+    assert len(removed) == 5
+    np.testing.assert_allclose(np.asarray(joint.weights), _refit_error(gram, weights, removed)[1], atol=2e-4)
+
+
+def test_single_errors_are_the_first_greedy_step_and_removing_nothing_changes_nothing():
+    gram, weights = _problem(seed=3)
+    unit_rows = np.arange(11)[:, None]
+    errors = single_errors(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, damp=1e-9)
+    expected = [_refit_error(gram, weights, [u])[0] for u in range(11)]
+    np.testing.assert_allclose(errors, expected, rtol=1e-3)
+    nothing = greedy_remove(jnp.asarray(gram), jnp.asarray(weights, jnp.float32), unit_rows, 0)
+    np.testing.assert_array_equal(np.asarray(nothing.weights), weights.astype(np.float32))
+    assert not np.asarray(nothing.removed).any()
+
+
+def test_greedy_input_errors():
+    gram, weights = _problem()
+    with pytest.raises(ValueError, match="quota"):
+        greedy_remove(jnp.asarray(gram), jnp.asarray(weights), np.arange(11)[:, None], 12)
+    with pytest.raises(ValueError, match="per_step"):
+        greedy_remove(jnp.asarray(gram), jnp.asarray(weights), np.arange(4)[:, None], [1, 1], unit_group=np.array([0, 0, 1, 1]), per_step=2)
+    with pytest.raises(ValueError, match="damp"):
+        PruneConfig(method="dap-obs", damp=0.0)
+
+
+@pytest.mark.parametrize("head_mode", ["per-group", "kv-groups"])
+def test_dap_obs_prunes_a_block_to_the_least_squares_optimum_of_its_kept_units(tiny_llama_config, random_llama, head_mode):
+    """End to end on one block: the pruned o/down kernels are the least-squares refit of the
+    kept units to the block's own unpruned outputs (dampening aside), and no more accurate
+    compensation of the kept set exists."""
+    from prune_jax.pruning.stage import HALVES, StageContext, unit_gram
+    from prune_jax.pruning.scores import SCORES
+
+    config = tiny_llama_config(num_layers=1, heads=(4, 2), intermediate=16, hidden_size=16, head_dim=4)
+    model = random_llama(config, seed=4, scale=0.3)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(6, 12))
+    prune_config = PruneConfig(method="dap-obs", attention_ratio=0.5, ffn_ratio=0.25, layer_range=(0, 1), head_mode=head_mode, damp=1e-7)
+    block = model.layers[0]
+    ctx = StageContext(config=prune_config, score=SCORES["dap-obs"], positions=model.default_positions(jnp.asarray(tokens)),
+                       inv_freq=model.rope_frequencies(), chunk=4, key=None)  # fmt: skip
+    h = model.embed_tokens(jnp.asarray(tokens))
+    attention_gram = np.asarray(unit_gram(HALVES[0], block, h, ctx).gram, np.float64)
+    o_before = np.asarray(block.attn.o_kernel[...], np.float64).reshape(-1, config.hidden_size)
+    pruned, report = prune(model, tokens, prune_config)
+    kept_heads = report.layers[0].attention.kept
+    head_dim = config.head_dim
+    kept_rows = np.concatenate([np.arange(n * head_dim, (n + 1) * head_dim) for n in kept_heads])
+    removed_rows = np.setdiff1d(np.arange(len(o_before)), kept_rows)
+    _, expected = _refit_error(attention_gram, o_before, removed_rows)
+    o_after = np.asarray(pruned.layers[0].attn.o_kernel[...]).reshape(-1, config.hidden_size)
+    np.testing.assert_allclose(o_after, expected[kept_rows], atol=2e-3)
+    assert pruned.layers[0].attn.q_kernel[...].shape[1] == 2
+    assert pruned.layers[0].mlp.down_kernel[...].shape[0] == 12
