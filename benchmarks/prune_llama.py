@@ -1,16 +1,21 @@
 """Structured pruning of SmolLM2-135M: every method, same calibration, same budget.
 
 Calibration: 64 × 128 tokens from the Wikipedia sample's calibration split (identical
-for every method). Budget: a fraction of the prunable (attention + MLP) parameters,
-blocks [4, 28) as in the paper. Evaluation: perplexity on the evaluation split
-(document-disjoint) at 128- and 2048-token windows, on the first --eval-tokens tokens;
-also parameters removed, pruning wall time, peak RSS, and the pruned model's forward
-throughput (8 × 128) against the dense model in the same process.
+for every method; --calib-seed draws another set). Budget: a fraction of the prunable
+(attention + MLP) parameters, blocks [4, 28) as in the paper. Evaluation: perplexity at
+128- and 2048-token windows on the first --eval-tokens tokens of the Wikipedia
+evaluation split (document-disjoint) and of a non-Wikipedia corpus (Python's
+documentation topics, "python-docs"); also parameters removed, pruning wall time, peak
+RSS, and the pruned model's forward throughput (8 × 128) against the dense model in the
+same process. Rows of the same method and sparsity with several calibration seeds are
+shown as mean ± std.
 
     python benchmarks/prune_llama.py                        # 20 % and 40 %
-    python benchmarks/prune_llama.py --sparsity 0.2 --methods dap,flap
+    python benchmarks/prune_llama.py --sparsity 0.2 --methods dap,flap --calib-seed 1
+    python benchmarks/prune_llama.py --methods flap --redo  # measure those rows again
 
-Resumable: finished (method, sparsity) rows are kept in the JSON and skipped.
+Resumable: finished (method, sparsity, calibration size, seed) rows are kept in the JSON
+and skipped.
 Results: benchmarks/results/prune_llama.{json,md,png}.
 """
 
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus  # noqa: E402
+from prune_jax.data.corpora import PYTHON_DOCS_SOURCE  # noqa: E402
 from prune_jax.evaluate import forward_tokens_per_second, perplexity  # noqa: E402
 from prune_jax.models.llama import load_model, num_parameters  # noqa: E402
 from prune_jax.pruning import PruneConfig, prune  # noqa: E402
@@ -56,6 +62,14 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "taylor": dict(method="taylor"),
     "dap-data-free": dict(method="dap-data-free"),
     "flap + recovery": dict(method="flap", recover=True),
+    # Issue 14: ridge toward the current weights instead of 0, and the OBS greedy.
+    "flap + recovery (ridge toward current)": dict(method="flap", recover=True, ridge_toward="current"),
+    "dap + recovery (ridge toward current)": dict(method="dap", recover=True, ridge_toward="current"),
+    "dap + recovery + bias (ridge toward current)": dict(method="dap", recover=True, bias_compensation=True, ridge_toward="current"),
+    "dap-obs": dict(method="dap-obs"),
+    "dap-obs + bias": dict(method="dap-obs", bias_compensation=True),
+    "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive"),
+    "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current"),
 }
 
 
@@ -129,25 +143,33 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(VARIANTS))
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--calib-seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--redo", action="store_true", help="drop the stored rows of --methods (and dense) at --sparsity first")
     parser.add_argument("--export-check", action="store_true", help="also prune all blocks uniformly, export, reload in transformers")
     parser.add_argument("--speed", action="store_true", help="also measure dense vs pruned-shape forward speed, interleaved")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "prune_llama.json"
     rows = [] if args.fresh or not out_json.exists() else json.loads(out_json.read_text())["rows"]
-    done = {(r["method"], r["sparsity"], r.get("calib_samples", 64)) for r in rows}
+    sparsities = [float(s) for s in args.sparsity.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    if args.redo:
+        rows = [r for r in rows if not ((r["method"] in methods and r["sparsity"] in sparsities or r["method"] == "dense")
+                                        and r.get("calib_samples", 64) == args.calib_samples and r.get("calib_seed", 0) == args.calib_seed)]
+    done = {(r["method"], r["sparsity"], r.get("calib_samples", 64), r.get("calib_seed", 0)) for r in rows}
 
     _, tokenizer = load_model("smollm2-135m", tokenizer=True)
     calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"))
-    calib = calibration_batches(tokenize_corpus(calibration_docs, tokenizer), num_samples=args.calib_samples, seq_len=128, seed=0)
+    calib = calibration_batches(tokenize_corpus(calibration_docs, tokenizer), num_samples=args.calib_samples, seq_len=128, seed=args.calib_seed)
     eval_tokens = tokenize_corpus(evaluation_docs, tokenizer)
-    windows = {T: eval_windows(eval_tokens, T, max(1, args.eval_tokens // T)) for T in (128, 2048)}
+    corpora = {"": eval_tokens, "python_docs_": tokenize_corpus(load_documents(PYTHON_DOCS_SOURCE), tokenizer)}
+    windows = {f"ppl_{name}{T}": eval_windows(tokens, T, max(1, args.eval_tokens // T)) for name, tokens in corpora.items() for T in (128, 2048)}
 
     def evaluate(model) -> dict:
-        return {f"ppl_{T}": perplexity(model, w).perplexity for T, w in windows.items()}
+        return {key: perplexity(model, w).perplexity for key, w in windows.items()}
 
-    if ("dense", 0.0, 64) not in done:
+    if ("dense", 0.0, 64, 0) not in done:
         dense, _ = load_model("smollm2-135m", tokenizer=False)
         row = {"method": "dense", "sparsity": 0.0, **evaluate(dense), "tokens_per_s": throughput(dense, eval_tokens),
                "parameters": num_parameters(dense)}
@@ -156,16 +178,17 @@ def main() -> None:
         save_json_atomic(out_json, {"rows": rows})
     dense_row = next(r for r in rows if r["method"] == "dense")
 
-    for sparsity in [float(s) for s in args.sparsity.split(",")]:
-        for name in [m for m in args.methods.split(",") if m]:
-            if (name, sparsity, args.calib_samples) in done:
+    for sparsity in sparsities:
+        for name in methods:
+            if (name, sparsity, args.calib_samples, args.calib_seed) in done:
                 continue
             model, _ = load_model("smollm2-135m", tokenizer=False)
             start = time.perf_counter()
             model, report = prune(model, calib, PruneConfig(sparsity=sparsity, **VARIANTS[name]))
             seconds = time.perf_counter() - start
             row = {
-                "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, **evaluate(model), "prune_seconds": seconds,
+                "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, "calib_seed": args.calib_seed,
+                **evaluate(model), "prune_seconds": seconds,
                 "fraction_of_prunable_removed": report.fraction_of_prunable_removed,
                 "fraction_of_all_removed": report.fraction_of_all_removed, "parameters": report.parameters_after,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -181,7 +204,7 @@ def main() -> None:
         speed = measure_speed(eval_tokens, sorted({float(s) for s in args.sparsity.split(",")} | {0.2, 0.4}))
         print(speed, flush=True)
     if args.export_check:
-        export_check = check_export(calib, windows[128])
+        export_check = check_export(calib, windows["ppl_128"])
         print(export_check, flush=True)
     config = {"calibration": "64 x 128 tokens (unless a row says otherwise), wiki-sample calibration split, seed 0",
               "eval_tokens_per_window_size": args.eval_tokens, "layer_range": "[4, 28)"}
@@ -194,17 +217,33 @@ def main() -> None:
     lines = [
         "# SmolLM2-135M structured pruning: perplexity by method and sparsity",
         "",
-        f"Calibration {config['calibration']}; evaluation: first {args.eval_tokens} tokens of the evaluation split per window size; "
-        "sparsity = fraction of the prunable (attention + MLP) parameters removed, blocks [4, 28). Throughput: forward 8 × 128 on this CPU.",
+        f"Calibration {config['calibration']}; evaluation: first {args.eval_tokens} tokens per window size of the Wikipedia "
+        "evaluation split (document-disjoint from calibration) and of Python's documentation topics (`python-docs`, not "
+        "Wikipedia); sparsity = fraction of the prunable (attention + MLP) parameters removed, blocks [4, 28). Rows measured "
+        "with several calibration draws show mean ± std over them. Throughput: forward 8 × 128 on this CPU. "
+        "`—`: measured before the second corpus was added.",
         "",
-        "| method | sparsity | removed (prunable / all) | PPL@128 | PPL@2048 | prune s | tokens/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | sparsity | removed (prunable / all) | wiki PPL@128 | wiki PPL@2048 | python-docs PPL@128 | python-docs PPL@2048 "
+        "| prune s | tokens/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((label(r), r["sparsity"]), []).append(r)
 
-    for r in sorted(rows, key=lambda r: (r["sparsity"], r.get("ppl_128", 0))):
+    def cell(group: list[dict], key: str) -> str:
+        values = np.asarray([r[key] for r in group if key in r])
+        if len(values) == 0:
+            return "—"
+        return f"{values.mean():.2f}" if len(values) == 1 else f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({len(values)})"
+
+    for (name, sparsity), group in sorted(groups.items(), key=lambda kv: (kv[0][1], np.mean([r["ppl_128"] for r in kv[1]]))):
+        r = group[0]
         removed = f"{r['fraction_of_prunable_removed']:.1%} / {r['fraction_of_all_removed']:.1%}" if r["method"] != "dense" else "—"
-        lines.append(f"| {label(r)} | {r['sparsity']:.0%} | {removed} | {r['ppl_128']:.2f} | {r['ppl_2048']:.2f} | "
-                     f"{r.get('prune_seconds', 0):.0f} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_dense', 1.0):.2f}× |")
+        lines.append(f"| {name} | {sparsity:.0%} | {removed} | {cell(group, 'ppl_128')} | {cell(group, 'ppl_2048')} | "
+                     f"{cell(group, 'ppl_python_docs_128')} | {cell(group, 'ppl_python_docs_2048')} | "
+                     f"{np.mean([g.get('prune_seconds', 0) for g in group]):.0f} | {np.mean([g['tokens_per_s'] for g in group]):.0f} | "
+                     f"{np.mean([g.get('speedup_vs_dense', 1.0) for g in group]):.2f}× |")
     if speed:
         lines += ["", "Forward speed of the pruned shapes (uniform allocation, random weights of the same shapes), 8 × 128 tokens, "
                   "interleaved with the dense model in one process (`--speed`); the per-row tokens/s above were measured while "
@@ -221,7 +260,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(label(r) for r in rows if r["method"] != "dense"):
-        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if label(r) == name)
+        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if label(r) == name and r.get("calib_seed", 0) == 0)
         ax.plot([0.0] + [p[0] for p in pts], [dense_row["ppl_128"]] + [p[1] for p in pts], marker="o", label=name)
     ax.set(yscale="log", xlabel="fraction of prunable parameters removed", ylabel="perplexity (128-token windows)",
            title="SmolLM2-135M structured pruning")

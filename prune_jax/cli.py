@@ -115,9 +115,11 @@ def prune_command(
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
     refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
+    ridge_toward: str = typer.Option("zero", help="What the --recover ridge shrinks toward: zero (classic) | current (the weights before the refit)."),
+    damp: float = typer.Option(0.01, help="dap-obs: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0."),
     head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
     similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats), > 0."),
-    allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores)."),
+    allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
     calib: str = typer.Option("wiki-sample", help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
     calib_split: str = typer.Option("auto", help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
     calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),
@@ -172,7 +174,8 @@ def prune_command(
     try:
         config = PruneConfig(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
                              head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
-                             layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed)
+                             layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
+                             ridge_toward=ridge_toward, damp=damp)
     except ValueError as err:
         fail(str(err))
     try:

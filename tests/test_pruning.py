@@ -121,6 +121,28 @@ def test_streamed_grams_ridge_path_equals_numpy_ridge_and_direct_held_out_errors
     np.testing.assert_allclose(np.asarray(w), solutions[best], rtol=1e-4, atol=1e-5)
 
 
+def test_ridge_toward_the_current_weights_equals_numpy_and_tends_to_them():
+    from prune_jax.pruning.recover import accumulate_grams, held_out_split, refit_from_grams
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 7)) * np.linspace(0.2, 2.0, 7)
+    y = x @ rng.standard_normal((7, 3)) + 0.5 * rng.standard_normal((60, 3))
+    w_current = rng.standard_normal((7, 3))
+    split = held_out_split(60)
+    grams = accumulate_grams(None, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), 0, split)
+    grid = (1e-2, 1.0, 1e4)
+    _, info = refit_from_grams(grams, jnp.asarray(w_current, jnp.float32), grid, toward_current=True)
+    xt, yt, xh, yh = x[:split], y[:split], x[split:], y[split:]
+    gram = xt.T @ xt
+    for ridge in grid:  # argmin ‖X W − Y‖² + λs‖W − W₀‖²
+        w = np.linalg.solve(gram + ridge * np.mean(np.diag(gram)) * np.eye(7), xt.T @ yt + ridge * np.mean(np.diag(gram)) * w_current)
+        np.testing.assert_allclose(info["errors"][f"{ridge:g}"], np.sum((xh @ w - yh) ** 2), rtol=1e-4)
+    # a huge ridge returns (nearly) the current weights, unlike the classic ridge (→ 0)
+    np.testing.assert_allclose(info["errors"]["10000"], info["errors"]["unrefit"], rtol=1e-3)
+    _, classic = refit_from_grams(grams, jnp.asarray(w_current, jnp.float32), grid)
+    np.testing.assert_allclose(classic["errors"]["10000"], np.sum(yh**2), rtol=1e-2)
+
+
 @pytest.mark.parametrize("refit", ["full", "second"])
 def test_recovery_lowers_the_block_reconstruction_error(refit):
     tokens = calib(3, (24, 16))
@@ -234,6 +256,23 @@ def test_adaptive_allocation_meets_the_budget_with_a_global_threshold():
         assert sparsity <= report.fraction_of_prunable_removed < sparsity + 0.12
         assert all(h % kv == 0 for h, kv in report.layer_heads)
         assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
+
+
+def test_global_allocation_removes_the_cheapest_error_per_parameter_first():
+    from prune_jax.pruning.allocation import adaptive_cuts, prunable_parameters
+
+    model = tiny()
+    # Raw scores on one scale: layer 2's units are all cheaper than layer 1's, so a small budget
+    # comes from layer 2 only (standardising would split it between the layers).
+    scores = {1: (np.full(6, 1.0), np.linspace(1.0, 2.0, 48)), 2: (np.full(6, 1.0), np.linspace(1e-3, 1e-2, 48))}
+    cuts = adaptive_cuts(model, scores, sparsity=0.03, head_mode="per-group", standardise=False)
+    assert cuts[1] == (0, 0) and cuts[2][1] > 0
+    assert adaptive_cuts(model, scores, sparsity=0.03, head_mode="per-group")[1][1] > 0
+    pruned, report = prune(tiny(), calib(), PruneConfig(method="dap-obs", sparsity=0.2, allocation="global", layer_range=(0, 4)))
+    assert 0.2 <= report.fraction_of_prunable_removed < 0.32
+    assert all(h % kv == 0 for h, kv in report.layer_heads)
+    assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
+    assert prunable_parameters(pruned) == report.prunable_after
 
 
 @pytest.mark.parametrize("recover", [False, True])

@@ -5,7 +5,8 @@ model and a typed report (``report.PruneReport``; ``to_json()`` is ``pruning.jso
 One module per step: ``allocation`` (budget → per-layer cuts), ``stage`` (the block
 stage both halves share), ``scores`` (the score registry: the paper's
 distribution-aware scores and the baselines), ``calibrate`` (statistics, gradients),
-``slicing`` (keep sets, kernels), ``recover`` (the ridge refits), ``prune`` (the pipeline).
+``slicing`` (keep sets, kernels), ``recover`` (the ridge refits), ``obs`` (the greedy
+removal with optimal compensation of "dap-obs"), ``prune`` (the pipeline).
 """
 
 from prune_jax.pruning.allocation import HEAD_MODES, prunable_parameters

@@ -7,7 +7,9 @@ A layer's cut is (heads or KV groups to remove, FFN channels to remove). Three w
     reaches ``sparsity`` of the prunable parameters (``solve_ratio``, bisection: the
     removal is a non-decreasing step function of r);
   - adaptive (FLAP): unit scores standardised within their layer and module, one global
-    threshold over all units weighted by their parameter cost (``adaptive_cuts``).
+    threshold over all units weighted by their parameter cost (``adaptive_cuts``);
+  - global: raw scores per parameter freed, one threshold (scores on one scale across
+    layers: dap-obs's output error relative to the map's output energy).
 Every layer keeps at least one query head per KV group (one KV group) and one channel
 (adaptive: 10 % of the channels).
 """
@@ -112,12 +114,16 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
-def adaptive_cuts(model, layer_scores: dict[int, tuple[np.ndarray, np.ndarray]], sparsity: float, head_mode: str) -> dict[int, tuple[int, int]]:
+def adaptive_cuts(model, layer_scores: dict[int, tuple[np.ndarray, np.ndarray]], sparsity: float, head_mode: str,
+                  *, standardise: bool = True) -> dict[int, tuple[int, int]]:
     """FLAP's adaptive structure: per-layer cuts from one global threshold.
 
     Every unit's score is standardised within its layer and module ((s − mean)/std),
     units are removed in ascending standardised score until the removed parameters
-    reach ``sparsity`` of the prunable ones. Head units respect GQA: in "per-group"
+    reach ``sparsity`` of the prunable ones. ``standardise=False`` ("global"
+    allocation): the raw scores are compared across layers per parameter they free
+    (score / parameters of the unit: the cheapest error per parameter goes first),
+    which needs scores on one scale in every layer (dap-obs: relative output errors). Head units respect GQA: in "per-group"
     mode a unit is "one more query head from every KV group" (its score: the mean
     over groups of their k-th lowest standardised head score), in "kv-groups" mode a
     whole group. At least one head per group (one group), and 10 % of the channels,
@@ -130,20 +136,24 @@ def adaptive_cuts(model, layer_scores: dict[int, tuple[np.ndarray, np.ndarray]],
     Returns:
       layer → (heads or KV groups to remove, channels to remove).
     """
-    units = []  # (standardised score, layer, "head" | "channel", cost)
+    normalise = _standardise if standardise else (lambda x: x)
+    units = []  # (score to threshold, layer, "head" | "channel", cost)
     for layer, (head_score, channel_score) in layer_scores.items():
         heads, kv_heads = _head_shape(model, layer)
         group = heads // kv_heads
-        z_heads = _standardise(np.asarray(head_score, np.float64)).reshape(kv_heads, group)
+        z_heads = normalise(np.asarray(head_score, np.float64)).reshape(kv_heads, group)
         if head_mode == "per-group":
-            slots = np.sort(z_heads, axis=1).mean(axis=0)[: group - 1]
+            # one slot = one more query head from every group: mean (standardised) or sum (global) of their k-th lowest
+            slots = np.sort(z_heads, axis=1).sum(axis=0)[: group - 1] / (kv_heads if standardise else 1)
             cost = kv_heads * _per_query_head(model)
         else:
-            slots = np.sort(_standardise(np.asarray(head_score, np.float64).reshape(kv_heads, group).sum(axis=1)))[: kv_heads - 1]
+            slots = np.sort(normalise(np.asarray(head_score, np.float64).reshape(kv_heads, group).sum(axis=1)))[: kv_heads - 1]
             cost = _per_kv_group(model, group)
-        units += [(float(z), layer, "head", cost) for z in slots]
-        z_channels = np.sort(_standardise(np.asarray(channel_score, np.float64)))
-        units += [(float(z), layer, "channel", _per_channel(model)) for z in z_channels[: int(0.9 * len(z_channels))]]
+        per = 1.0 if standardise else 1.0 / cost
+        units += [(float(z) * per, layer, "head", cost) for z in slots]
+        z_channels = np.sort(normalise(np.asarray(channel_score, np.float64)))
+        per = 1.0 if standardise else 1.0 / _per_channel(model)
+        units += [(float(z) * per, layer, "channel", _per_channel(model)) for z in z_channels[: int(0.9 * len(z_channels))]]
     target = sparsity * prunable_parameters(model)
     cuts = {layer: [0, 0] for layer in layer_scores}
     removed = 0
@@ -175,8 +185,9 @@ def allocate(model, layers: range, config, dense_scores: Callable[[], dict[int, 
     """
     if config.attention_ratio is not None or config.ffn_ratio is not None:
         attention_ratio, ffn_ratio = config.attention_ratio or 0.0, config.ffn_ratio or 0.0
-    elif config.allocation == "adaptive":
-        return Allocation(adaptive_cuts(model, dense_scores(), config.sparsity, config.head_mode), None, None)
+    elif config.allocation in ("adaptive", "global"):
+        cuts = adaptive_cuts(model, dense_scores(), config.sparsity, config.head_mode, standardise=config.allocation == "adaptive")
+        return Allocation(cuts, None, None)
     else:
         attention_ratio = ffn_ratio = solve_ratio(model, layers, config.sparsity, config.head_mode)
     return Allocation(_ratio_cuts(model, layers, attention_ratio, ffn_ratio, config.head_mode), attention_ratio, ffn_ratio)

@@ -91,12 +91,22 @@ class Removal(NamedTuple):
     errors: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("damp",))
 def damped_inverse(gram: jax.Array, damp: float = DAMP) -> jax.Array:
-    """(H + λ·mean(diag H)·I)⁻¹ by eigendecomposition (H is PSD; never fails to factorise)."""
+    """(H + λ·mean(diag H)·I)⁻¹: by Cholesky (C³/3 flops), or by eigendecomposition with
+    clipped eigenvalues when round-off leaves the damped H not positive definite."""
     gram = gram.astype(jnp.float32)
-    evals, evecs = jnp.linalg.eigh(gram + damp * jnp.mean(jnp.diag(gram)) * jnp.eye(gram.shape[0], dtype=gram.dtype))
-    evals = jnp.maximum(evals, 1e-12 * jnp.max(evals))
-    return jnp.matmul(evecs / evals[None, :], evecs.T, precision=HIGHEST)
+    damped = gram + damp * jnp.mean(jnp.diag(gram)) * jnp.eye(gram.shape[0], dtype=gram.dtype)
+    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+
+    def by_eigh(_):
+        evals, evecs = jnp.linalg.eigh(damped)
+        evals = jnp.maximum(evals, 1e-12 * jnp.max(evals))
+        return jnp.matmul(evecs / evals[None, :], evecs.T, precision=HIGHEST)
+
+    factor = jnp.linalg.cholesky(damped)
+    inverse = jax.scipy.linalg.cho_solve((factor, True), eye)
+    return jax.lax.cond(jnp.all(jnp.isfinite(inverse)), lambda _: 0.5 * (inverse + inverse.T), by_eigh, None)
 
 
 def _unit_errors(inverse: jax.Array, weights: jax.Array, unit_rows: jax.Array, alive: jax.Array) -> jax.Array:
@@ -114,9 +124,14 @@ def _unit_errors(inverse: jax.Array, weights: jax.Array, unit_rows: jax.Array, a
 
 
 def single_errors(gram: jax.Array, weights: jax.Array, unit_rows: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """[U] err({u}) of removing each unit alone from the map with Gram H (its OBS score)."""
+    """[U] err({u}) / E‖y‖² of removing each unit alone from the map with Gram H (its OBS
+    score), relative to the map's output energy E‖y‖² = tr(WᵀHW): comparable across maps
+    and layers (the "global" allocation)."""
+    weights = weights.astype(jnp.float32)
     inverse = damped_inverse(gram, damp)
-    return np.asarray(_unit_errors(inverse, weights.astype(jnp.float32), jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool)))
+    errors = _unit_errors(inverse, weights, jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool))
+    energy = jnp.sum(weights * jnp.matmul(gram.astype(jnp.float32), weights, precision=HIGHEST))
+    return np.asarray(errors / energy)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "per_step"))

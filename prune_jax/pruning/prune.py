@@ -57,8 +57,9 @@ from prune_jax.pruning.stage import StageContext, dense_unit_scores, prune_block
 from skmm_jax.streaming import Progress
 
 HEAD_CRITERIA = ("score", "similarity")
-ALLOCATIONS = ("uniform", "adaptive")
+ALLOCATIONS = ("uniform", "adaptive", "global")
 REFITS = ("full", "second")
+RIDGE_TOWARD = ("zero", "current")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,9 @@ class PruneConfig:
       similarity_tau: τ for the similarity criterion (paper: 0.2, in nats).
       allocation: "uniform" (one ratio over the layer range) or "adaptive" (FLAP:
         per-layer standardised scores, one global threshold meeting the budget;
-        non-uniform widths). Ignored when fixed module ratios are given.
+        non-uniform widths) or "global" (raw scores per parameter freed, one threshold: for
+        scores on one scale across layers, dap-obs's relative output errors). Ignored when
+        fixed module ratios are given.
       norm: "l2" or "l1" for the magnitude score.
       recover: layer-wise recovery by ridge least squares to the dense outputs.
       refit: "full" (q,k,v, o, gate,up, down — the paper's order) or "second" (o and
@@ -93,6 +96,9 @@ class PruneConfig:
         default: the score's ``compensates_biases`` (on for "flap" only). Adds zero biases where the model has none; with
         recovery, every bias is then refit jointly with its kernel (an intercept).
       ridge_grid: λ candidates for recovery.
+      ridge_toward: what the ridge shrinks the refit toward: "zero" (classic ridge) or
+        "current" (the weights before the refit: few calibration tokens then move them
+        little; ``recover.ridge_path``).
       damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.
       batch_size: calibration sequences per forward step.
       seed: for "random" and nothing else.
@@ -112,6 +118,7 @@ class PruneConfig:
     refit: str = "full"
     bias_compensation: bool | None = None
     ridge_grid: tuple[float, ...] = RIDGE_GRID
+    ridge_toward: str = "zero"
     damp: float = DAMP
     batch_size: int = 16
     seed: int = 0
@@ -127,7 +134,7 @@ class PruneConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
         if self.head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {self.head_mode!r}")
-        for name, allowed in (("head_criterion", HEAD_CRITERIA), ("allocation", ALLOCATIONS), ("refit", REFITS)):
+        for name, allowed in (("head_criterion", HEAD_CRITERIA), ("allocation", ALLOCATIONS), ("refit", REFITS), ("ridge_toward", RIDGE_TOWARD)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.similarity_tau > 0:

@@ -15,7 +15,8 @@ error of any W is a quadratic form, no held-out activations kept:
     E_h(W) = ‖X̂_h W − Y_h‖² = ⟨W, G_h W⟩ − 2⟨W, C_h⟩ + ‖Y_h‖².
 
 ``ridge_path`` solves the whole λ grid from one eigendecomposition G = QΛQᵀ,
-W(λ) = Q (Λ + λs)⁻¹ QᵀC (s = mean diag G; never fails to factorise), scores every W(λ)
+W(λ) = Q (Λ + λs)⁻¹ QᵀC (s = mean diag G; never fails to factorise) — or, shrunk toward
+the current weights W₀ instead of 0, W(λ) = W₀ + Q (Λ + λs)⁻¹ Qᵀ(C − GW₀) — scores every W(λ)
 in the eigenbasis (O(C²) per λ) and the unrefit weights on the held-out sums and keeps
 the best, in one compiled program with one host transfer: the chosen W never has a
 larger held-out error than not refitting. Grams and the solve are float32 at highest matmul precision (float64 when
@@ -116,45 +117,54 @@ def _held_out_error(grams: Grams, w: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array, w_anchor: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Best of {unrefit, W(λ) for λ in ``ridges``} by held-out error (module docstring).
 
-    In the eigenbasis of G = QΛQᵀ, with R = QᵀC, W(λ) = Q diag(d) R, d = 1/(Λ + λs), the
-    held-out error of every λ costs O(C²), not a C × O solve:
+    W(λ) is the ridge solution shrunk toward the anchor A (A = 0: classic ridge; A = the
+    current weights: a refit that stays near them when the calibration data is scarce),
 
-        ⟨W, G_h W⟩ = dᵀ (M ∘ K) d,  M = QᵀG_hQ, K = RRᵀ;   ⟨W, C_h⟩ = Σ_i d_i ⟨R_i, (QᵀC_h)_i⟩,
+        W(λ) = A + (G + λsI)⁻¹ (C − G A) = A + Q diag(d) R,   R = Qᵀ(C − G A), d = 1/(Λ + λs),
+
+    and its held-out error costs O(C²) per λ, not a C × O solve:
+
+        E_h(A + Δ) = E_h(A) + dᵀ (M ∘ K) d − 2 Σ_i d_i ⟨R_i, (Qᵀ(C_h − G_h A))_i⟩,
+        M = QᵀG_hQ, K = RRᵀ,
 
     so the grid costs 4 C²·O + 2 C³ flops once (plus the eigendecomposition) and only the
     winner is formed (one more C²·O). Returns (W [C, D], index of the winner (−1:
     unrefit), held-out errors [1 + K]: unrefit first). A non-finite error never wins.
     """
     dot = lambda a, b: jnp.matmul(a, b, precision=HIGHEST)  # noqa: E731
-    w_current = w_current.astype(grams.xx.dtype)
+    w_current, w_anchor = w_current.astype(grams.xx.dtype), w_anchor.astype(grams.xx.dtype)
     evals, evecs = jnp.linalg.eigh(grams.xx)
     evals = jnp.maximum(evals, 0.0)  # G is PSD; round-off may leave tiny negatives
     scale = jnp.mean(jnp.diag(grams.xx))
-    rotated = dot(evecs.T, grams.xy)  # R = QᵀC [C, O]
-    held_products = jnp.sum(rotated * dot(evecs.T, grams.held_xy), axis=1)  # ⟨R_i, (QᵀC_h)_i⟩ [C]
+    rotated = dot(evecs.T, grams.xy - dot(grams.xx, w_anchor))  # R [C, O]
+    held_residual = grams.held_xy - dot(grams.held_xx, w_anchor)  # C_h − G_h A
+    held_products = jnp.sum(rotated * dot(evecs.T, held_residual), axis=1)  # [C]
     quadratic = dot(dot(evecs.T, grams.held_xx), evecs) * dot(rotated, rotated.T)  # M ∘ K [C, C]
+    anchor_error = _held_out_error(grams, w_anchor)
 
     def held_out_error(ridge):
         d = 1.0 / (evals + ridge * scale)
-        return d @ dot(quadratic, d) - 2.0 * jnp.dot(d, held_products) + grams.held_yy
+        return anchor_error + d @ dot(quadratic, d) - 2.0 * jnp.dot(d, held_products)
 
     errors = jax.vmap(held_out_error)(ridges.astype(grams.xx.dtype))
     unrefit = _held_out_error(grams, w_current)
     candidates = jnp.where(jnp.isfinite(errors), errors, jnp.inf)
     best = jnp.argmin(candidates)
     d = 1.0 / (evals + ridges.astype(grams.xx.dtype)[best] * scale)
-    w_best = dot(evecs, d[:, None] * rotated)
+    w_best = w_anchor + dot(evecs, d[:, None] * rotated)
     refit_wins = (candidates[best] < unrefit) & jnp.all(jnp.isfinite(w_best))
     return jnp.where(refit_wins, w_best, w_current), jnp.where(refit_wins, best, -1), jnp.concatenate([unrefit[None], errors])
 
 
-def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...] = RIDGE_GRID) -> tuple[jax.Array, dict]:
+def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...] = RIDGE_GRID, *, toward_current: bool = False) -> tuple[jax.Array, dict]:
     """(W [C, D], info): the chosen λ (None = unrefit), its held-out error and every
-    candidate's held-out error ("unrefit" and f"{λ:g}")."""
-    w, winner, errors = ridge_path(grams, w_current, jnp.asarray(grid, grams.xx.dtype))
+    candidate's held-out error ("unrefit" and f"{λ:g}"). ``toward_current``: the ridge
+    shrinks toward ``w_current`` instead of 0 (``ridge_path``)."""
+    anchor = w_current if toward_current else jnp.zeros_like(w_current)
+    w, winner, errors = ridge_path(grams, w_current, jnp.asarray(grid, grams.xx.dtype), anchor)
     winner, errors = jax.device_get((winner, errors))  # the one host transfer of a refit
     errors = [float(e) for e in errors]
     info = {
@@ -166,13 +176,14 @@ def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...]
 
 
 def refit_linear(
-    x: jax.Array, y: jax.Array, w_current: jax.Array, *, held_out: float = 0.1, grid: tuple[float, ...] = RIDGE_GRID
+    x: jax.Array, y: jax.Array, w_current: jax.Array, *, held_out: float = 0.1, grid: tuple[float, ...] = RIDGE_GRID,
+    toward_current: bool = False,
 ) -> tuple[jax.Array, dict]:
     """``refit_from_grams`` on in-memory x [tokens, C], y [tokens, D] (the last
     ``held_out`` fraction of the tokens held out)."""
     x = x.reshape(-1, x.shape[-1])
     grams = accumulate_grams(None, x, y.reshape(-1, y.shape[-1]), 0, held_out_split(x.shape[0], held_out))
-    return refit_from_grams(grams, w_current, grid)
+    return refit_from_grams(grams, w_current, grid, toward_current=toward_current)
 
 
 def _stacked(module, kernels: tuple[str, ...], biases: tuple[str, ...], inputs: int):
@@ -190,7 +201,8 @@ def map_has_bias(module, biases: tuple[str, ...]) -> bool:
     return getattr(module, biases[0]) is not None
 
 
-def refit_maps(module, kernels: tuple[str, ...], biases: tuple[str, ...], grams: Grams, grid: tuple[float, ...]) -> dict:
+def refit_maps(module, kernels: tuple[str, ...], biases: tuple[str, ...], grams: Grams, grid: tuple[float, ...], *,
+               toward_current: bool = False) -> dict:
     """Refits the maps ``kernels`` of ``module`` in place from ``grams`` of their shared
     input x [..., C] (with the intercept column when they have biases) against their
     concatenated targets [..., Σ outputs] (kernel k viewed as [C, outputs_k]: q [D, N, H],
@@ -198,7 +210,7 @@ def refit_maps(module, kernels: tuple[str, ...], biases: tuple[str, ...], grams:
     has_bias = map_has_bias(module, biases)
     inputs = grams.xx.shape[0] - int(has_bias)
     params, old_biases, w_current = _stacked(module, kernels, biases, inputs)
-    w, info = refit_from_grams(grams, w_current, grid)
+    w, info = refit_from_grams(grams, w_current, grid, toward_current=toward_current)
     cuts = np.cumsum([int(np.prod(k.shape)) // inputs for k in params])[:-1]
     for name, part, k in zip(kernels, jnp.split(w[:inputs], cuts, axis=1), params):
         replace_param(module, name, part.reshape(k.shape))

@@ -11,7 +11,9 @@ and is pruned by the same steps (``prune_half``), given the two calibration stre
      (q,k,v | gate,up: one input) on h against the dense maps' outputs on h_dense → refit;
   2. if units go: statistics of the unit outputs on the pruned stream, score
      (``scores.SCORES``), rerank (attention: the similarity criterion), keep set (GQA
-     aware for heads), bias compensation, slice;
+     aware for heads), bias compensation, slice; or, for a score that removes units
+     itself (dap-obs), the second map's input Gram on the pruned stream → the OBS greedy
+     (``obs``: removal and optimal compensation of the kept rows in one) → slice;
   3. one pass: Grams of the second map (o | down) on the kept units against the dense
      half's update, computed per chunk and added to h_dense in place → refit;
   4. advance the pruned stream in place (the model's residual hook).
@@ -339,7 +341,8 @@ def _refit_first_maps(half: Half, block, dense_block, h: Array, h_dense: Array, 
         targets = _first_targets(half, dense_block, h_dense[s:e])
         x = _normalised(half, block, h[s:e])
         grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
-    return Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid))
+    return Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid,
+                              toward_current=ctx.config.ridge_toward == "current"))
 
 
 def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, ctx: StageContext) -> tuple[Array, Refit]:
@@ -354,7 +357,8 @@ def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, 
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         h_dense, target = _dense_update_rows(half, dense_block, h_dense, jnp.asarray(s), ctx.positions[s:e], ctx.inv_freq)
         grams = accumulate_grams(grams, with_intercept(units) if intercept else units, target, s * tokens_per_sequence, split)
-    return h_dense, Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid))
+    return h_dense, Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid,
+                              toward_current=ctx.config.ridge_toward == "current"))
 
 
 def prune_half(half: Half, block, dense_block, layer: int, h: Array, h_dense: Array | None, cut: int,
