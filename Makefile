@@ -33,8 +33,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 data: $(VENV)/.installed-base
 	$(BIN)/prune-jax data fetch
 
-# Main job: prune the embedded SmolLM2-135M by 20 % of its prunable parameters with the
-# distribution-aware scores + recovery, calibrated on the Wikipedia sample, and compare
+# Main job: prune the embedded SmolLM2-135M by 20 % of its prunable parameters with
+# dap-obs (greedy output approximation with optimal compensation), calibrated on the
+# Wikipedia sample, and compare
 # perplexity (held-out articles), parameters and speed with the dense model.
 demo: $(VENV)/.installed-base data
 	$(BIN)/prune-jax demo

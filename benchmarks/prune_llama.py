@@ -70,6 +70,9 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "dap-obs + bias": dict(method="dap-obs", bias_compensation=True),
     "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive"),
     "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current"),
+    "dap-obs + recovery": dict(method="dap-obs", recover=True),
+    "dap-obs global": dict(method="dap-obs", allocation="global"),
+    "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1),
 }
 
 

@@ -111,7 +111,7 @@ def _tokens(docs, tok):
 @app.command("prune")
 def prune_command(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
-    method: str = typer.Option("dap", help=" | ".join(METHODS) + " (dap = the paper's distribution-aware score)."),
+    method: str = typer.Option("dap-obs", help=" | ".join(METHODS) + " (dap-obs = greedy output approximation with optimal compensation, the best in the benchmark; dap = the paper's score)."),
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
     refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
@@ -219,8 +219,8 @@ def prune_command(
 
 @app.command("demo")
 def demo_command(
-    method: str = typer.Option("dap", help="Pruning score: " + " | ".join(METHODS) + "."),
-    recover: bool = typer.Option(True, "--recover/--no-recover", help="Layer-wise recovery (ridge refit of every linear map)."),
+    method: str = typer.Option("dap-obs", help="Pruning score: " + " | ".join(METHODS) + "."),
+    recover: bool = typer.Option(False, "--recover/--no-recover", help="Layer-wise recovery (ridge refit of every linear map; dap-obs compensates by itself)."),
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove, in (0, 1)."),
     calib_samples: int = typer.Option(64, min=1, help="Calibration sequences of 128 tokens."),
     eval_windows_count: int = typer.Option(64, "--eval-windows", min=1, help="Evaluation windows of 128 tokens."),

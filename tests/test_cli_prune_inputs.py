@@ -66,6 +66,8 @@ PRUNE_CASES = [
     (["--similarity-tau", "0"], "similarity_tau must be > 0"),
     (["--attention-ratio", "1.5"], "attention_ratio must lie in [0, 1)"),
     (["--refit", "everything"], "refit must be one of"),
+    (["--ridge-toward", "one"], "ridge_toward must be one of"),
+    (["--damp", "0"], "damp must be > 0"),
     (["--calib-split", "train"], "--split must be one of"),
     (["--layer-stop", "9"], "must satisfy 0 <= start < stop <= 3"),
     (["--layer-start", "-1"], "Invalid value for '--layer-start'"),

@@ -275,12 +275,14 @@ def test_global_allocation_removes_the_cheapest_error_per_parameter_first():
     assert prunable_parameters(pruned) == report.prunable_after
 
 
-@pytest.mark.parametrize("recover", [False, True])
-def test_flap_bias_compensation_exports_with_biases(tmp_path: Path, recover):
+@pytest.mark.parametrize("method, recover", [("flap", False), ("flap", True), ("dap-obs", False)])
+def test_bias_compensation_exports_with_biases(tmp_path: Path, method, recover):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    # With recovery, every bias is refit jointly with its kernel (intercept column).
-    pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=0.25, layer_range=(0, 4), recover=recover))
+    # With recovery, every bias is refit jointly with its kernel (intercept column); dap-obs moves
+    # the biases as the intercept rows of its compensation.
+    config = PruneConfig(method=method, sparsity=0.25, layer_range=(0, 4), recover=recover, bias_compensation=True)
+    pruned, report = prune(tiny(), calib(), config)
     if recover:
         assert all(layer.mlp.second_refit.held_out_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
     assert pruned.config.attention_bias and pruned.config.mlp_bias
@@ -303,7 +305,7 @@ def test_prune_errors():
     with pytest.raises(ValueError, match="method must be one of"):
         PruneConfig(method="sparsegpt")
     with pytest.raises(ValueError, match="allocation must be one of"):
-        PruneConfig(allocation="global")
+        PruneConfig(allocation="greedy")
     with pytest.raises(ValueError, match="head_criterion must be one of"):
         PruneConfig(head_criterion="entropy")
     with pytest.raises(ValueError, match="calibration must be"):
@@ -314,11 +316,12 @@ def test_prune_errors():
         prune(model, np.full((2, 8), 99))
 
 
-def test_sharded_calibration_equals_single_device():
+@pytest.mark.parametrize("method", ["dap", "dap-obs"])
+def test_sharded_calibration_equals_single_device(method):
     from jax.sharding import Mesh
 
     tokens = calib(7, (8, 16))
-    config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8)
+    config = PruneConfig(method=method, sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8)
     single, report_single = prune(tiny(seed=2), tokens, config)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded, report_sharded = prune(tiny(seed=2), tokens, config, mesh=mesh)

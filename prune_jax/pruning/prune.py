@@ -67,8 +67,9 @@ class PruneConfig:
     """What to prune and how.
 
     Attributes:
-      method: unit score, a key of ``scores.SCORES`` ("dap" = the paper's
-        distribution-aware scores).
+      method: unit score, a key of ``scores.SCORES``: "dap-obs" (default; the greedy
+        output approximation with optimal compensation, best in ``benchmarks/prune_llama``),
+        "dap" (the paper's distribution-aware scores), the baselines.
       sparsity: target fraction of the prunable parameters (attention + MLP weights
         of all blocks) to remove, in (0, 1); met by one per-layer ratio r over the
         layer range, the smallest r that reaches it (heads are coarse units, so the
@@ -104,7 +105,7 @@ class PruneConfig:
       seed: for "random" and nothing else.
     """
 
-    method: str = "dap"
+    method: str = "dap-obs"
     sparsity: float = 0.2
     attention_ratio: float | None = None
     ffn_ratio: float | None = None
