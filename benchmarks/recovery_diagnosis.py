@@ -9,6 +9,14 @@ intermediate) and output — the Grams X̂ᵀX̂ and targets of the second-map r
 the residual stream after the attention half; plus the share of the stream's energy in
 its 4 largest hidden dimensions ("massive activations").
 
+Second table — why the classic ridge refit erases what calibration does not excite: the
+spectrum of each refit Gram G = X̂ᵀX̂ (o_proj and down_proj inputs). The refit's ridge
+is λ·s with s = mean diag G; a direction with eigenvalue μ keeps the fraction
+μ / (μ + λs) of its least-squares weights when the ridge shrinks toward 0 (and all of
+its current weights when it shrinks toward them, ``ridge_toward="current"``). Reported:
+the top eigenvalue's share of tr G, the share of directions with μ < λs, and the mean
+keep fraction at λ = 10⁻² and 1.
+
     python benchmarks/recovery_diagnosis.py
 
 Results: benchmarks/results/recovery_diagnosis.{json,md}.
@@ -22,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from prune_jax.data import calibration_batches, load_documents, split_documents, tokenize_corpus  # noqa: E402
 from prune_jax.models.llama import load_model  # noqa: E402
@@ -34,6 +43,18 @@ def first_position_share(x) -> float:
     """Share of Σ x² [S, T, ...] at position 0 of every sequence."""
     energy = jnp.sum(x.astype(jnp.float32) ** 2, axis=tuple(a for a in range(x.ndim) if a != 1))  # [T]
     return float(energy[0] / energy.sum())
+
+
+def spectrum(x) -> dict:
+    """Spectrum summary of the Gram of x [S, T, ..., C] (module docstring, second table)."""
+    flat = np.asarray(x, np.float64).reshape(-1, int(np.prod(x.shape[2:])))
+    eigenvalues = np.clip(np.linalg.eigvalsh(flat.T @ flat), 0.0, None)
+    scale = eigenvalues.mean()  # = mean diag G
+    out = {"top1_share": float(eigenvalues[-1] / eigenvalues.sum())}
+    for ridge in (1e-2, 1.0):
+        out[f"below_{ridge:g}"] = float(np.mean(eigenvalues < ridge * scale))
+        out[f"keep_{ridge:g}"] = float(np.mean(eigenvalues / (eigenvalues + ridge * scale)))
+    return out
 
 
 def main() -> None:
@@ -51,7 +72,8 @@ def main() -> None:
         per_dim = jnp.sort(jnp.sum(h.astype(jnp.float32) ** 2, axis=(0, 1)))
         rows.append({"layer": layer, "o_input": first_position_share(heads), "o_output": first_position_share(o_out),
                      "down_input": first_position_share(intermediate), "down_output": first_position_share(down_out),
-                     "stream": first_position_share(h), "stream_top4_dims": float(per_dim[-4:].sum() / per_dim.sum())})
+                     "stream": first_position_share(h), "stream_top4_dims": float(per_dim[-4:].sum() / per_dim.sum()),
+                     "o_input_spectrum": spectrum(heads), "down_input_spectrum": spectrum(intermediate)})
         h = h + down_out
         print(rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -68,6 +90,20 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['layer']} | {r['o_input']:.1%} | {r['o_output']:.1%} | {r['down_input']:.1%} | {r['down_output']:.1%} | "
                      f"{r['stream']:.1%} | {r['stream_top4_dims']:.1%} |")
+    lines += [
+        "",
+        "## Refit Gram spectra: what a ridge toward 0 keeps",
+        "",
+        "λs = λ · mean diag G. Share of directions with eigenvalue below λs, and the mean fraction μ/(μ + λs) of the least-squares",
+        "weights a ridge toward 0 keeps (a ridge toward the current weights keeps the current weights in those directions instead).",
+        "",
+        "| block | o_proj: top-1 share | o_proj: below 0.01s | o_proj: keep at 0.01 / 1 | down_proj: top-1 share | down_proj: below 0.01s | down_proj: keep at 0.01 / 1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        o, d = r["o_input_spectrum"], r["down_input_spectrum"]
+        lines.append(f"| {r['layer']} | {o['top1_share']:.1%} | {o['below_0.01']:.1%} | {o['keep_0.01']:.2f} / {o['keep_1']:.2f} | "
+                     f"{d['top1_share']:.1%} | {d['below_0.01']:.1%} | {d['keep_0.01']:.2f} / {d['keep_1']:.2f} |")
     (RESULTS / "recovery_diagnosis.md").write_text("\n".join(lines) + "\n")
 
 

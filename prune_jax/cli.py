@@ -117,6 +117,7 @@ def prune_command(
     refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
     ridge_toward: str = typer.Option("zero", help="What the --recover ridge shrinks toward: zero (classic) | current (the weights before the refit)."),
     damp: float = typer.Option(0.01, help="dap-obs: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0."),
+    bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
     head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
     similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats), > 0."),
     allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
@@ -175,7 +176,7 @@ def prune_command(
         config = PruneConfig(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
                              head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
                              layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
-                             ridge_toward=ridge_toward, damp=damp)
+                             ridge_toward=ridge_toward, damp=damp, bias_compensation=bias_compensation)
     except ValueError as err:
         fail(str(err))
     try:

@@ -217,10 +217,11 @@ def test_prune_jax_prune_then_eval(tmp_path: Path, tiny_model_and_corpus):
     short = runner.invoke(prune_app, [*args[:-2], "--calib-seq-len", "100000", "--out", str(tmp_path / "x")])
     assert short.exit_code == 2 and not (tmp_path / "x").exists()
     # the default method (dap-obs), its dampening and the anchored ridge reach the config
-    default = runner.invoke(prune_app, [*args[:3], *args[6:-2], "--ridge-toward", "current", "--damp", "0.05", "--out", str(tmp_path / "obs")])
+    default = runner.invoke(prune_app, [*args[:3], *args[6:-2], "--ridge-toward", "current", "--damp", "0.05", "--bias-compensation", "--out", str(tmp_path / "obs")])
     assert default.exit_code == 0, default.output
     report = json.loads((tmp_path / "obs" / "pruning.json").read_text())
     assert report["method"] == "dap-obs" and report["config"]["damp"] == 0.05 and report["config"]["ridge_toward"] == "current"
+    assert report["config"]["bias_compensation"] is True
 
 
 def test_prune_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path, tiny_model_and_corpus, monkeypatch):
