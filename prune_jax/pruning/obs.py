@@ -155,8 +155,7 @@ def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_s
         solved_w = jnp.linalg.solve(p_ss, w_s)  # [P_SS]⁻¹ W_S
         step_err = jnp.sum(w_s * solved_w)
         weights = weights - jnp.matmul(p_s, solved_w, precision=HIGHEST)
-        inverse = inverse - jnp.matmul(p_s, jnp.linalg.solve(p_ss, p_s.T), precision=HIGHEST)
-        inverse = 0.5 * (inverse + inverse.T)
+        inverse = inverse - jnp.matmul(p_s, jnp.linalg.solve(p_ss, p_s.T), precision=HIGHEST)  # one pass over P per step
         removed = removed.at[chosen].set(removed[chosen] | valid)
         taken = taken.at[unit_group[chosen]].add(valid.astype(taken.dtype))
         order = order.at[i].set(jnp.where(valid, chosen, -1))
