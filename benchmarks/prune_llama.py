@@ -66,13 +66,13 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "flap + recovery (ridge toward current)": dict(method="flap", recover=True, ridge_toward="current"),
     "dap + recovery (ridge toward current)": dict(method="dap", recover=True, ridge_toward="current"),
     "dap + recovery + bias (ridge toward current)": dict(method="dap", recover=True, bias_compensation=True, ridge_toward="current"),
-    "dap-obs": dict(method="dap-obs"),
-    "dap-obs + bias": dict(method="dap-obs", bias_compensation=True),
+    "dap-obs": dict(method="dap-obs", allocation="uniform"),
+    "dap-obs + bias": dict(method="dap-obs", bias_compensation=True, allocation="uniform"),
     "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive"),
-    "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current"),
-    "dap-obs + recovery": dict(method="dap-obs", recover=True),
+    "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current", allocation="uniform"),
+    "dap-obs + recovery": dict(method="dap-obs", recover=True, allocation="uniform"),
     "dap-obs global": dict(method="dap-obs", allocation="global"),
-    "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1),
+    "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1, allocation="uniform"),
 }
 
 

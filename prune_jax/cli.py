@@ -120,7 +120,7 @@ def prune_command(
     bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
     head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
     similarity_tau: float = typer.Option(0.2, help="τ of the head-similarity criterion (nats), > 0."),
-    allocation: str = typer.Option("uniform", help="uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
+    allocation: Optional[str] = typer.Option(None, help="Default: the method's (global for dap-obs, else uniform). uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
     calib: str = typer.Option("wiki-sample", help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
     calib_split: str = typer.Option("auto", help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
     calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),

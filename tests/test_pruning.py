@@ -281,7 +281,7 @@ def test_bias_compensation_exports_with_biases(tmp_path: Path, method, recover):
     transformers = pytest.importorskip("transformers")
     # With recovery, every bias is refit jointly with its kernel (intercept column); dap-obs moves
     # the biases as the intercept rows of its compensation.
-    config = PruneConfig(method=method, sparsity=0.25, layer_range=(0, 4), recover=recover, bias_compensation=True)
+    config = PruneConfig(method=method, sparsity=0.25, layer_range=(0, 4), recover=recover, bias_compensation=True, allocation="uniform")
     pruned, report = prune(tiny(), calib(), config)
     if recover:
         assert all(layer.mlp.second_refit.held_out_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
@@ -328,7 +328,9 @@ def test_sharded_calibration_equals_single_device(method):
     assert report_sharded.layer_heads == report_single.layer_heads
     assert report_sharded.layer_intermediate == report_single.layer_intermediate
     probe = jnp.asarray(calib(8, (2, 12)))
-    np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=1e-4, rtol=1e-4)
+    # dap-obs solves through (H + λI)⁻¹ and then refits: Grams summed in another order move the logits by ~1e-4
+    tolerance = 5e-4 if method == "dap-obs" else 1e-4
+    np.testing.assert_allclose(np.asarray(sharded(probe)), np.asarray(single(probe)), atol=tolerance, rtol=tolerance)
 
 
 def test_calibration_statistics_match_numpy():

@@ -185,8 +185,8 @@ def allocate(model, layers: range, config, dense_scores: Callable[[], dict[int, 
     """
     if config.attention_ratio is not None or config.ffn_ratio is not None:
         attention_ratio, ffn_ratio = config.attention_ratio or 0.0, config.ffn_ratio or 0.0
-    elif config.allocation in ("adaptive", "global"):
-        cuts = adaptive_cuts(model, dense_scores(), config.sparsity, config.head_mode, standardise=config.allocation == "adaptive")
+    elif config.allocation_mode in ("adaptive", "global"):
+        cuts = adaptive_cuts(model, dense_scores(), config.sparsity, config.head_mode, standardise=config.allocation_mode == "adaptive")
         return Allocation(cuts, None, None)
     else:
         attention_ratio = ffn_ratio = solve_ratio(model, layers, config.sparsity, config.head_mode)

@@ -84,7 +84,8 @@ class PruneConfig:
         heads whose attention maps are within Jensen–Shannon divergence τ of another
         head go first, the score fills the rest of the budget).
       similarity_tau: τ for the similarity criterion (paper: 0.2, in nats).
-      allocation: "uniform" (one ratio over the layer range) or "adaptive" (FLAP:
+      allocation: None (the method's own: ``Score.allocation``, "global" for dap-obs,
+        "uniform" otherwise), "uniform" (one ratio over the layer range), "adaptive" (FLAP:
         per-layer standardised scores, one global threshold meeting the budget;
         non-uniform widths) or "global" (raw scores per parameter freed, one threshold: for
         scores on one scale across layers, dap-obs's relative output errors). Ignored when
@@ -113,7 +114,7 @@ class PruneConfig:
     head_mode: str = "per-group"
     head_criterion: str = "score"
     similarity_tau: float = 0.2
-    allocation: str = "uniform"
+    allocation: str | None = None
     norm: str = "l2"
     recover: bool = False
     refit: str = "full"
@@ -135,7 +136,8 @@ class PruneConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
         if self.head_mode not in HEAD_MODES:
             raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {self.head_mode!r}")
-        for name, allowed in (("head_criterion", HEAD_CRITERIA), ("allocation", ALLOCATIONS), ("refit", REFITS), ("ridge_toward", RIDGE_TOWARD)):
+        for name, allowed in (("head_criterion", HEAD_CRITERIA), ("allocation", ALLOCATIONS + (None,)), ("refit", REFITS),
+                              ("ridge_toward", RIDGE_TOWARD)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.similarity_tau > 0:
@@ -146,6 +148,11 @@ class PruneConfig:
             raise ValueError(f"damp must be > 0, got {self.damp!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def allocation_mode(self) -> str:
+        """The allocation used: ``allocation``, or the method's own when it is None."""
+        return SCORES[self.method].allocation if self.allocation is None else self.allocation
 
     @property
     def compensate(self) -> bool:

@@ -127,6 +127,7 @@ class PruneReport:
         return {
             "method": self.method,
             "config": dataclasses.asdict(self.config),
+            "allocation": self.config.allocation_mode,
             "layer_range": list(self.layer_range),
             "attention_ratio": self.attention_ratio,
             "ffn_ratio": self.ffn_ratio,

@@ -98,6 +98,8 @@ class Score:
         intercept row of the greedy's compensation.
       removes: the units are chosen and compensated by ``obs.greedy_remove`` on the
         "gram" evidence (the score functions then only serve the allocation).
+      allocation: the allocation ``PruneConfig(allocation=None)`` uses for this score
+        ("uniform" unless the scores are on one scale across layers: "global").
     """
 
     channels: ScoreFn
@@ -105,6 +107,7 @@ class Score:
     needs: str = "statistics"
     compensates_biases: bool = False
     removes: bool = False
+    allocation: str = "uniform"
 
     def __post_init__(self):
         if self.needs not in NEEDS:
@@ -233,6 +236,9 @@ def _obs_heads(attn, ev: Evidence) -> np.ndarray:
     return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.stats.damp)
 
 
+# dap-obs's default allocation, chosen by benchmarks/prune_llama.py (README: the rule).
+DAP_OBS_ALLOCATION = "global"
+
 SCORES: dict[str, Score] = {
     "random": Score(_random_channels, _random_heads, needs="nothing"),
     "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.norm),
@@ -247,7 +253,7 @@ SCORES: dict[str, Score] = {
     "dap-data-free": Score(_data_free_channels, _data_free_heads, needs="nothing"),
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
-    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", removes=True),
+    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", removes=True, allocation=DAP_OBS_ALLOCATION),
 }
 METHODS = tuple(SCORES)
 
