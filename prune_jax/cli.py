@@ -115,7 +115,7 @@ def prune_command(
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
     refit: str = typer.Option("full", help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
-    ridge_toward: str = typer.Option("zero", help="What the --recover ridge shrinks toward: zero (classic) | current (the weights before the refit)."),
+    ridge_toward: str = typer.Option("current", help="What the --recover ridge shrinks toward: current (the weights before the refit; default) | zero (classic ridge)."),
     damp: float = typer.Option(0.01, help="dap-obs: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0."),
     bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
     head_criterion: str = typer.Option("score", help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),

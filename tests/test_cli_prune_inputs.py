@@ -40,7 +40,7 @@ def assert_clean_failure(result, message: str) -> None:
 def prune_args(tiny, out: Path, *extra: str) -> list[str]:
     model_dir, corpus = tiny
     return ["prune", "--model", str(model_dir), "--calib", str(corpus), "--calib-samples", "4", "--calib-seq-len", "8",
-            "--layer-start", "0", "--layer-stop", "3", "--out", str(out), *extra]
+            "--layer-start", "0", "--layer-stop", "3", "--allocation", "uniform", "--out", str(out), *extra]  # uniform: a stock config.json
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_a_registered_score_is_all_prune_needs(monkeypatch):
 def test_report_json_has_the_pruning_json_keys():
     _, report = prune(tiny(), calib(), PruneConfig(method="dap", sparsity=0.2, recover=True, layer_range=(1, 3), head_criterion="similarity"))
     record = json.loads(json.dumps(report.to_json()))
-    assert list(record) == ["method", "config", "layer_range", "attention_ratio", "ffn_ratio", "layer_cuts", "parameters_before",
+    assert list(record) == ["method", "config", "allocation", "layer_range", "attention_ratio", "ffn_ratio", "layer_cuts", "parameters_before",
                             "parameters_after", "fraction_of_all_removed", "prunable_before", "prunable_after",
                             "fraction_of_prunable_removed", "layer_heads", "layer_intermediate", "calibration_tokens",
                             "calibration_shape", "seconds", "layers"]

@@ -98,9 +98,10 @@ class PruneConfig:
         default: the score's ``compensates_biases`` (on for "flap" only). Adds zero biases where the model has none; with
         recovery, every bias is then refit jointly with its kernel (an intercept).
       ridge_grid: λ candidates for recovery.
-      ridge_toward: what the ridge shrinks the refit toward: "zero" (classic ridge) or
-        "current" (the weights before the refit: few calibration tokens then move them
-        little; ``recover.ridge_path``).
+      ridge_toward: what the ridge shrinks the refit toward: "current" (default: the
+        weights before the refit, so directions the calibration set does not excite keep
+        them; ``recover.ridge_path``) or "zero" (classic ridge: erases those directions,
+        which made recovery hurt end to end — README, "Why recovery used to hurt").
       damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.
       batch_size: calibration sequences per forward step.
       seed: for "random" and nothing else.
@@ -120,7 +121,7 @@ class PruneConfig:
     refit: str = "full"
     bias_compensation: bool | None = None
     ridge_grid: tuple[float, ...] = RIDGE_GRID
-    ridge_toward: str = "zero"
+    ridge_toward: str = "current"
     damp: float = DAMP
     batch_size: int = 16
     seed: int = 0
