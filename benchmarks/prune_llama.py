@@ -72,7 +72,8 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive"),
     "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current", allocation="uniform"),
     "dap-obs + recovery": dict(method="dap-obs", recover=True, ridge_toward="zero", allocation="uniform"),
-    "dap-obs global": dict(method="dap-obs", allocation="global"),
+    "dap-obs global": dict(method="dap-obs", allocation="global", max_block_removal=0.9),
+    "dap-obs global (≤ 50 % per block)": dict(method="dap-obs", allocation="global"),
     "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1, allocation="uniform"),
 }
 

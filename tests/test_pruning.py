@@ -268,6 +268,12 @@ def test_global_allocation_removes_the_cheapest_error_per_parameter_first():
     cuts = adaptive_cuts(model, scores, sparsity=0.03, head_mode="per-group", standardise=False)
     assert cuts[1] == (0, 0) and cuts[2][1] > 0
     assert adaptive_cuts(model, scores, sparsity=0.03, head_mode="per-group")[1][1] > 0
+    # at most half of a block's channels go (the default cap of the global rule); the rest comes from the next cheapest block
+    capped = adaptive_cuts(model, scores, sparsity=0.12, head_mode="per-group", standardise=False)
+    assert capped[2][1] == 24 and capped[1][0] + capped[2][0] + capped[1][1] > 0  # the rest: heads or layer 1
+    assert adaptive_cuts(model, scores, sparsity=0.12, head_mode="per-group", standardise=False, max_removed=0.9)[2][1] > 24
+    with pytest.raises(ValueError, match="max_block_removal"):
+        PruneConfig(max_block_removal=1.0)
     pruned, report = prune(tiny(), calib(), PruneConfig(method="dap-obs", sparsity=0.2, allocation="global", layer_range=(0, 4)))
     assert 0.2 <= report.fraction_of_prunable_removed < 0.32
     assert all(h % kv == 0 for h, kv in report.layer_heads)

@@ -102,6 +102,8 @@ class PruneConfig:
         weights before the refit, so directions the calibration set does not excite keep
         them; ``recover.ridge_path``) or "zero" (classic ridge: erases those directions,
         which made recovery hurt end to end — README, "Why recovery used to hurt").
+      max_block_removal: for "adaptive" / "global": the largest fraction of a block's FFN
+        channels removed (None: 0.9 adaptive, 0.5 global — ``allocation.GLOBAL_MAX_REMOVED``).
       damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.
       batch_size: calibration sequences per forward step.
       seed: for "random" and nothing else.
@@ -122,6 +124,7 @@ class PruneConfig:
     bias_compensation: bool | None = None
     ridge_grid: tuple[float, ...] = RIDGE_GRID
     ridge_toward: str = "current"
+    max_block_removal: float | None = None
     damp: float = DAMP
     batch_size: int = 16
     seed: int = 0
@@ -145,6 +148,8 @@ class PruneConfig:
             raise ValueError(f"similarity_tau must be > 0, got {self.similarity_tau!r}")
         if self.norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
+        if self.max_block_removal is not None and not 0.0 < self.max_block_removal < 1.0:
+            raise ValueError(f"max_block_removal must lie in (0, 1), got {self.max_block_removal!r}")
         if not self.damp > 0:
             raise ValueError(f"damp must be > 0, got {self.damp!r}")
         if self.batch_size < 1:
