@@ -327,7 +327,9 @@ def test_sharded_calibration_equals_single_device(method):
     from jax.sharding import Mesh
 
     tokens = calib(7, (8, 16))
-    config = PruneConfig(method=method, sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8)
+    # two of four blocks carry 30 % of all prunable parameters: the global rule needs its cap raised
+    config = PruneConfig(method=method, sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8,
+                         max_block_removal=0.9 if method == "dap-obs" else None)
     single, report_single = prune(tiny(seed=2), tokens, config)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded, report_sharded = prune(tiny(seed=2), tokens, config, mesh=mesh)

@@ -173,7 +173,8 @@ def adaptive_cuts(model, layer_scores: dict[int, tuple[np.ndarray, np.ndarray]],
         cuts[layer][0 if kind == "head" else 1] += 1
         removed += cost
     if removed < target:
-        raise ValueError(f"sparsity {sparsity} cannot be reached within the layer range; widen it or lower the sparsity")
+        raise ValueError(f"sparsity {sparsity} cannot be reached within the layer range with at most {max_removed:.0%} of a block's "
+                         "channels removed; widen the range, lower the sparsity or raise max_block_removal")
     return {layer: (h, c) for layer, (h, c) in cuts.items()}
 
 
