@@ -47,7 +47,12 @@ def head_keep_set(scores: np.ndarray, kv_heads: int, cut: int, head_mode: str) -
         return keep_heads_per_group(scores, kv_heads, cut), None
     group = len(scores) // kv_heads
     keep_groups = keep_top(np.asarray(scores).reshape(kv_heads, group).sum(axis=1), kv_heads - cut)
-    return np.concatenate([g * group + np.arange(group) for g in keep_groups]), keep_groups
+    return heads_of_groups(keep_groups, group), keep_groups
+
+
+def heads_of_groups(groups: np.ndarray, group: int) -> np.ndarray:
+    """Query heads of KV groups ``groups`` (head n = k·G + g reads group k), in order."""
+    return np.concatenate([k * group + np.arange(group) for k in groups])
 
 
 def slice_heads(attn, keep_heads: np.ndarray, keep_groups: np.ndarray | None = None) -> None:

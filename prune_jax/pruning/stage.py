@@ -42,7 +42,7 @@ from prune_jax.pruning.obs import UnitGram, add_gram, greedy_remove, stacked_wei
 from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, prefer_marked, similar_heads
-from prune_jax.pruning.slicing import head_keep_set, keep_top, slice_channels, slice_heads
+from prune_jax.pruning.slicing import head_keep_set, heads_of_groups, keep_top, slice_channels, slice_heads
 from skmm_jax.streaming import chunk_bounds
 
 Array = jax.Array
@@ -201,7 +201,7 @@ def _head_removal_units(attn, cut: int, head_mode: str):
 
     def kept_groups(removed):
         keep_groups = np.flatnonzero(~removed)
-        return np.concatenate([g * group + np.arange(group) for g in keep_groups]), keep_groups
+        return heads_of_groups(keep_groups, group), keep_groups
 
     return rows.reshape(kv_heads, group * head_dim), np.zeros(kv_heads, int), np.asarray([cut]), kept_groups
 
