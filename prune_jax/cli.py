@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 
 from prune_jax.pruning.scores import METHODS
+from prune_jax.zero_shot.tasks import BUILTIN_TASKS
+
+BUILTIN_TASK_NAMES = tuple(BUILTIN_TASKS)
 from skmm_jax.cli_common import check_output_dir, check_output_file, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distribution-aware structured pruning of LLaMA models in JAX.")
@@ -303,16 +306,20 @@ def eval_command(
     attention: str = typer.Option("chunked", help="chunked (XLA, no [T, T] scores) | dot_product (jax.nn.dot_product_attention: cuDNN flash on GPU)."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (or .gguf), when the model has none of its own."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (atomically)."),
+    tasks: Optional[str] = typer.Option(None, help="Zero-shot tasks instead of perplexity: comma-separated built-in names (" + ", ".join(BUILTIN_TASK_NAMES) + ") or paths to .jsonl files (one {context, choices, gold[, id]} per line). Writes acc / acc_norm with standard errors."),
+    limit: Optional[int] = typer.Option(None, min=1, help="--tasks: score only the first this many items of each task (built-in tasks have up to 500)."),
 ) -> None:
-    """Perplexity of a LLaMA model on a corpus: exp(mean NLL) over non-overlapping windows."""
+    """Perplexity of a LLaMA model on a corpus (exp(mean NLL) over non-overlapping
+    windows), or with --tasks its zero-shot accuracy (acc, acc_norm)."""
     import time
+
+    if tasks is not None:
+        return _eval_tasks(model, tasks, limit=limit, dtype=dtype, attention=attention, tokenizer=tokenizer, json_out=json_out)
 
     from tqdm import tqdm
 
     from prune_jax.data import eval_windows
     from prune_jax.evaluate import perplexity
-    from prune_jax.models.llama import load_tokenizer, set_attention
-    from prune_jax.models.llama.checkpoint import check_tokenizer
     from prune_jax.models.llama.modeling import ATTENTION_IMPLEMENTATIONS
     from skmm_jax.io import save_json_atomic
 
@@ -326,16 +333,8 @@ def eval_command(
         fail(f"--tokenizer {tokenizer} does not exist (expected a tokenizer/model directory or a .gguf file)")
     try:
         start = time.perf_counter()
-        net, tok = _load_model_with_status(model, dtype)
-        set_attention(net, attention)
+        net, tok = _load_for_eval(model, dtype, attention, tokenizer)
         net.config.check_sequence_length(seq_len, name="--seq-len")
-        if tokenizer is not None:
-            tok = load_tokenizer(tokenizer)
-            if tok is None:
-                fail(f"--tokenizer {tokenizer} holds no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model)")
-            check_tokenizer(net, tok)
-        if tok is None:
-            fail(f"{model} has no tokenizer files; pass --tokenizer DIR")
         docs = _documents(data, split, seed)
         windows = eval_windows(_tokens(docs, tok), seq_len, max_windows)
         load_seconds = time.perf_counter() - start
@@ -357,6 +356,76 @@ def eval_command(
     )
     if json_out is not None:
         save_json_atomic(json_out, payload)
+
+
+def _load_for_eval(model: str, dtype: str, attention: str, tokenizer: Optional[Path]):
+    """(model, tokenizer) for evaluation, with --tokenizer checked against the model."""
+    from prune_jax.models.llama import load_tokenizer, set_attention
+    from prune_jax.models.llama.checkpoint import check_tokenizer
+
+    net, tok = _load_model_with_status(model, dtype)
+    set_attention(net, attention)
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+        if tok is None:
+            fail(f"--tokenizer {tokenizer} holds no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model)")
+        check_tokenizer(net, tok)
+    if tok is None:
+        fail(f"{model} has no tokenizer files; pass --tokenizer DIR")
+    return net, tok
+
+
+def _eval_tasks(model: str, tasks: str, *, limit: int | None, dtype: str, attention: str, tokenizer: Optional[Path],
+                json_out: Optional[Path]) -> None:
+    """prune-jax eval --tasks: every task is read and checked against the model's window
+    before any scoring, and the JSON is written (atomically) only when all have run."""
+    import dataclasses
+    import time
+
+    from rich.table import Table
+    from tqdm import tqdm
+
+    from prune_jax.models.llama.modeling import ATTENTION_IMPLEMENTATIONS
+    from prune_jax.zero_shot.tasks import evaluate_tasks, resolve_task
+    from skmm_jax.io import save_json_atomic
+
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        fail(f"--attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {attention!r}")
+    check_output_file(json_out, "--json")
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        fail("--tasks is empty; give built-in task names or .jsonl paths, comma-separated")
+    try:
+        loaded = [resolve_task(name) for name in names]
+        if limit is not None:
+            loaded = [dataclasses.replace(task, items=task.items[:limit]) for task in loaded]
+        net, tok = _load_for_eval(model, dtype, attention, tokenizer)
+        start = time.perf_counter()
+        bars = []
+
+        def progress_for(task):
+            bar = tqdm(total=len(task.items) * max(len(item.choices) for item in task.items), unit="request", desc=task.name)
+            bars.append(bar)
+            return lambda done, total: bar.update(done - bar.n)
+
+        results = evaluate_tasks(net, tok, loaded, progress_factory=progress_for)
+        for bar in bars:
+            bar.close()
+        seconds = time.perf_counter() - start
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        fail(str(err))
+    table = Table(title=f"{model}: zero-shot accuracy (± standard error)")
+    for col in ("task", "items", "acc", "acc_norm", "chance"):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        norm = f"{r['acc_norm']:.3f} ± {r['acc_norm_stderr']:.3f}" if "acc_norm" in r else "—"
+        table.add_row(name, str(r["n"]), f"{r['acc']:.3f} ± {r['acc_stderr']:.3f}", norm, f"{r['chance']:.3f}")
+    Console().print(table)
+    console.print(f"scored in {seconds:.1f} s")
+    if json_out is not None:
+        save_json_atomic(json_out, {"model": str(model), "dtype": dtype, "limit": limit, "seconds": seconds, "tasks": results})
 
 
 # ------------------------------------------------------------ prune-jax data (also: python -m prune_jax.data)

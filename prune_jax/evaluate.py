@@ -32,7 +32,7 @@ Array = jax.Array
 # blocks share one executable and compile time does not grow with depth (a 30-block
 # SmolLM2 forward compiled as one program took ≈ 20 s; block by block ≈ 1/30 of the
 # block work plus the head). Activations between blocks are [B, T, D], as inside any
-# fused forward. The model is split once (``_Staged``) and every call is a plain
+# fused forward. The model is split once (``StagedModel``) and every call is a plain
 # ``jax.jit`` on (graphdef, state): ``nnx.jit`` would re-walk the module graph on every
 # call, and there are L + 2 calls per batch.
 
@@ -61,8 +61,9 @@ def _logits(graphdef, state, x: Array) -> Array:
     return model.logits(model.norm(x))
 
 
-class _Staged:
-    """``model``'s current weights split once, for block-by-block jitted calls."""
+class StagedModel:
+    """``model``'s current weights split once, for block-by-block jitted calls (the
+    forward of perplexity, zero-shot scoring and generation)."""
 
     def __init__(self, model):
         self.model = nnx.split(model)  # (graphdef, state) of the whole model: embedding, norm, head
@@ -89,7 +90,7 @@ def compiled_forward(model) -> Callable[[Array], Array]:
     """``tokens [B, T] → logits [B, T, V]`` (float32) for ``model``'s current weights,
     block by block (see above); returns device arrays without waiting for them (timing
     code calls ``.block_until_ready()``)."""
-    return _Staged(model).logits
+    return StagedModel(model).logits
 
 
 def bucket_length(length: int, *, minimum: int = 16) -> int:
@@ -174,7 +175,7 @@ def perplexity(
         raise ValueError(f"batch_size must be a positive number of windows or None (≈ 16 K tokens per step), got {batch_size!r}")
     count, seq_len = windows.shape
     batch_size = min(batch_size or max(1, 16384 // seq_len), count)
-    staged, total = _Staged(model), jnp.zeros((), jnp.float32)
+    staged, total = StagedModel(model), jnp.zeros((), jnp.float32)
     # Not ``stream_chunks``: the sum stays on the device (one host sync at the end, no
     # per-batch transfer), and padded windows are weighted out inside the reduction.
     for start, stop in chunk_bounds(count, batch_size):

@@ -397,6 +397,9 @@ def test_chunked_nll_equals_the_full_softmax_in_values_and_gradients():
             got_h, got_w = jax.grad(lambda h, w: loss(h, w).sum(), argnums=(0, 1))(hidden, weights)
             np.testing.assert_allclose(np.asarray(got_h), np.asarray(want_grads[0]), atol=1e-5)
             np.testing.assert_allclose(np.asarray(got_w.T if tied else got_w), np.asarray(want_grads[1]), atol=1e-5)
+            nll, argmax = chunked_nll(hidden, weights, targets, vocab_chunk=chunk, head_is_embedding=tied, with_argmax=True)
+            np.testing.assert_allclose(np.asarray(nll), np.asarray(want), atol=1e-5)
+            np.testing.assert_array_equal(np.asarray(argmax), np.argmax(np.asarray(hidden @ head), axis=-1))
 
 
 def test_dot_product_attention_gives_the_chunked_logits(tiny_llama_config, random_llama):

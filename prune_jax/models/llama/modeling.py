@@ -530,12 +530,14 @@ class Llama(nnx.Module):
     def __call__(self, tokens: Array, positions: Array | None = None) -> Array:
         return self.logits(self.hidden_states(tokens, positions))
 
-    def next_token_nll(self, hidden: Array, targets: Array, *, vocab_chunk: int = VOCAB_CHUNK) -> Array:
+    def next_token_nll(self, hidden: Array, targets: Array, *, vocab_chunk: int = VOCAB_CHUNK,
+                       with_argmax: bool = False) -> Array | tuple[Array, Array]:
         """−log p(targets | hidden) [B, T] float32 from final-norm hidden states [B, T, D],
-        without the [B, T, V] logits (``chunked_nll``)."""
+        without the [B, T, V] logits (``chunked_nll``); with ``with_argmax`` also the
+        greedy next token [B, T] int32."""
         tied = self.lm_head is None
         return chunked_nll(hidden, self.embed[...] if tied else self.lm_head[...], targets,
-                           vocab_chunk=vocab_chunk, head_is_embedding=tied)
+                           vocab_chunk=vocab_chunk, head_is_embedding=tied, with_argmax=with_argmax)
 
     def token_nll(self, tokens: Array) -> Array:
         """−log p(x_{t+1} | x_≤t) for t < T − 1, [B, T − 1] float32: the next-token loss
@@ -546,7 +548,7 @@ class Llama(nnx.Module):
 
 
 def chunked_nll(hidden: Array, head: Array, targets: Array, *, vocab_chunk: int = VOCAB_CHUNK,
-                head_is_embedding: bool = False) -> Array:
+                head_is_embedding: bool = False, with_argmax: bool = False) -> Array | tuple[Array, Array]:
     """−log softmax(hidden · head)[targets], [B, T] float32, in vocabulary chunks.
 
     logsumexp_v z_v is accumulated online over column chunks c of the head,
@@ -559,6 +561,11 @@ def chunked_nll(hidden: Array, head: Array, targets: Array, *, vocab_chunk: int 
 
     ``head`` is [D, V], or the [V, D] embedding when ``head_is_embedding`` (tied weights:
     no transposed copy).
+
+    ``with_argmax``: also return argmax_v z_v [B, T] int32 (the greedy next token, the
+    first index on ties, as ``jnp.argmax``), tracked in the same chunk loop: whether a
+    continuation is the greedy one is then ``argmax == targets`` on the very logits the
+    loss used, with no rounding gap between a gathered and a chunked logit.
     """
     vocab = head.shape[0] if head_is_embedding else head.shape[1]
     axis = 0 if head_is_embedding else 1
@@ -568,24 +575,30 @@ def chunked_nll(hidden: Array, head: Array, targets: Array, *, vocab_chunk: int 
     spec = "BTD,VD->BTV" if head_is_embedding else "BTD,DV->BTV"
     if vocab <= vocab_chunk:
         logits = jnp.einsum(spec, hidden, head, preferred_element_type=jnp.float32)
-        return jax.nn.logsumexp(logits, axis=-1) - target_logit
+        nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+        return (nll, jnp.argmax(logits, axis=-1).astype(jnp.int32)) if with_argmax else nll
     chunks = -(-vocab // vocab_chunk)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def step(carry, index):
-        peak, total = carry
+        peak, total, best = carry
         start = jnp.minimum(index * vocab_chunk, vocab - vocab_chunk)
         columns = jax.lax.dynamic_slice_in_dim(head, start, vocab_chunk, axis=axis)
         logits = jnp.einsum(spec, hidden, columns, preferred_element_type=jnp.float32)  # [B, T, chunk]
         fresh = start + jnp.arange(vocab_chunk) >= index * vocab_chunk  # the last chunk overlaps the previous one
         logits = jnp.where(fresh, logits, jnp.float32(-1e30))
-        new_peak = jnp.maximum(peak, jnp.max(logits, axis=-1))
+        chunk_peak = jnp.max(logits, axis=-1)
+        new_peak = jnp.maximum(peak, chunk_peak)
         total = total * jnp.exp(peak - new_peak) + jnp.sum(jnp.exp(logits - new_peak[..., None]), axis=-1)
-        return (new_peak, total), None
+        if best is not None:  # strictly greater: an earlier chunk keeps a tie (the first index wins)
+            best = jnp.where(chunk_peak > peak, start + jnp.argmax(logits, axis=-1).astype(jnp.int32), best)
+        return (new_peak, total, best), None
 
-    start = (jnp.full(targets.shape, -1e30, jnp.float32), jnp.zeros(targets.shape, jnp.float32))
-    (peak, total), _ = jax.lax.scan(step, start, jnp.arange(chunks))
-    return peak + jnp.log(total) - target_logit
+    best = jnp.zeros(targets.shape, jnp.int32) if with_argmax else None
+    start = (jnp.full(targets.shape, -1e30, jnp.float32), jnp.zeros(targets.shape, jnp.float32), best)
+    (peak, total, best), _ = jax.lax.scan(step, start, jnp.arange(chunks))
+    nll = peak + jnp.log(total) - target_logit
+    return (nll, best) if with_argmax else nll
 
 
 def set_attention(model: "Llama", implementation: str) -> "Llama":
