@@ -44,7 +44,7 @@ demo: $(VENV)/.installed-base data
 # torch): proves a fresh clone runs the main job. Use a separate venv: make smoke VENV=.venv-smoke
 smoke: $(VENV)/.installed-base data
 	@$(BIN)/python -c "import importlib.util, sys; sys.exit('torch is installed in $(VENV): the smoke must run without it' if importlib.util.find_spec('torch') else 0)"
-	$(BIN)/prune-jax demo --calib-samples 4 --eval-windows 4 --out $(VENV)/smoke-demo
+	$(BIN)/prune-jax demo --calib-samples 4 --eval-windows 4 --task-items 8 --out $(VENV)/smoke-demo
 
 # pytest exits 5 when it collects nothing; treat that as a failure with a message.
 # TEST_WORKERS: pytest-xdist processes; the suite is bound by XLA compiles, which are

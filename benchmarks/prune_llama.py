@@ -40,7 +40,13 @@ from prune_jax.models.llama import load_model, num_parameters  # noqa: E402
 from prune_jax.pruning import PruneConfig, prune  # noqa: E402
 from skmm_jax.io import save_json_atomic  # noqa: E402
 
+from prune_jax.zero_shot.tasks import builtin_task, evaluate_task  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+# Zero-shot accuracy next to perplexity, for --task-methods only (a few minutes per model on
+# this CPU): items per built-in task (standard errors ≈ 5 points at 100 four-way items).
+TASK_ITEMS = {"wiki-next-sentence": 100, "wiki-last-word": 200, "python-docs-next-sentence": 60}
+TASK_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", "dap-obs global (≤ 50 % per block)", "dap-obs global")
 VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit order; rows without
     # "ridge toward current" were measured with the classic ridge toward 0, stated explicitly since it is no longer the default)
     "random": dict(method="random"),
@@ -153,6 +159,8 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="drop the stored rows of --methods (and dense) at --sparsity first")
     parser.add_argument("--export-check", action="store_true", help="also prune all blocks uniformly, export, reload in transformers")
     parser.add_argument("--speed", action="store_true", help="also measure dense vs pruned-shape forward speed, interleaved")
+    parser.add_argument("--task-methods", default=",".join(TASK_METHODS),
+                        help="methods whose rows also get zero-shot accuracy on the built-in tasks (dense always); '' for none")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "prune_llama.json"
@@ -171,12 +179,21 @@ def main() -> None:
     corpora = {"": eval_tokens, "python_docs_": tokenize_corpus(load_documents(PYTHON_DOCS_SOURCE), tokenizer)}
     windows = {f"ppl_{name}{T}": eval_windows(tokens, T, max(1, args.eval_tokens // T)) for name, tokens in corpora.items() for T in (128, 2048)}
 
-    def evaluate(model) -> dict:
-        return {key: perplexity(model, w).perplexity for key, w in windows.items()}
+    task_methods = {m for m in args.task_methods.split(",") if m}
+    tasks = [builtin_task(name, max_items=count) for name, count in TASK_ITEMS.items()]
+
+    def evaluate(model, with_tasks: bool) -> dict:
+        """Perplexities, and with_tasks the built-in tasks' scores, of the same model."""
+        scores = {key: perplexity(model, w).perplexity for key, w in windows.items()}
+        if with_tasks:
+            start = time.perf_counter()
+            scores["tasks"] = {task.name: evaluate_task(model, tokenizer, task) for task in tasks}
+            scores["task_seconds"] = time.perf_counter() - start
+        return scores
 
     if ("dense", 0.0, 64, 0) not in done:
         dense, _ = load_model("smollm2-135m", tokenizer=False)
-        row = {"method": "dense", "sparsity": 0.0, **evaluate(dense), "tokens_per_s": throughput(dense, eval_tokens),
+        row = {"method": "dense", "sparsity": 0.0, **evaluate(dense, True), "tokens_per_s": throughput(dense, eval_tokens),
                "parameters": num_parameters(dense)}
         rows.append(row)
         print(row, flush=True)
@@ -193,7 +210,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             row = {
                 "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, "calib_seed": args.calib_seed,
-                **evaluate(model), "prune_seconds": seconds,
+                **evaluate(model, name in task_methods and args.calib_seed == 0), "prune_seconds": seconds,
                 "fraction_of_prunable_removed": report.fraction_of_prunable_removed,
                 "fraction_of_all_removed": report.fraction_of_all_removed, "parameters": report.parameters_after,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -232,6 +249,25 @@ def main() -> None:
         "| prune s | tokens/s | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    task_rows = [r for r in rows if "tasks" in r]
+    if task_rows:
+        names = list(TASK_ITEMS)
+        chance = {n: task_rows[0]["tasks"][n]["chance"] for n in names}
+        task_lines = [
+            "", "## Zero-shot accuracy of the same models (built-in offline tasks)", "",
+            "Measured in the same run as the perplexities above, on the same pruned models (calibration seed 0). acc ± standard "
+            "error (acc_norm for the 4-way tasks in the JSON); items: " + ", ".join(f"{n} {TASK_ITEMS[n]} (chance {chance[n]:.0%})" for n in names)
+            + ". How the tasks are built: `prune_jax/zero_shot/tasks.py`.", "",
+            "| method | sparsity | wiki PPL@128 | python-docs PPL@128 | " + " | ".join(names) + " | mean acc |",
+            "|---|---:|---:|---:|" + "---:|" * (len(names) + 1),
+        ]
+        for r in sorted(task_rows, key=lambda r: (r["sparsity"], -np.mean([r["tasks"][n]["acc"] for n in names]))):
+            accs = [r["tasks"][n] for n in names]
+            task_lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['ppl_128']:.2f} | {r['ppl_python_docs_128']:.2f} | "
+                              + " | ".join(f"{a['acc']:.1%} ± {a['acc_stderr']:.1%}" for a in accs)
+                              + f" | {np.mean([a['acc'] for a in accs]):.1%} |")
+    else:
+        task_lines = []
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         groups.setdefault((label(r), r["sparsity"]), []).append(r)
@@ -249,6 +285,7 @@ def main() -> None:
                      f"{cell(group, 'ppl_python_docs_128')} | {cell(group, 'ppl_python_docs_2048')} | "
                      f"{np.mean([g.get('prune_seconds', 0) for g in group]):.0f} | {np.mean([g['tokens_per_s'] for g in group]):.0f} | "
                      f"{np.mean([g.get('speedup_vs_dense', 1.0) for g in group]):.2f}× |")
+    lines += task_lines
     if speed:
         lines += ["", "Forward speed of the pruned shapes (uniform allocation, random weights of the same shapes), 8 × 128 tokens, "
                   "interleaved with the dense model in one process (`--speed`); the per-row tokens/s above were measured while "

@@ -10,9 +10,10 @@ from rich.console import Console
 
 from prune_jax.pruning.scores import METHODS
 from prune_jax.zero_shot.tasks import BUILTIN_TASKS
+from skmm_jax.cli_common import check_output_dir, check_output_file, fail, run_app
 
 BUILTIN_TASK_NAMES = tuple(BUILTIN_TASKS)
-from skmm_jax.cli_common import check_output_dir, check_output_file, fail, run_app
+DEMO_TASK = "wiki-last-word"  # the cheapest built-in task (one request per item), chance 0
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distribution-aware structured pruning of LLaMA models in JAX.")
 console = Console()
@@ -228,6 +229,7 @@ def demo_command(
     sparsity: float = typer.Option(0.2, help="Fraction of the prunable parameters to remove, in (0, 1)."),
     calib_samples: int = typer.Option(64, min=1, help="Calibration sequences of 128 tokens."),
     eval_windows_count: int = typer.Option(64, "--eval-windows", min=1, help="Evaluation windows of 128 tokens."),
+    task_items: int = typer.Option(100, min=1, help=f"Items of the built-in zero-shot task {DEMO_TASK} scored on both models."),
     out: Path = typer.Option(Path("pruned/smollm2-135m-demo"), "--out", help="Where the pruned model is saved."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
 ) -> None:
@@ -247,6 +249,7 @@ def demo_command(
     from prune_jax.evaluate import forward_tokens_per_second, perplexity
     from prune_jax.models.llama import save_hf
     from prune_jax.pruning import PruneConfig, prune
+    from prune_jax.zero_shot.tasks import builtin_task, evaluate_task
 
     def tokens_per_second(net, tokens) -> float:
         return forward_tokens_per_second(net, np.asarray(tokens[: 8 * 128]).reshape(8, 128), repeats=3)
@@ -265,6 +268,13 @@ def demo_command(
         with tqdm(total=len(windows), unit="window", desc="dense perplexity") as bar:
             dense_ppl = perplexity(net, windows, progress=lambda done, total: bar.update(done - bar.n)).perplexity
         dense_speed = tokens_per_second(net, eval_tokens)
+        task = builtin_task(DEMO_TASK, max_items=task_items)
+
+        def accuracy(net, which: str) -> dict:
+            with tqdm(total=len(task.items), unit="item", desc=f"{which} {DEMO_TASK}") as bar:
+                return evaluate_task(net, tok, task, progress=lambda done, total: bar.update(done - bar.n))
+
+        dense_task = accuracy(net, "dense")
         start = time.perf_counter()
         desc = f"prune {sparsity:.0%} {method}{' + recovery' if recover else ''}, {calib.shape[0]}×128 calibration tokens"
         with tqdm(total=net.config.num_layers, unit="block", desc=desc) as bar:
@@ -273,6 +283,7 @@ def demo_command(
         with tqdm(total=len(windows), unit="window", desc="pruned perplexity") as bar:
             pruned_ppl = perplexity(net, windows, progress=lambda done, total: bar.update(done - bar.n)).perplexity
         pruned_speed = tokens_per_second(net, eval_tokens)
+        pruned_task = accuracy(net, "pruned")
         record = report.to_json()
         record["calibration"] = {"source": "wiki-sample", "split": "calibration", "documents": [d.id for d in calibration_docs],
                                  "tokens": int(calib.size), "samples": calib_samples, "seq_len": 128, "seed": 0}
@@ -280,10 +291,11 @@ def demo_command(
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     table = Table(title=f"SmolLM2-135M-Instruct (Q4_1, dequantised), {method}{' + recovery' if recover else ''}, {sparsity:.0%} of prunable parameters")
-    for col in ("model", "parameters", f"perplexity ({len(windows)}×128)", "tokens/s (8×128)"):
+    for col in ("model", "parameters", f"perplexity ({len(windows)}×128)", f"{DEMO_TASK} acc ({len(task.items)} items)", "tokens/s (8×128)"):
         table.add_column(col, justify="right")
-    table.add_row("dense", f"{report.parameters_before:,}", f"{dense_ppl:.2f}", f"{dense_speed:.0f}")
-    table.add_row("pruned", f"{report.parameters_after:,}", f"{pruned_ppl:.2f}", f"{pruned_speed:.0f}")
+    for name, params, ppl, acc, speed in (("dense", report.parameters_before, dense_ppl, dense_task, dense_speed),
+                                          ("pruned", report.parameters_after, pruned_ppl, pruned_task, pruned_speed)):
+        table.add_row(name, f"{params:,}", f"{ppl:.2f}", f"{acc['acc']:.1%} ± {acc['acc_stderr']:.1%}", f"{speed:.0f}")
     Console().print(table)
     console.print(
         f"removed {report.fraction_of_prunable_removed:.1%} of prunable / {report.fraction_of_all_removed:.1%} of all parameters; "
@@ -307,7 +319,7 @@ def eval_command(
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer directory (or .gguf), when the model has none of its own."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON (atomically)."),
     tasks: Optional[str] = typer.Option(None, help="Zero-shot tasks instead of perplexity: comma-separated built-in names (" + ", ".join(BUILTIN_TASK_NAMES) + ") or paths to .jsonl files (one {context, choices, gold[, id]} per line). Writes acc / acc_norm with standard errors."),
-    limit: Optional[int] = typer.Option(None, min=1, help="--tasks: score only the first this many items of each task (built-in tasks have up to 500)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="--tasks: score only the first this many items of each task (built-in tasks: up to 500, in a fixed random order, so a prefix is a random sample)."),
 ) -> None:
     """Perplexity of a LLaMA model on a corpus (exp(mean NLL) over non-overlapping
     windows), or with --tasks its zero-shot accuracy (acc, acc_norm)."""

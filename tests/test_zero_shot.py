@@ -219,6 +219,8 @@ def test_built_in_tasks_use_only_evaluation_documents_and_are_deterministic():
         doc_ids = {item.id.rsplit(":", 2)[0] for item in task.items}  # id = document:paragraph:sentence
         assert doc_ids <= {d.id for d in evaluation} and not doc_ids & {d.id for d in calibration}
         assert len(task.items) == 40 and task == builtin_task(name, max_items=40)
+        # a prefix (prune-jax eval --limit) is the same random sample as a smaller max_items
+        assert task.items[:10] == builtin_task(name, max_items=10).items
         if task.kind == MULTIPLE_CHOICE:
             assert all(len(set(item.choices)) == 4 for item in task.items)
             assert 5 <= sum(item.gold == 0 for item in task.items) <= 15  # gold positions are shuffled
@@ -261,3 +263,13 @@ def test_cli_eval_unknown_task_is_a_clean_error(tmp_path: Path, tiny_model_and_c
     out = tmp_path / "acc.json"
     result = runner.invoke(app, ["eval", "--model", str(tiny_model_and_corpus.model_dir), "--tasks", "piqa", "--json", str(out)])
     assert result.exit_code == 2 and "unknown task 'piqa'" in result.output and not out.exists()
+
+
+def test_cli_eval_built_in_tasks_on_a_tiny_model(tmp_path: Path, tiny_model_and_corpus):
+    out = tmp_path / "acc.json"
+    result = runner.invoke(app, ["eval", "--model", str(tiny_model_and_corpus.model_dir), "--tasks", "wiki-last-word,python-docs-next-sentence",
+                                 "--limit", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())["tasks"]
+    assert scores["wiki-last-word"]["n"] == 3 and "acc_norm" not in scores["wiki-last-word"]
+    assert scores["python-docs-next-sentence"]["chance"] == 0.25 and "acc_norm_stderr" in scores["python-docs-next-sentence"]

@@ -162,8 +162,7 @@ def next_sentence_items(documents, *, choices: int = 4, max_items: int, seed: in
                 order = rng.permutation(choices)
                 items.append(Item(context, tuple(options[k] for k in order), int(np.argmin(order)), f"{doc.id}:{p}:{position}"))
                 break  # one item per paragraph: items spread over the documents
-    order = rng.permutation(len(items))[:max_items]
-    return [items[i] for i in sorted(order)]
+    return [items[i] for i in rng.permutation(len(items))[:max_items]]  # random order: any prefix is a random sample
 
 
 def last_word_items(documents, *, max_items: int, seed: int = 0) -> list[Item]:
@@ -186,8 +185,7 @@ def last_word_items(documents, *, max_items: int, seed: int = 0) -> list[Item]:
                     continue
                 items.append(Item(passage, (answer,), 0, f"{doc.id}:{p}:{position}"))
                 break
-    order = rng.permutation(len(items))[:max_items]
-    return [items[i] for i in sorted(order)]
+    return [items[i] for i in rng.permutation(len(items))[:max_items]]  # random order: any prefix is a random sample
 
 
 def _evaluation_documents(source: str):
@@ -256,18 +254,40 @@ def check_fits(task: Task, pairs, owner, window: int) -> None:
 
 
 def evaluate_task(model, tokenizer, task: Task, *, progress: Progress | None = None, batch_tokens: int | None = None) -> dict:
-    """{acc, acc_stderr, [acc_norm, acc_norm_stderr,] n, chance, kind} of ``model`` on ``task``."""
-    pairs, owner = task_requests(task, tokenizer)
+    """{acc, acc_stderr, [acc_norm, acc_norm_stderr,] n, chance, kind} of ``model`` on ``task``.
+
+    Raises:
+      ValueError: an item longer than the model's window (before anything is scored).
+    """
+    return evaluate_tasks(model, tokenizer, [task], progress_factory=None if progress is None else (lambda _: progress),
+                          batch_tokens=batch_tokens)[task.name]
+
+
+def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, progress_factory=None, batch_tokens: int | None = None) -> dict[str, dict]:
+    """``evaluate_task`` for each task. Every task is encoded and checked against the
+    window first, so a bad one fails before any scoring; ``progress_factory(task)`` may
+    return a progress callback per task."""
     window = model.config.max_position_embeddings
-    check_fits(task, pairs, owner, window)
+    encoded = []
+    for task in tasks:
+        pairs, owner = task_requests(task, tokenizer)
+        check_fits(task, pairs, owner, window)
+        encoded.append((task, pairs, np.asarray(owner)))
     options = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
-    scores = loglikelihood_tokens(model, pairs, progress=progress, **options)
+    results = {}
+    for task, pairs, owner in encoded:
+        progress = None if progress_factory is None else progress_factory(task)
+        scores = loglikelihood_tokens(model, pairs, progress=progress, **options)
+        results[task.name] = _metrics(task, scores, owner)
+    return results
+
+
+def _metrics(task: Task, scores: list[tuple[float, bool]], owner: np.ndarray) -> dict:
     result = {"kind": task.kind, "n": len(task.items), "chance": task.chance}
     if task.kind == CLOZE:
         acc = np.array([float(greedy) for _, greedy in scores])
         return {**result, "acc": float(acc.mean()), "acc_stderr": mean_stderr(acc)}
     logprob = np.array([lp for lp, _ in scores])
-    owner = np.asarray(owner)
     acc, acc_norm = np.zeros(len(task.items)), np.zeros(len(task.items))
     for index, item in enumerate(task.items):
         lp = logprob[owner == index]
@@ -276,14 +296,3 @@ def evaluate_task(model, tokenizer, task: Task, *, progress: Progress | None = N
         acc_norm[index] = float(np.argmax(lp / lengths) == item.gold)
     return {**result, "acc": float(acc.mean()), "acc_stderr": mean_stderr(acc),
             "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": mean_stderr(acc_norm)}
-
-
-def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, progress_factory=None) -> dict[str, dict]:
-    """``evaluate_task`` for each task; every task is checked against the window first,
-    so a bad one fails before any scoring. ``progress_factory(task)`` may return a
-    progress callback per task."""
-    window = model.config.max_position_embeddings
-    for task in tasks:
-        check_fits(task, *task_requests(task, tokenizer), window)
-    return {task.name: evaluate_task(model, tokenizer, task, progress=None if progress_factory is None else progress_factory(task))
-            for task in tasks}
