@@ -67,6 +67,11 @@ class SkMMConfig:
       rank_tol: eigenvalues below rank_tol·λ_max are ignored.
       max_swaps: cap on exchanges for draw="swap" (None: n).
       bisection_steps: solves used to find the default c_S.
+      relax: solve the relaxation (and, with c_s None, its c_S bisection). The default
+        greedy draw minimises the sketched variance on the subset itself and uses p only
+        to break exact ties, so relax=False (draw="greedy" only) skips every solve —
+        most of SkMM's time on large pools — and draws with uniform p; the relaxation's
+        diagnostics (c_s, relaxed_coverage, loss curve, ...) are then absent.
     """
 
     c_s: float | None = None
@@ -76,10 +81,13 @@ class SkMMConfig:
     rank_tol: float = 1e-6
     max_swaps: int | None = None
     bisection_steps: int = 10
+    relax: bool = True
 
     def __post_init__(self):
         if self.draw not in DRAWS:
             raise ValueError(f"draw must be one of {DRAWS}, got {self.draw!r}")
+        if not self.relax and self.draw != "greedy":
+            raise ValueError(f'relax=False needs draw="greedy" (draw={self.draw!r} uses the relaxed weights p)')
         if self.c_s is not None and not (isinstance(self.c_s, (int, float)) and math.isfinite(self.c_s) and self.c_s > 0):
             raise ValueError(f"c_s must be a positive finite number or None, got {self.c_s!r}")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge > 0):
@@ -131,6 +139,17 @@ def skmm(
     if not bool(jnp.any(spectrum.active)):
         raise ValueError(f"sketched gradients {ZERO_FEATURES}")
     solver = config.solver
+    if not config.relax:
+        num = sketched.shape[0]
+        indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
+        return indices, {
+            "subset_coverage": float(subset_coverage(indices, spectrum)),
+            "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
+            "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
+            "active_directions": int(jnp.sum(spectrum.active)),
+            "draw": config.draw,
+            "relax": False,
+        }
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:

@@ -252,6 +252,17 @@ def test_skmm_diagnostics_and_subset():
     assert diag["effective_support"] >= 15 and len(diag["loss_curve"]) == diag["solver_steps"]
 
 
+def test_skmm_without_the_relaxation_draws_the_same_greedy_subset():
+    """The greedy draw uses p only for exact ties, so skipping the solves changes nothing."""
+    x = np.asarray(jax.random.normal(jax.random.key(3), (120, 6)) * jnp.arange(1, 7, dtype=jnp.float32)[None, :])
+    relaxed, _ = skmm(jax.random.key(0), x, 12, config=SkMMConfig(bisection_steps=3))
+    direct, diag = skmm(jax.random.key(0), x, 12, config=SkMMConfig(relax=False))
+    np.testing.assert_array_equal(np.asarray(direct), np.asarray(relaxed))
+    assert diag["relax"] is False and "c_s" not in diag and diag["subset_coverage"] > 0
+    with pytest.raises(ValueError, match='relax=False needs draw="greedy"'):
+        SkMMConfig(relax=False, draw="sample")
+
+
 def test_skmm_core_composes_under_jit_and_vmap():
     x, _ = clusters()
     keys = jax.random.split(jax.random.key(0), 3)
