@@ -160,18 +160,28 @@ def select(
     sketch_dim: Optional[int] = typer.Option(None, min=1, help="Sketch dimension m, 0 < m < d (default 256 when --sketch-kind is given)."),
     c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S > 0 (default: smallest feasible, by bisection)."),
     draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | greedy-diagonal | swap | sample | top | balanced."),
+    preprocess: Optional[str] = typer.Option(
+        None, help="SkMM: the geometry moments are matched in: none | center | standardize | unit | center-unit | "
+        "standardize-unit (default: standardize-unit, chosen on 7 real tasks; see the README)."),
+    ridge: Optional[float] = typer.Option(None, help="SkMM: ρ of the greedy draw, in units of one sample's top-direction moment (default 1.0)."),
+    relax: Optional[bool] = typer.Option(
+        None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
+        "the greedy draw does not)."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
 
-    With the default c_S, SkMM solves its relaxation 1 + 10 times (a bisection on c_S);
-    on a large pool each solve can take a minute, and progress is shown per solve.
+    SkMM's default: rows standardized then scaled to unit length, the greedy draw without
+    the relaxation (no solves). With --relax and the default c_S it solves its relaxation
+    1 + 10 times (a bisection on c_S); on a large pool each solve can take a minute, and
+    progress is shown per solve.
     """
     check_output_file(out, "--out")
     import jax
 
     from skmm_jax.draw import DRAWS
     from skmm_jax.io import load_array, save_json_atomic
+    from skmm_jax.moments import PREPROCESSING
     from skmm_jax.select import METHODS
     from skmm_jax.select import select as run_select
     from skmm_jax.sketch import KINDS
@@ -183,10 +193,17 @@ def select(
     if METHODS[method].needs_labels and labels is None:
         fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
     options = {}
+    skmm_options = {"c_s": c_s, "draw": draw, "preprocess": preprocess, "ridge": ridge, "relax": relax}
     if method == "skmm":
-        options = {k: v for k, v in (("c_s", c_s), ("draw", draw)) if v is not None}
-    elif c_s is not None or draw is not None:
-        fail("--c-s and --draw apply to --method skmm only")
+        options = {k: v for k, v in skmm_options.items() if v is not None}
+    elif any(v is not None for v in skmm_options.values()):
+        fail("--c-s, --draw, --preprocess, --ridge and --relax apply to --method skmm only")
+    if preprocess is not None and preprocess not in PREPROCESSING:
+        fail(f"--preprocess {preprocess!r} is not one of {', '.join(PREPROCESSING)}")
+    if ridge is not None and not (math.isfinite(ridge) and ridge > 0):
+        fail(f"--ridge {ridge}: ρ must be a positive finite number")
+    if relax is False and draw not in (None, "greedy"):
+        fail(f"--no-relax needs the greedy draw: --draw {draw} uses the relaxation's weights")
     if c_s is not None and not (math.isfinite(c_s) and c_s > 0):
         fail(f"--c-s {c_s}: c_S must be a positive finite number (omit --c-s for the smallest feasible c_S)")
     if draw is not None and draw not in DRAWS:

@@ -90,6 +90,14 @@ def draw_balanced(key: Array, p: Array, labels: Array, n: int, num_classes: int)
     return picked.astype(jnp.int32)
 
 
+def take_row(matrix: Array, index: Array) -> Array:
+    """matrix[index] for an [N, m] matrix as a masked reduction over N: with N sharded each
+    device sums its own rows, so it costs an O(m) all-reduce instead of gathering [N, m]
+    (what a dynamic slice along a sharded axis compiles to)."""
+    hit = jnp.arange(matrix.shape[0], dtype=jnp.int32) == jnp.asarray(index, jnp.int32)
+    return jnp.sum(jnp.where(hit.reshape(hit.shape + (1,) * (matrix.ndim - 1)), matrix, 0), axis=0)
+
+
 @functools.partial(jax.jit, static_argnames=("n",))
 def draw_greedy(spectrum: Spectrum, p: Array, ridge: Array, n: int) -> Array:
     """Greedy full-matrix moment matching: minimise tr(Λ (Z_SᵀZ_S + ρI)⁻¹); [n] int32."""
@@ -98,15 +106,18 @@ def draw_greedy(spectrum: Spectrum, p: Array, ridge: Array, n: int) -> Array:
     tie = p / jnp.maximum(jnp.max(p), 1e-30) * 1e-12
     ridge = jnp.asarray(ridge, jnp.float32)
 
+    rows = jnp.arange(z.shape[0], dtype=jnp.int32)
+
     def pick(step, state):
         a, taken, chosen = state  # a = Z K⁻¹, K = Z_SᵀZ_S + ρ I
         denominator = 1.0 + jnp.sum(a * z, axis=1)  # 1 + z_iᵀ K⁻¹ z_i  (≥ 1)
         gain = jnp.sum(a * a * lam[None, :], axis=1) / denominator  # V(S) − V(S ∪ {i})
-        best = jnp.argmax(jnp.where(taken, -jnp.inf, gain + tie))
-        u = a[best]  # K⁻¹ z_best (K symmetric)
+        best = jnp.argmax(jnp.where(taken, -jnp.inf, gain + tie)).astype(jnp.int32)
+        u = take_row(a, best)  # K⁻¹ z_best (K symmetric); O(m) communication when N is sharded
+        scale = take_row(denominator, best)
         # K⁻¹ ← K⁻¹ − u uᵀ / (1 + z_bestᵀ u)  ⇒  A ← A − (Z u) uᵀ / (…)
-        a = a - jnp.matmul(z, u, precision=HIGHEST)[:, None] * (u / denominator[best])[None, :]
-        return a, taken.at[best].set(True), chosen.at[step].set(best)
+        a = a - jnp.matmul(z, u, precision=HIGHEST)[:, None] * (u / scale)[None, :]
+        return a, taken | (rows == best), chosen.at[step].set(best)
 
     state = (z / ridge, jnp.zeros((z.shape[0],), bool), jnp.zeros((n,), jnp.int32))
     return jax.lax.fori_loop(0, n, pick, state)[2]
@@ -120,13 +131,14 @@ def draw_greedy_diagonal(spectrum: Spectrum, p: Array, coverage: Array, weights:
     num = moments.shape[0]
     # Tie-break by p, scaled far below any real decrease of D.
     tie = p / jnp.maximum(jnp.max(p), 1e-30) * 1e-12
+    rows = jnp.arange(num, dtype=jnp.int32)
 
     def pick(step, state):
         total, taken, chosen = state
         loss = subset_loss(total[None, :] + moments, target[None, :], weights[None, :], n)  # [N]
         score = jnp.where(taken, jnp.inf, loss - tie)
-        best = jnp.argmin(score)
-        return total + moments[best], taken.at[best].set(True), chosen.at[step].set(best)
+        best = jnp.argmin(score).astype(jnp.int32)
+        return total + take_row(moments, best), taken | (rows == best), chosen.at[step].set(best)
 
     state = (jnp.zeros_like(target), jnp.zeros((num,), bool), jnp.zeros((n,), jnp.int32))
     return jax.lax.fori_loop(0, n, pick, state)[2]
@@ -153,16 +165,16 @@ def refine_swaps(spectrum: Spectrum, indices: Array, coverage: Array, weights: A
         current = subset_loss(total, target, weights, n)
         # Remove the member whose removal raises D least …
         drop_loss = jnp.where(member, loss_of(total[None, :] - moments), jnp.inf)
-        out = jnp.argmin(drop_loss)
-        reduced = total - moments[out]
+        out = jnp.argmin(drop_loss).astype(jnp.int32)
+        reduced = total - take_row(moments, out)
         # … and add the non-member that lowers D most.
         add_loss = jnp.where(member, jnp.inf, loss_of(reduced[None, :] + moments))
         add_loss = add_loss.at[out].set(jnp.inf)
-        inn = jnp.argmin(add_loss)
-        better = add_loss[inn] < current * (1.0 - 1e-6)
+        inn = jnp.argmin(add_loss).astype(jnp.int32)
+        better = take_row(add_loss, inn) < current * (1.0 - 1e-6)
         slot = jnp.argmax(indices == out)
         member = jnp.where(better, member.at[out].set(False).at[inn].set(True), member)
-        total = jnp.where(better, reduced + moments[inn], total)
+        total = jnp.where(better, reduced + take_row(moments, inn), total)
         indices = jnp.where(better, indices.at[slot].set(inn.astype(jnp.int32)), indices)
         return member, total, indices, swaps + better.astype(jnp.int32), better
 

@@ -20,6 +20,7 @@ masked out of the objective and of the coverage.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -31,6 +32,7 @@ from skmm_jax.precision import HIGHEST
 Array = jax.Array
 
 WEIGHTINGS = ("absolute", "relative")
+PREPROCESSING = ("none", "center", "standardize", "unit", "center-unit", "standardize-unit")
 
 
 class Spectrum(NamedTuple):
@@ -53,6 +55,37 @@ class Spectrum(NamedTuple):
     active: Array
     scale: Array
     projections: Array
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def preprocess_pool(features: Array, kind: str) -> Array:
+    """The geometry SkMM matches moments in: [N, d] → [N, d] float32.
+
+    - "none": as given (Σ̃ = GᵀG/N, the uncentred second moment of the theory);
+    - "center": columns minus their pool mean (the covariance: the shared mean direction,
+      which every sample carries, no longer claims the top eigenvector);
+    - "standardize": centred columns over their pool standard deviation (constant
+      columns keep scale 1): no feature dominates Σ̃ by its units;
+    - "unit" / "center-unit" / "standardize-unit": the same, then every row scaled to unit
+      length, so a sample's norm buys it no leverage: the greedy draw then picks samples
+      for the directions they point in, not for being extreme (see
+      ``benchmarks/selection_suite.py``: on raw features the greedy fills small coresets
+      with the tail of one class).
+
+    Column statistics are reductions over N, so N-sharded input stays sharded.
+    """
+    if kind not in PREPROCESSING:
+        raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {kind!r}")
+    x = features.astype(jnp.float32)
+    if kind in ("center", "center-unit", "standardize", "standardize-unit"):
+        mean = jnp.mean(x, axis=0, keepdims=True)
+        x = x - mean
+        if kind.startswith("standardize"):
+            std = jnp.sqrt(jnp.mean(x * x, axis=0, keepdims=True))
+            x = x / jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
+    if kind.endswith("unit"):
+        x = x / jnp.maximum(jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True)), 1e-12)
+    return x
 
 
 @jax.jit

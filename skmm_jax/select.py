@@ -32,7 +32,7 @@ from skmm_jax.checks import check_labels, scan_rows
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, draw, subset_loss
 from skmm_jax.methods import SelectionMethod
-from skmm_jax.moments import Spectrum, direction_weights, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
+from skmm_jax.moments import PREPROCESSING, Spectrum, direction_weights, preprocess_pool, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
 from skmm_jax.sampling import check_subset_size
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
 from skmm_jax.streaming import Progress
@@ -207,14 +207,39 @@ def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
     return SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
 
 
+SELECT_DEFAULTS: dict[str, Any] = {"preprocess": "standardize-unit", "ridge": 1.0, "relax": False}
+"""What ``select("skmm", ...)`` and ``skmm-jax select`` use unless told otherwise: chosen by
+``benchmarks/selection_suite.py`` (best mean validation rank against the label-free
+baselines over 7 real tasks × 5 budgets; the README states the rule and the numbers).
+``skmm()`` itself keeps the theory's inputs (no preprocessing, the relaxation solved)."""
+
+
+def _select_options(options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(preprocess, SkMMConfig options) with ``SELECT_DEFAULTS`` filled in. The relaxation
+    is switched back on (unless ``relax`` is given) for the draw rules that use its p and
+    when a c_S is asked for."""
+    given = options
+    options = {**SELECT_DEFAULTS, **given}
+    if (options.get("draw", "greedy") != "greedy" or options.get("c_s") is not None) and "relax" not in given:
+        options["relax"] = True
+    preprocess = options.pop("preprocess")
+    if preprocess not in PREPROCESSING:
+        raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {preprocess!r}")
+    return preprocess, options
+
+
 def _skmm_run(
     key: Array, features: Array, n: int, *, labels: Any = None, progress: Progress | None = None, **options: Any
 ) -> tuple[Array, dict]:
-    """SkMM as a registry entry: ``options`` are flat ``SkMMConfig`` / ``SolverConfig`` fields."""
-    return skmm(key, features, n, config=_skmm_config(options), labels=labels, progress=progress)
+    """SkMM as a registry entry: ``preprocess`` (``moments.PREPROCESSING``) plus flat
+    ``SkMMConfig`` / ``SolverConfig`` fields, over ``SELECT_DEFAULTS``."""
+    preprocess, options = _select_options(options)
+    indices, diagnostics = skmm(key, preprocess_pool(features, preprocess), n, config=_skmm_config(options), labels=labels, progress=progress)
+    return indices, {**diagnostics, "preprocess": preprocess}
 
 
 def _skmm_check(options: dict, labels: Any) -> None:
+    _, options = _select_options(options)
     if _skmm_config(options).draw == "balanced" and labels is None:
         raise ValueError('draw="balanced" needs labels (one int class per sample)')
 
@@ -275,8 +300,9 @@ def select(
         reports ``(solves_done, solves_total)`` between the solves of the relaxation
         (the default c_S takes 1 + bisection_steps solves; each can take minutes on a
         large pool). Ignored by the other built-in methods.
-      **options: passed to the selector (for "skmm": ``SkMMConfig`` and
-        ``SolverConfig`` fields, e.g. ``c_s=0.8, draw="swap", optimizer="nesterov"``).
+      **options: passed to the selector (for "skmm": ``preprocess`` and ``SkMMConfig``
+        / ``SolverConfig`` fields over ``SELECT_DEFAULTS``, e.g. ``preprocess="none",
+        c_s=0.8, draw="swap", optimizer="nesterov"``).
 
     Returns:
       ``Selection`` with int64 indices (distinct, in selection order), the method

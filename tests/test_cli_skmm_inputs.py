@@ -114,6 +114,9 @@ SELECT_CASES = [
     ("c-s-inf", [*SELECT_BASE, "--c-s", "inf"], "--c-s inf: c_S must be a positive finite number"),
     ("draw-bogus", [*SELECT_BASE, "--draw", "bogus"], "--draw 'bogus' is not one of greedy"),
     ("draw-balanced-without-labels", [*SELECT_BASE, "--draw", "balanced"], "--draw balanced needs --labels"),
+    ("preprocess-bogus", [*SELECT_BASE, "--preprocess", "whiten"], "--preprocess 'whiten' is not one of none"),
+    ("ridge-0", [*SELECT_BASE, "--ridge", "0"], "--ridge 0.0: ρ must be a positive finite number"),
+    ("no-relax-with-sample", [*SELECT_BASE, "--no-relax", "--draw", "sample"], "--no-relax needs the greedy draw"),
     ("method-bogus", [*SELECT_BASE, "--method", "bogus"], "--method 'bogus' is not one of"),
     ("deepcore-without-labels", [*SELECT_BASE, "--method", "el2n"], "--method el2n needs --labels"),
     ("labels-wrong-length", [*SELECT_BASE, "--method", "el2n", "--labels", "short_labels.npy"], "labels must have shape (40,)"),
@@ -251,7 +254,7 @@ def test_select_reports_each_skmm_solve_and_results_are_unchanged(c_s):
     from skmm_jax.select import select
 
     x = np.random.default_rng(1).standard_normal((60, 6)).astype(np.float32)
-    options = {"bisection_steps": 3} if c_s is None else {"c_s": c_s}
+    options = {"bisection_steps": 3, "relax": True} if c_s is None else {"c_s": c_s}
     calls: list[tuple[int, int]] = []
     with_progress = select("skmm", jax.random.key(2), x, 10, solve_progress=lambda done, total: calls.append((done, total)), **options)
     without = select("skmm", jax.random.key(2), x, 10, **options)

@@ -10,6 +10,8 @@ from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, draw, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps, subset_loss
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
+    PREPROCESSING,
+    preprocess_pool,
     direction_weights,
     moment_matching_loss,
     sketched_spectrum,
@@ -19,7 +21,7 @@ from skmm_jax.moments import (
     subset_variance,
 )
 from skmm_jax.sampling import class_quotas
-from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
+from skmm_jax.select import METHODS, SELECT_DEFAULTS, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
 
@@ -291,6 +293,33 @@ def test_select_every_method(method):
     assert "subset_coverage" in result.diagnostics
 
 
+@pytest.mark.parametrize("kind", PREPROCESSING)
+def test_preprocess_pool_matches_numpy(kind):
+    x = np.random.default_rng(4).standard_normal((50, 5)).astype(np.float32) * np.array([1, 10, 100, 0, 3], np.float32) + 7
+    expected = x.astype(np.float64)
+    if kind != "none" and kind != "unit":
+        expected = expected - expected.mean(axis=0)
+        if kind.startswith("standardize"):
+            std = expected.std(axis=0)
+            expected = expected / np.where(std > 1e-6 * (1 + np.abs(x.mean(axis=0))), std, 1.0)  # the constant column keeps scale 1
+    if kind.endswith("unit"):
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(preprocess_pool(jnp.asarray(x), kind)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_select_skmm_defaults_preprocess_then_greedy_without_the_relaxation():
+    x = np.random.default_rng(5).standard_normal((80, 6)).astype(np.float32) * np.arange(1, 7, dtype=np.float32) + 3
+    chosen = select("skmm", jax.random.key(0), x, 10)
+    direct, _ = skmm(jax.random.key(0), preprocess_pool(jnp.asarray(x), SELECT_DEFAULTS["preprocess"]), 10, config=SkMMConfig(relax=False, ridge=SELECT_DEFAULTS["ridge"]))
+    np.testing.assert_array_equal(chosen.indices, np.asarray(direct))
+    assert chosen.diagnostics["preprocess"] == SELECT_DEFAULTS["preprocess"] and "c_s" not in chosen.diagnostics
+    # a draw that needs p, or a given c_S, brings the relaxation back
+    assert "c_s" in select("skmm", jax.random.key(0), x, 10, draw="sample", bisection_steps=2).diagnostics
+    assert select("skmm", jax.random.key(0), x, 10, c_s=2.0).diagnostics["c_s"] == 2.0
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        select("skmm", jax.random.key(0), x, 10, preprocess="whiten")
+
+
 def test_select_sketches_wide_features():
     x = np.random.default_rng(0).standard_normal((60, 500)).astype(np.float32)
     result = select("uniform", jax.random.key(0), x, 5, sketch_kind="gaussian", sketch_dim=32)
@@ -359,5 +388,11 @@ def test_sharded_greedy_draw_equals_single_device():
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded_x = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data", None)))
     sharded_p = jax.device_put(p, NamedSharding(mesh, P("data")))
-    sharded = draw_greedy(sketched_spectrum(sharded_x), sharded_p, jnp.float32(0.2), 12)
+    spectrum = sketched_spectrum(sharded_x)
+    sharded = draw_greedy(spectrum, sharded_p, jnp.float32(0.2), 12)
     assert np.asarray(sharded).tolist() == np.asarray(single).tolist()
+    # Each step communicates O(m): the compiled loop gathers no [N, ·] operand (row `best` is
+    # a masked reduction, not a dynamic slice of the sharded matrix).
+    hlo = draw_greedy.lower(spectrum, sharded_p, jnp.float32(0.2), 12).compile().as_text()
+    gathers = [line for line in hlo.splitlines() if "all-gather" in line and "=" in line]
+    assert not [g for g in gathers if "[128," in g or "[128]" in g], gathers
