@@ -7,10 +7,10 @@ only: what ``select`` runs by default) and, where it finishes in reasonable time
 whose subsets are compared. The first call of every shape is the compile and is timed
 apart.
 
-Memory model of the greedy draw (f32): Z [N, m] and B = Z² [N, m] in the spectrum, the
-running A = Z K⁻¹ [N, m] in the loop: ≈ 12 N m bytes (N = 10⁶, m = 512: 6.1 GB); a step
-reads Z and A and writes A, so it is memory-bound: time ≈ n × (≈ 4 N m flops, ≈ 12 N m
-bytes of traffic).
+Memory model of the greedy draw (f32): Z [N, m] in the spectrum (B = Z² is computed where
+used, not stored) and the running A = Z K⁻¹ [N, m] in the loop: ≈ 8 N m bytes (N = 10⁶,
+m = 512: 4.1 GB); a step reads Z and A and writes A, so it is memory-bound: time ≈ n ×
+(≈ 4 N m flops, ≈ 12 N m bytes of traffic).
 
     python benchmarks/skmm_scale.py                    # the default grid (~5 min on 2 cores)
     python benchmarks/skmm_scale.py --sizes 100000 --dims 512 --budgets 500
@@ -74,7 +74,7 @@ def main() -> None:
                 first, _ = timed(lambda: skmm(key, pool, n, config=greedy)[0])
                 seconds, fast = timed(lambda: skmm(key, pool, n, config=greedy)[0])
                 row = {"N": num, "m": dim, "n": n, "greedy_seconds": seconds, "greedy_first_call_seconds": first,
-                       "seconds_per_step": seconds / n, "model_bytes": 12 * num * dim,
+                       "seconds_per_step": seconds / n, "model_bytes": 8 * num * dim,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
                 if num <= args.relax_up_to:
                     timed(lambda: skmm(key, pool, n)[0])  # compile
@@ -93,7 +93,7 @@ def main() -> None:
     save_json_atomic(RESULTS / "skmm_scale.json", payload)
     lines = ["# `skmm()` wall time (`benchmarks/skmm_scale.py`)", "", payload["machine"] + "; synthetic rank-32 pools; "
              "greedy = `relax=False` (select's default); relaxed = the c_S bisection (11 solves) + the same greedy.", "",
-             "| N | m | n | greedy s | s / step | relaxed s | relaxed / greedy | same subset | model 12·N·m | peak RSS MB |",
+             "| N | m | n | greedy s | s / step | relaxed s | relaxed / greedy | same subset | model 8·N·m | peak RSS MB |",
              "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['N']:,} | {r['m']} | {r['n']} | {r['greedy_seconds']:.2f} | {r['seconds_per_step'] * 1e3:.2f} ms | "

@@ -41,20 +41,25 @@ class Spectrum(NamedTuple):
     Attributes:
       eigenvalues: [m] λ_j / λ_max, descending, ≥ 0.
       eigenvectors: [m, m] V, column j is v_j.
-      moments: [N, m] B_ij = (g̃_iᵀ v_j)² / λ_max; its column means are the eigenvalues.
       active: [m] bool, λ_j > rank_tol (directions that carry moment).
       scale: [] λ_max of Σ̃ (in the units of the input).
-      projections: [N, m] Z_ij = g̃_iᵀ v_j / √λ_max (so B = Z²): the sketched gradients
-        in the eigenbasis, kept with their signs for the full-matrix quantities
-        (Σ̃_S in the V basis is Z_SᵀZ_S/|S|).
+      projections: [N, m] Z_ij = g̃_iᵀ v_j / √λ_max: the sketched gradients in the
+        eigenbasis, with their signs, for the full-matrix quantities (Σ̃_S in the V basis
+        is Z_SᵀZ_S/|S|).
+      moments: [N, m] B = Z² (B_ij = (g̃_iᵀ v_j)² / λ_max; its column means are the
+        eigenvalues), computed where it is used rather than stored: the spectrum holds
+        one [N, m] array, not two, and XLA fuses the square into its consumers.
     """
 
     eigenvalues: Array
     eigenvectors: Array
-    moments: Array
     active: Array
     scale: Array
     projections: Array
+
+    @property
+    def moments(self) -> Array:
+        return self.projections * self.projections
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -97,14 +102,14 @@ def _spectrum(sketched: Array, rank_tol: Array) -> Spectrum:
     lam, vecs = jnp.maximum(lam[::-1], 0.0), vecs[:, ::-1]
     scale = jnp.maximum(lam[0], jnp.finfo(jnp.float32).tiny)
     proj = jnp.matmul(g, vecs, precision=HIGHEST) / jnp.sqrt(scale)  # [N, m], rows stay where N is sharded
-    return Spectrum(lam / scale, vecs, proj * proj, lam > rank_tol * scale, scale, proj)
+    return Spectrum(lam / scale, vecs, lam > rank_tol * scale, scale, proj)
 
 
 def sketched_spectrum(sketched: Array, *, rank_tol: float = 1e-6) -> Spectrum:
-    """Eigendecomposition of Σ̃ = G̃ᵀG̃/N and the moment matrix B, normalised by λ_max.
+    """Eigendecomposition of Σ̃ = G̃ᵀG̃/N and the projections Z (B = Z²), normalised by λ_max.
 
-    Cost O(N m² + m³); memory O(N m). Works on N-sharded input (the Gram matrix is
-    all-reduced by XLA, B stays sharded).
+    Cost O(N m² + m³); memory: one [N, m] float32 array (Z) besides the input. Works on
+    N-sharded input (the Gram matrix is all-reduced by XLA, Z stays sharded).
 
     Args:
       sketched: [N, m] sketched per-sample gradients G̃ (or features).
