@@ -47,14 +47,16 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.moments import preprocess_pool  # noqa: E402
 from skmm_jax.select import select  # noqa: E402
 from skmm_jax.train.metrics import metrics  # noqa: E402
 from skmm_jax.train.probe import default_probe_grid, predict, select_hyperparameters  # noqa: E402
@@ -170,24 +172,15 @@ def budgets(task: SuiteTask) -> list[int]:
 # ------------------------------------------------------------------ SkMM variants
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Columns centred and scaled to unit variance over the pool (constant columns: scale 1)."""
-    std = x.std(axis=0)
-    return ((x - x.mean(axis=0)) / np.where(std > 1e-6 * (1 + np.abs(x.mean(axis=0))), std, 1.0)).astype(np.float32)
+# Variant name fragment → ``moments.preprocess_pool`` kind (the library's preprocessing, which
+# the shipped default uses too; the names are the keys of the stored rows).
+PREPROCESS = {"raw": "none", "centred": "center", "standardised": "standardize", "standardised-l2": "standardize-unit",
+              "centred-l2": "center-unit"}
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (cosine geometry: a sample's norm no longer buys it leverage)."""
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+def preprocessed(x: np.ndarray, name: str) -> np.ndarray:
+    return np.asarray(preprocess_pool(jnp.asarray(x), PREPROCESS[name]))
 
-
-PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "raw": lambda x: x,
-    "centred": lambda x: (x - x.mean(axis=0)).astype(np.float32),
-    "standardised": zscore,
-    "standardised-l2": lambda x: unit_rows(zscore(x)),
-    "centred-l2": lambda x: unit_rows(x - x.mean(axis=0)),
-}
 
 # name: (preprocessing, skmm options, sketch dim or None)
 SKMM_VARIANTS: dict[str, tuple[str, dict, int | None]] = {
@@ -218,7 +211,7 @@ def run_method(task: SuiteTask, method: str, n: int, seed: int) -> tuple[np.ndar
         sel = select("skmm", key, pool, n)
     elif method in SKMM_VARIANTS:
         prep, options, dim = SKMM_VARIANTS[method]
-        x = PREPROCESS[prep](pool)
+        x = preprocessed(pool, prep)  # before the sketch, so the sketch sees the preprocessed rows
         sketch = {"sketch_kind": "gaussian", "sketch_dim": dim} if dim is not None and dim < x.shape[1] else {}
         sel = select("skmm", key, x, n, **sketch, **{"relax": False, "preprocess": "none", **options})
     else:
@@ -291,7 +284,7 @@ def run_task(task: SuiteTask, store: Store, methods: list[str], seeds: int) -> N
     if task.name not in store.data["full_pool"]:
         store.data["full_pool"][task.name] = {"pool": len(task.train), "budgets": sizes, **evaluate(task, task.train, 0)}
     if task.name not in store.data["relax_check"] and any(m.startswith("skmm") for m in methods):
-        pool = PREPROCESS["standardised"](task.features[task.train])
+        pool = preprocessed(task.features[task.train], "standardised")
         same = {}
         for n in sizes:
             key = jax.random.fold_in(jax.random.key(0), n)
@@ -326,7 +319,7 @@ def coverage_diagnostics(task: SuiteTask, methods: tuple[str, ...], seeds: int) 
       of v_jᵀ Σ_S v_j / λ_j, with Σ_S the coreset's second moment about the pool mean;
     - minority_coverage: the same ratio along u = the rarest class's mean offset (unit):
       how much of the direction that separates the minority the coreset carries."""
-    pool = zscore(task.features[task.train])
+    pool = preprocessed(task.features[task.train], "standardised")
     cov = pool.T @ pool / len(pool)
     top = np.linalg.eigh(cov)[1][:, ::-1][:, :10]
     labels = task.targets[task.train]
@@ -361,27 +354,21 @@ def diagnose(task: SuiteTask, store: Store, seeds: int) -> None:
 
 # ------------------------------------------------------------------------ report
 
-# Per metric: the key in the rows and whether larger is better.
-METRICS = {"accuracy": ("accuracy", True), "macro_f1": ("macro_f1", True)}
-
-
-def _metric_key(task_regression: bool, metric: str, part: str) -> tuple[str, bool]:
-    if task_regression:  # excess risk (lower is better) stands in for both metrics
-        return f"{part}_mse", False
-    return f"{part}_{metric}", True
+METRICS = ("accuracy", "macro_f1")  # larger is better; for regression the MSE (smaller) stands in for both
 
 
 def cell_means(rows: list[dict], part: str, metric: str, regression: dict[str, bool]) -> dict[tuple[str, int], dict[str, tuple[float, float]]]:
     """(task, n) → method → (mean, std) over seeds of the metric (regression: MSE)."""
     cells: dict[tuple[str, int], dict[str, list[float]]] = {}
     for r in rows:
-        key, _ = _metric_key(regression[r["task"]], metric, part)
+        key = f"{part}_mse" if regression[r["task"]] else f"{part}_{metric}"
         cells.setdefault((r["task"], r["n"]), {}).setdefault(r["method"], []).append(r[key])
     return {c: {m: (float(np.mean(v)), float(np.std(v))) for m, v in d.items()} for c, d in cells.items()}
 
 
-def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool]) -> dict[str, dict]:
-    """Mean rank (1 = best, ties averaged) of each method over the cells where all of them ran."""
+def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool], budgets_of: dict[str, list[int]]) -> dict[str, dict]:
+    """Mean rank (1 = best, ties averaged) of each method over the cells where all of them
+    ran, overall and per budget index (``budgets_of[task]``: the task's sizes, smallest first)."""
     ranks: dict[str, list[float]] = {m: [] for m in methods}
     by_budget: dict[str, dict[int, list[float]]] = {m: {} for m in methods}
     for (task, n), values in cells.items():
@@ -394,7 +381,7 @@ def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool]) -> 
         rank[order] = np.arange(1, len(methods) + 1)
         for v in np.unique(scores):  # average ties
             rank[scores == v] = rank[scores == v].mean()
-        pool_fraction = _budget_index(task, n)
+        pool_fraction = budgets_of[task].index(n)
         for m, r in zip(methods, rank):
             ranks[m].append(float(r))
             by_budget[m].setdefault(pool_fraction, []).append(float(r))
@@ -402,21 +389,14 @@ def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool]) -> 
                 "by_budget": {b: float(np.mean(v)) for b, v in sorted(by_budget[m].items())}} for m in methods}
 
 
-_BUDGETS: dict[str, list[int]] = {}
-
-
-def _budget_index(task: str, n: int) -> int:
-    return _BUDGETS[task].index(n) if task in _BUDGETS and n in _BUDGETS[task] else -1
-
-
-def choose_default(rows: list[dict], regression: dict[str, bool]) -> tuple[str, dict]:
+def choose_default(rows: list[dict], regression: dict[str, bool], budgets_of: dict[str, list[int]]) -> tuple[str, dict]:
     """The SkMM variant with the best validation mean rank against the label-free baselines."""
     scores = {}
     for variant in SKMM_VARIANTS:
         methods = [variant, *BASELINES]
         per_metric = {}
         for metric in METRICS:
-            per_metric[metric] = mean_ranks(cell_means(rows, "val", metric, regression), methods, regression)[variant]["mean"]
+            per_metric[metric] = mean_ranks(cell_means(rows, "val", metric, regression), methods, regression, budgets_of)[variant]["mean"]
         scores[variant] = {**per_metric, "mean": float(np.mean(list(per_metric.values())))}
     best = min((v for v in scores if np.isfinite(scores[v]["mean"])), key=lambda v: scores[v]["mean"])
     return best, scores
@@ -427,9 +407,8 @@ def write_report(store: Store) -> None:
     if not rows:
         return
     regression = {t: "val_mse" in next(r for r in rows if r["task"] == t) for t in {r["task"] for r in rows}}
-    for task, info in store.data["full_pool"].items():
-        _BUDGETS[task] = info["budgets"]
-    default, variant_scores = choose_default(rows, regression)
+    budgets_of = {task: info["budgets"] for task, info in store.data["full_pool"].items()}
+    default, variant_scores = choose_default(rows, regression, budgets_of)
     store.data["default_choice"] = {"rule": "best mean validation rank (accuracy and macro-F1 averaged; regression: excess risk) "
                                     "against the label-free baselines over every task × budget", "chosen": default, "scores": variant_scores}
     label_free = [default, *BASELINES]
@@ -437,8 +416,8 @@ def write_report(store: Store) -> None:
     summary = {}
     for metric in METRICS:
         cells = cell_means(rows, "test", metric, regression)
-        summary[metric] = {"label_free": mean_ranks(cells, label_free, regression),
-                           "with_labelled": mean_ranks({c: v for c, v in cells.items() if not regression[c[0]]}, everyone, regression)}
+        summary[metric] = {"label_free": mean_ranks(cells, label_free, regression, budgets_of),
+                           "with_labelled": mean_ranks({c: v for c, v in cells.items() if not regression[c[0]]}, everyone, regression, budgets_of)}
     store.data["test_ranks"] = summary
     store.save()
 
@@ -542,7 +521,7 @@ def write_plot(summary: dict) -> None:
     for ax, metric in zip(axes, METRICS):
         for m, r in summary[metric]["label_free"].items():
             xs = sorted(r["by_budget"])
-            ax.plot([100 * FRACTIONS[i] for i in xs if i >= 0], [r["by_budget"][i] for i in xs if i >= 0], marker="o",
+            ax.plot([100 * FRACTIONS[i] for i in xs], [r["by_budget"][i] for i in xs], marker="o",
                     label=m, linewidth=2.5 if m.startswith("skmm") else 1.2)
         ax.set_xscale("log")
         ax.set_xlabel("budget (% of pool)")

@@ -105,7 +105,6 @@ def draw_greedy(spectrum: Spectrum, p: Array, ridge: Array, n: int) -> Array:
     lam = jnp.where(spectrum.active, spectrum.eigenvalues, 0.0)
     tie = p / jnp.maximum(jnp.max(p), 1e-30) * 1e-12
     ridge = jnp.asarray(ridge, jnp.float32)
-
     rows = jnp.arange(z.shape[0], dtype=jnp.int32)
 
     def pick(step, state):

@@ -62,6 +62,15 @@ class Spectrum(NamedTuple):
         return self.projections * self.projections
 
 
+def standardization(x: Array) -> tuple[Array, Array]:
+    """(μ, σ) of the columns of x [N, D]; σ = 1 where std ≤ 1e-6 (1 + |μ|) (constant columns:
+    their float32 rounding noise is not blown up to O(1))."""
+    mean = jnp.mean(x, axis=0)
+    std = jnp.std(x, axis=0)
+    scale = jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
+    return mean, scale
+
+
 @functools.partial(jax.jit, static_argnames=("kind",))
 def preprocess_pool(features: Array, kind: str) -> Array:
     """The geometry SkMM matches moments in: [N, d] → [N, d] float32.
@@ -82,12 +91,11 @@ def preprocess_pool(features: Array, kind: str) -> Array:
     if kind not in PREPROCESSING:
         raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {kind!r}")
     x = features.astype(jnp.float32)
-    if kind in ("center", "center-unit", "standardize", "standardize-unit"):
-        mean = jnp.mean(x, axis=0, keepdims=True)
-        x = x - mean
-        if kind.startswith("standardize"):
-            std = jnp.sqrt(jnp.mean(x * x, axis=0, keepdims=True))
-            x = x / jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
+    if kind.startswith("standardize"):
+        mean, scale = standardization(x)
+        x = (x - mean[None, :]) / scale[None, :]
+    elif kind.startswith("center"):
+        x = x - jnp.mean(x, axis=0, keepdims=True)
     if kind.endswith("unit"):
         x = x / jnp.maximum(jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True)), 1e-12)
     return x

@@ -142,14 +142,7 @@ def skmm(
     if not config.relax:
         num = sketched.shape[0]
         indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-        return indices, {
-            "subset_coverage": float(subset_coverage(indices, spectrum)),
-            "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
-            "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
-            "active_directions": int(jnp.sum(spectrum.active)),
-            "draw": config.draw,
-            "relax": False,
-        }
+        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False}
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:
@@ -170,19 +163,26 @@ def skmm(
         "c_s": 1.0 / coverage,
         "coverage_required": coverage,
         "relaxed_coverage": float(solved.coverage),
-        "subset_coverage": float(subset_coverage(indices, spectrum)),
-        "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
-        "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
+        **_subset_diagnostics(indices, spectrum, config),
         "subset_loss": float(subset_loss(subset_total, jnp.float32(coverage) * spectrum.eigenvalues, weights, n)),
         "solver_steps": int(solved.steps),
         "loss_curve": [float(x) for x in losses],
         "effective_support": float(1.0 / jnp.sum(p * p)),
         "perplexity_of_p": math.exp(entropy),
-        "active_directions": int(jnp.sum(spectrum.active)),
-        "draw": config.draw,
         "swaps": int(swaps),
     }
     return indices, diagnostics
+
+
+def _subset_diagnostics(indices: Array, spectrum: Spectrum, config: SkMMConfig) -> dict:
+    """What SkMM reports of the returned subset itself, with or without the relaxation."""
+    return {
+        "subset_coverage": float(subset_coverage(indices, spectrum)),
+        "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
+        "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
+        "active_directions": int(jnp.sum(spectrum.active)),
+        "draw": config.draw,
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("n", "config"))

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from skmm_jax.checks import check_labels, check_rows
+from skmm_jax.moments import standardization  # the one column-scaling rule, shared with SkMM's preprocessing
 from skmm_jax.precision import HIGHEST
 from skmm_jax.sketch.base import as_key
 from skmm_jax.train.loop import check_training_config, fit, l2_penalty, optimizer
@@ -92,14 +93,6 @@ class LinearFit(NamedTuple):
     losses: Array  # [E] mean minibatch cross-entropy of each epoch (before each step's update)
     probabilities: Array | None  # [E, N, C] softmax of every sample after each epoch (record=True)
     pool_losses: Array | None  # [E] mean cross-entropy over all samples after each epoch (record=True)
-
-
-def standardization(x: Array) -> tuple[Array, Array]:
-    """(μ, σ) of the columns of x [N, D]; σ = 1 where std ≤ 1e-6 (1 + |μ|) (constant columns)."""
-    mean = jnp.mean(x, axis=0)
-    std = jnp.std(x, axis=0)
-    scale = jnp.where(std > 1e-6 * (1.0 + jnp.abs(mean)), std, 1.0)
-    return mean, scale
 
 
 def standardize(x: Array, mean: Array, scale: Array) -> Array:
