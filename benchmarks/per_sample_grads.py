@@ -23,6 +23,9 @@ order rotates every round and ratios are taken within a round):
   the same G̃ = GΓ up to rounding): apples to apples;
 * ``ours + kronecker`` — ``make_pytree_sketch("kronecker")``: Γ_a ⊗ Γ_b per kernel,
   never materialising r × m;
+* ``ours + kronecker, factored`` — the same Γ_a ⊗ Γ_b computed from each layer's
+  inputs and output gradients (``sketch_per_sample_grads(..., factored=True)``):
+  no per-sample kernel gradient is formed (issue 17);
 * ``ours + countsketch`` — ``make_pytree_sketch("countsketch")`` (shift hashing), one
   ±1 per gradient entry, no r × m either.
 
@@ -62,6 +65,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from skmm_jax.gradients import labelled_loss, per_sample_grads, sketch_per_sample_grads  # noqa: E402
+from skmm_jax.kernels import project  # noqa: E402
 from skmm_jax.io import atomic_write, save_json_atomic  # noqa: E402
 from skmm_jax.sketch import make_pytree_sketch  # noqa: E402
 from skmm_jax.sketch.base import pytree_dataclass  # noqa: E402
@@ -85,6 +89,7 @@ TORCH = "torch.func + dense"
 OURS_DENSE = "ours + dense"
 OURS_KRONECKER = "ours + kronecker"
 OURS_COUNTSKETCH = "ours + countsketch"
+OURS_FACTORED = "ours + kronecker, factored"
 
 
 # ------------------------------------------------------------------------ JAX side
@@ -98,11 +103,11 @@ def rms_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
 def mlp_head_logits(params: dict, x: jax.Array, frozen: dict) -> jax.Array:
     """One passage's logits [C] from its cached block input x [T, D]."""
     h = rms_norm(x, frozen["mlp_norm"])  # [T, D]
-    gate = jnp.einsum("TD,DF->TF", h, params["gate"])
-    up = jnp.einsum("TD,DF->TF", h, params["up"])
-    y = x + jnp.einsum("TF,FD->TD", jax.nn.silu(gate) * up, params["down"])  # [T, D]
+    gate = project("TD,DF->TF", h, params["gate"])
+    up = project("TD,DF->TF", h, params["up"])
+    y = x + project("TF,FD->TD", jax.nn.silu(gate) * up, params["down"])  # [T, D]
     pooled = jnp.mean(rms_norm(y, frozen["final_norm"]), axis=0)  # [D]
-    return jnp.einsum("D,DC->C", pooled, params["head"]["kernel"]) + params["head"]["bias"]
+    return project("D,DC->C", pooled, params["head"]["kernel"]) + params["head"]["bias"]
 
 
 LOSS = labelled_loss(mlp_head_logits)  # hashable: one compilation per (sketch, chunk size)
@@ -387,13 +392,16 @@ def main() -> None:
             torch_phases["projection"] += time.perf_counter() - middle
         return out.numpy()
 
-    def run_ours(sketch):
+    def run_ours(sketch, factored: bool = False):
         def run(n: int, chunk: int) -> np.ndarray:
-            return sketch_per_sample_grads(LOSS, params, (x[:n], y[:n]), sketch, frozen=frozen, chunk_size=chunk)
+            return sketch_per_sample_grads(LOSS, params, (x[:n], y[:n]), sketch, frozen=frozen, chunk_size=chunk, factored=factored)
 
         return run
 
     runners = {TORCH: run_torch, **{name: run_ours(sketch) for name, sketch in sketches.items()}}
+    # The same Γ_a ⊗ Γ_b as "ours + kronecker", computed from the layers' inputs and
+    # output gradients (skmm_jax.kernels.ProbedKernel): no [B, r] gradient is formed.
+    runners[OURS_FACTORED] = run_ours(sketches[OURS_KRONECKER], factored=True)
     rows = tune_chunk_sizes(runners, args.chunk_sizes)
 
     # Timed rounds: every configuration once per round, the order rotated each round.
@@ -411,6 +419,8 @@ def main() -> None:
                 row.setdefault("phase_seconds_runs", []).append(dict(torch_phases))
             print(f"  round {round_index + 1}/{args.repeats} {name:20s} {speed:7.1f} samples/s", flush=True)
     sketch_parity = relative_error(outputs[OURS_DENSE], outputs[TORCH])
+    factored_parity = relative_error(outputs[OURS_FACTORED], outputs[OURS_KRONECKER])
+    print(f"factored vs materialised kronecker (same Γ): relative error {factored_parity:.2e}")
     print(f"sketch parity (same Γ, {args.pool} samples): relative error {sketch_parity:.2e}")
 
     torch_runs = rows[TORCH]["samples_per_second_runs"]
@@ -461,6 +471,7 @@ def main() -> None:
         "dense_gamma_seconds": gamma_seconds,
         "gradient_parity": parity,
         "sketch_parity_relative_error": sketch_parity,
+        "factored_parity_relative_error": factored_parity,
         "target_ratio": 1.5,
         "torch_gradients_only": torch_gradients_only,
         "configurations": list(rows.values()),
@@ -509,7 +520,8 @@ def write_outputs(payload: dict) -> None:
         f"gradients, same weights, {parity['samples']} samples): max relative error "
         f"{parity['max_relative_error']:.1e}. "
         f"Sketch parity (ours + dense vs torch.func + dense, same Γ, all {payload['pool']} rows): "
-        f"{payload['sketch_parity_relative_error']:.1e}.",
+        f"{payload['sketch_parity_relative_error']:.1e}. Factored vs materialised Kronecker (same Γ_a ⊗ Γ_b): "
+        f"{payload.get('factored_parity_relative_error', float('nan')):.1e}.",
         "",
         f"Where the baseline's time goes (same rounds): torch's vmap(grad) alone runs at "
         f"{gradients_only['samples_per_second']:.1f} samples/s, and flatten + dense projection take "

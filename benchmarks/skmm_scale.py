@@ -12,16 +12,36 @@ used, not stored) and the running A = Z K⁻¹ [N, m] in the loop: ≈ 8 N m byt
 m = 512: 4.1 GB); a step reads Z and A and writes A, so it is memory-bound: time ≈ n ×
 (≈ 4 N m flops, ≈ 12 N m bytes of traffic).
 
-    python benchmarks/skmm_scale.py                    # the default grid (~5 min on 2 cores)
+Three parts, each rewriting its own section of the results (the others are kept):
+
+    python benchmarks/skmm_scale.py                    # select: the default grid (~5 min on 2 cores)
     python benchmarks/skmm_scale.py --sizes 100000 --dims 512 --budgets 500
+    python benchmarks/skmm_scale.py --part prefilter   # the candidate pre-filter: quality vs |C|, and N = 10⁶
+    python benchmarks/skmm_scale.py --part grads       # LM per-sample gradients, factored vs materialised
+
+Pre-filter (``SkMMConfig(candidates=c)``): the greedy picks among c uniformly drawn rows,
+scored against the full pool's spectrum; quality is the greedy's own objective, the
+sketched variance tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of the returned subset on the FULL spectrum,
+relative to the all-candidates greedy, and the full-matrix coverage 1/c_S(S). Memory
+model with the pre-filter: Z [N, m] plus A [c, m] (f32): 4 N m + 4 c m bytes.
+
+Per-sample gradients: SmolLM2-135M (the shipped model, float32) on rows of T + 1 random
+token ids (the cost does not depend on the ids), trainable = the last 2 blocks (r ≈ 7.1 M)
+or LoRA rank 8 on q, v, o, gate, up, down of all 30 blocks (r ≈ 2.2 M), a
+``make_pytree_sketch("kronecker", split=kernel_inputs)`` sketch of m = 256; samples/s
+and the compiled per-chunk temporary memory (``memory_analysis().temp_size_in_bytes``
+of the jitted chunk step), factored (``factored=True``) vs materialised (vmap(grad),
+then the same sketch). Memory model per chunk of B: materialised ≈ B · (4 r + the
+activations); factored ≈ B · the activations (T · widths), independent of r.
 
 Results: benchmarks/results/skmm_scale.{json,md}; the per-step cost extrapolates to N = 10⁶,
-n = 10⁴ in the table (an estimate, not a run).
+n = 10⁴ in the table (an estimate, not a run) next to the pre-filter's measured run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 import sys
@@ -57,13 +77,15 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,20000,100000")
-    parser.add_argument("--dims", default="128,512")
-    parser.add_argument("--budgets", default="500")
-    parser.add_argument("--relax-up-to", type=int, default=20000, help="also run relax=True for N up to this")
-    args = parser.parse_args()
+SECTION_KEYS = {"select": ("rows", "estimate_1e6_512_1e4_seconds", "estimate_from"), "prefilter": ("prefilter",), "grads": ("grads",),
+                "grads-wide": ("grads_wide",)}
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {jax.device_count()} device(s), jax {jax.__version__}"
+
+
+def select_part(args) -> dict:
     rows = []
     for num in [int(x) for x in args.sizes.split(",")]:
         for dim in [int(x) for x in args.dims.split(",")]:
@@ -86,21 +108,227 @@ def main() -> None:
     # Extrapolation of the greedy's per-step cost (∝ N m) to N = 10⁶, m = 512, n = 10⁴.
     biggest = max(rows, key=lambda r: r["N"] * r["m"])
     per_nm = biggest["seconds_per_step"] / (biggest["N"] * biggest["m"])
-    estimate = per_nm * 1e6 * 512 * 1e4
-    payload = {"machine": f"{platform.machine()} CPU, {jax.device_count()} device(s), jax {jax.__version__}", "rows": rows,
-               "estimate_1e6_512_1e4_seconds": estimate, "estimate_from": {k: biggest[k] for k in ("N", "m", "n")}}
+    return {"rows": rows, "estimate_1e6_512_1e4_seconds": per_nm * 1e6 * 512 * 1e4,
+            "estimate_from": {k: biggest[k] for k in ("N", "m", "n")}}
+
+
+def prefilter_part(args) -> dict:
+    """Quality and time of ``candidates=c`` against the all-candidates greedy, then the big run."""
+    from skmm_jax.moments import sketched_spectrum, subset_matrix_coverage, subset_variance
+
+    rows = []
+    num, dim, n = args.prefilter_size, 128, args.prefilter_budget
+    pool = low_rank_pool(jax.random.key(0), num, dim)
+    spectrum = sketched_spectrum(pool)
+    reference = None
+    for fraction in (1.0, 0.5, 0.2, 0.1, 0.05):
+        for seed in range(1 if fraction == 1.0 else args.prefilter_seeds):
+            config = SkMMConfig(relax=False, candidates=None if fraction == 1.0 else int(fraction * num))
+            key = jax.random.key(100 + seed)
+            timed(lambda: skmm(key, pool, n, config=config)[0])  # compile (first seed) / warm
+            seconds, idx = timed(lambda: skmm(key, pool, n, config=config)[0])
+            variance = float(subset_variance(idx, spectrum, config.ridge))
+            reference = variance if reference is None else reference
+            row = {"N": num, "m": dim, "n": n, "candidates": config.candidates or num, "seed": seed, "seconds": seconds,
+                   "subset_variance": variance, "variance_ratio": variance / reference,
+                   "matrix_coverage": float(subset_matrix_coverage(idx, spectrum))}
+            rows.append(row)
+            print(row, flush=True)
+    # Uniform random subsets of n: the floor the pre-filter must stay far from.
+    for seed in range(args.prefilter_seeds):
+        idx = jax.random.permutation(jax.random.key(200 + seed), num)[:n]
+        rows.append({"N": num, "m": dim, "n": n, "candidates": 0, "seed": seed, "seconds": 0.0, "uniform": True,
+                     "subset_variance": float(subset_variance(idx, spectrum, 0.2)),
+                     "variance_ratio": float(subset_variance(idx, spectrum, 0.2)) / reference,
+                     "matrix_coverage": float(subset_matrix_coverage(idx, spectrum))})
+    big = None
+    if args.big_size:
+        num, dim, n, cands = args.big_size, 512, args.big_budget, args.big_candidates
+        pool = low_rank_pool(jax.random.key(0), num, dim)
+        jax.block_until_ready(pool)
+        config = SkMMConfig(relax=False, candidates=cands)
+        seconds, idx = timed(lambda: skmm(jax.random.key(1), pool, n, config=config)[0])
+        big = {"N": num, "m": dim, "n": n, "candidates": cands, "seconds_including_compile": seconds,
+               "unique": int(np.unique(np.asarray(idx)).size), "model_bytes": 4 * num * dim + 4 * cands * dim,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(big, flush=True)
+    return {"prefilter": {"rows": rows, "big": big}}
+
+
+def grads_part(args) -> dict:
+    from flax import nnx
+
+    from prune_jax.lora import init_lora, last_blocks, lm_loss, trainable_size
+    from prune_jax.models.llama import load_model
+    from prune_jax.models.llama.modeling import kernel_inputs
+    from skmm_jax.gradients import _sketch_chunk, sketch_per_sample_grads
+    from skmm_jax.sketch import make_pytree_sketch
+
+    model, _ = load_model("smollm2-135m", tokenizer=False)
+    graphdef, state = nnx.split(model)
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (args.grad_pool, args.tokens + 1)).astype(np.int32)
+    settings = {"last 2 blocks": ("blocks", last_blocks(model, 2)),
+                "LoRA r=8, all blocks": ("lora", (init_lora(model, jax.random.key(0), 8), state))}
+    rows = []
+    for name, (kind, (trainable, frozen)) in settings.items():
+        loss = lm_loss(kind, graphdef)
+        sketch = make_pytree_sketch("kronecker", jax.random.key(1), trainable, args.grad_m, split=kernel_inputs)
+        outputs = {}
+        for factored in (False, True):
+            for chunk in [int(c) for c in (args.lora_chunks if kind == "lora" else args.grad_chunks).split(",")]:
+                start = time.perf_counter()
+                shape_only = jnp.zeros((chunk, tokens.shape[1]), jnp.int32)  # the chunk step's shape (the pool may be smaller)
+                compiled = _sketch_chunk.lower(loss, factored, sketch, trainable, frozen, shape_only).compile()
+                compile_seconds = time.perf_counter() - start
+                temp = compiled.memory_analysis().temp_size_in_bytes
+                row = {"setting": name, "r": trainable_size(trainable), "factored": factored, "chunk": chunk,
+                       "compile_seconds": compile_seconds, "temp_bytes": int(temp), "temp_bytes_per_sample": temp / chunk}
+                if chunk <= args.grad_time_up_to:
+                    run = lambda: sketch_per_sample_grads(loss, trainable, tokens, sketch, frozen=frozen, chunk_size=chunk, factored=factored)  # noqa: E731
+                    run()  # warm (compile at this chunk size)
+                    seconds, out = timed(run)
+                    row.update(samples_per_second=len(tokens) / seconds)
+                    outputs.setdefault(factored, out)
+                rows.append(row)
+                print(row, flush=True)
+        if len(outputs) == 2:
+            diff = np.linalg.norm(outputs[True] - outputs[False]) / np.linalg.norm(outputs[False])
+            for row in rows:
+                if row["setting"] == name:
+                    row["factored_vs_materialised_relative_error"] = float(diff)
+    return {"grads": {"rows": rows, "tokens": args.tokens, "m": args.grad_m, "pool": args.grad_pool}}
+
+
+def grads_wide_part(args) -> dict:
+    """Compiled memory of one chunk step at Llama-2-7B widths (D 4096, F 11008, 32 heads),
+    2 blocks, last block trainable (r ≈ 202 M), vocabulary 32000, abstract weights (nothing
+    is allocated or run): materialised vs factored, chunk 1 and 8."""
+    from flax import nnx
+
+    from prune_jax.lora import lm_loss
+    from prune_jax.models.llama.modeling import LlamaConfig, abstract_llama, kernel_inputs
+    from skmm_jax.gradients import _sketch_chunk, partition_params
+    from skmm_jax.sketch import make_pytree_sketch
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=4096, num_layers=2, layer_heads=((32, 32),) * 2,
+                         layer_intermediate=(11008,) * 2, head_dim=128)
+    graphdef, state = nnx.split(abstract_llama(config))
+    trainable, frozen = partition_params(state, lambda path, _: path.startswith("layers/1/"))
+    r = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(trainable))
+    sketch = make_pytree_sketch("kronecker", jax.random.key(1), trainable, args.grad_m, split=kernel_inputs)
+    loss = lm_loss("blocks", graphdef)
+    rows = []
+    for factored in (False, True):
+        for chunk in (1, 8):
+            tokens = jax.ShapeDtypeStruct((chunk, args.tokens + 1), jnp.int32)
+            start = time.perf_counter()
+            compiled = _sketch_chunk.lower(loss, factored, sketch, trainable, frozen, tokens).compile()
+            temp = compiled.memory_analysis().temp_size_in_bytes
+            rows.append({"setting": "Llama-2-7B widths, last of 2 blocks", "r": r, "factored": factored, "chunk": chunk,
+                         "compile_seconds": time.perf_counter() - start, "temp_bytes": int(temp), "temp_bytes_per_sample": temp / chunk})
+            print(rows[-1], flush=True)
+    return {"grads_wide": {"rows": rows, "tokens": args.tokens, "m": args.grad_m}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=tuple(SECTION_KEYS), default="select")
+    parser.add_argument("--sizes", default="10000,20000,100000")
+    parser.add_argument("--dims", default="128,512")
+    parser.add_argument("--budgets", default="500")
+    parser.add_argument("--relax-up-to", type=int, default=20000, help="also run relax=True for N up to this")
+    parser.add_argument("--prefilter-size", type=int, default=100000)
+    parser.add_argument("--prefilter-budget", type=int, default=1000)
+    parser.add_argument("--prefilter-seeds", type=int, default=3)
+    parser.add_argument("--big-size", type=int, default=1000000, help="the N of the big pre-filtered run (0: skip)")
+    parser.add_argument("--big-budget", type=int, default=10000)
+    parser.add_argument("--big-candidates", type=int, default=50000)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--grad-m", type=int, default=256)
+    parser.add_argument("--grad-pool", type=int, default=32)
+    parser.add_argument("--grad-chunks", default="8,32,128")
+    parser.add_argument("--lora-chunks", default="8", help="chunk sizes of the LoRA setting (each compile of its 30-block "
+                        "backward takes minutes on this CPU)")
+    parser.add_argument("--grad-time-up-to", type=int, default=32, help="time chunk sizes up to this (larger: memory only)")
+    args = parser.parse_args()
+    # The memory analysis compiles ahead of time and the timed call compiles again: share one
+    # persistent cache so each shape compiles once.
+    jax.config.update("jax_compilation_cache_dir", "/tmp/skmm_scale_jax_cache")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    section = {"select": select_part, "prefilter": prefilter_part, "grads": grads_part, "grads-wide": grads_wide_part}[args.part](args)
+    path = RESULTS / "skmm_scale.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload.update(section)
+    payload.setdefault("commands", {})[args.part] = " ".join(["python", "benchmarks/skmm_scale.py"] + sys.argv[1:])
+    payload["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    save_json_atomic(RESULTS / "skmm_scale.json", payload)
-    lines = ["# `skmm()` wall time (`benchmarks/skmm_scale.py`)", "", payload["machine"] + "; synthetic rank-32 pools; "
-             "greedy = `relax=False` (select's default); relaxed = the c_S bisection (11 solves) + the same greedy.", "",
-             "| N | m | n | greedy s | s / step | relaxed s | relaxed / greedy | same subset | model 8·N·m | peak RSS MB |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['N']:,} | {r['m']} | {r['n']} | {r['greedy_seconds']:.2f} | {r['seconds_per_step'] * 1e3:.2f} ms | "
-                     + (f"{r['relaxed_seconds']:.1f} | {r['speedup']:.1f}× | {r['same_subset']} | " if "relaxed_seconds" in r else "— | — | — | ")
-                     + f"{r['model_bytes'] / 2**30:.2f} GiB | {r['peak_rss_mb']:.0f} |")
-    lines += ["", f"Extrapolated greedy time at N = 10⁶, m = 512, n = 10⁴ from the N = {biggest['N']:,}, m = {biggest['m']} row "
-              f"(per-step cost ∝ N m): {estimate / 60:.0f} min on this machine (an estimate, not a run)."]
+    save_json_atomic(path, payload)
+    write_markdown(payload)
+
+
+def write_markdown(payload: dict) -> None:
+    lines = ["# SkMM at scale (`benchmarks/skmm_scale.py`)", "", payload["machine"] + ".", ""]
+    if "rows" in payload:
+        lines += ["## `skmm()` wall time", "", "Synthetic rank-32 pools; greedy = `relax=False` (select's default); relaxed = "
+                  "the c_S bisection (11 solves) + the same greedy.", "",
+                  "| N | m | n | greedy s | s / step | relaxed s | relaxed / greedy | same subset | model 8·N·m | peak RSS MB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for r in payload["rows"]:
+            lines.append(f"| {r['N']:,} | {r['m']} | {r['n']} | {r['greedy_seconds']:.2f} | {r['seconds_per_step'] * 1e3:.2f} ms | "
+                         + (f"{r['relaxed_seconds']:.1f} | {r['speedup']:.1f}× | {r['same_subset']} | " if "relaxed_seconds" in r else "— | — | — | ")
+                         + f"{r['model_bytes'] / 2**30:.2f} GiB | {r['peak_rss_mb']:.0f} |")
+        biggest, estimate = payload["estimate_from"], payload["estimate_1e6_512_1e4_seconds"]
+        lines += ["", f"Extrapolated greedy time over all candidates at N = 10⁶, m = 512, n = 10⁴ from the N = {biggest['N']:,}, "
+                  f"m = {biggest['m']} row (per-step cost ∝ N m): {estimate / 60:.0f} min on this machine (an estimate, not a run).", ""]
+    if payload.get("prefilter"):
+        pre = payload["prefilter"]
+        rows = pre["rows"]
+        first = rows[0]
+        lines += ["## Candidate pre-filter (`SkMMConfig(candidates=c)`)", "",
+                  f"N = {first['N']:,}, m = {first['m']}, n = {first['n']}; variance = the greedy's objective tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of "
+                  "the returned subset on the full spectrum, relative to the all-candidates greedy (lower is better); coverage = "
+                  "1/c_S(S) (higher is better); mean ± std over seeds of the candidate draw.", "",
+                  "| candidates | seconds | variance / all-candidates | coverage 1/c_S(S) |", "|---|---:|---:|---:|"]
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault("uniform subset (no SkMM)" if r.get("uniform") else f"{r['candidates']:,}", []).append(r)
+        for label, group in groups.items():
+            ratio = np.array([r["variance_ratio"] for r in group])
+            cov = np.array([r["matrix_coverage"] for r in group])
+            secs = np.array([r["seconds"] for r in group])
+            lines.append(f"| {label} | {secs.mean():.2f} | {ratio.mean():.3f} ± {ratio.std():.3f} | {cov.mean():.3f} ± {cov.std():.3f} |")
+        if pre.get("big"):
+            b = pre["big"]
+            lines += ["", f"Measured run: N = {b['N']:,}, m = {b['m']}, n = {b['n']:,}, candidates = {b['candidates']:,}: "
+                      f"**{b['seconds_including_compile'] / 60:.1f} min** including compile and the spectrum of all N rows "
+                      f"({b['unique']:,} distinct indices); memory model 4·N·m + 4·c·m = {b['model_bytes'] / 2**30:.2f} GiB, "
+                      f"peak RSS {b['peak_rss_mb'] / 1024:.1f} GiB (the pool itself included)."]
+        lines.append("")
+    if payload.get("grads"):
+        g = payload["grads"]
+        lines += ["## Per-sample LM gradients + sketch: factored vs materialised", "",
+                  f"SmolLM2-135M, float32, T = {g['tokens']} predicted tokens per row, m = {g['m']}, pool {g['pool']} rows per timed call. "
+                  "temp = the compiled chunk step's temporary memory (XLA's memory analysis).", "",
+                  "| trainable | r | path | chunk | samples/s | temp MiB | temp MiB / sample | compile s |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for r in g["rows"]:
+            speed = f"{r['samples_per_second']:.2f}" if "samples_per_second" in r else "—"
+            lines.append(f"| {r['setting']} | {r['r']:,} | {'factored' if r['factored'] else 'materialised'} | {r['chunk']} | {speed} | "
+                         f"{r['temp_bytes'] / 2**20:.0f} | {r['temp_bytes_per_sample'] / 2**20:.1f} | {r['compile_seconds']:.1f} |")
+        errors = {r["setting"]: r.get("factored_vs_materialised_relative_error") for r in g["rows"]}
+        lines += ["", "Factored vs materialised sketches (same Γ): relative error " + ", ".join(
+            f"{k}: {v:.1e}" for k, v in errors.items() if v is not None) + "."]
+        lines.append("")
+    if payload.get("grads_wide"):
+        g = payload["grads_wide"]
+        lines += ["## The same at Llama-2-7B widths (compiled memory only)", "",
+                  f"D = 4096, F = 11008, 32 heads, vocabulary 32000, 2 blocks with the last trainable; T = {g['tokens']}, m = {g['m']}; "
+                  "abstract weights: the chunk step is compiled, not run.", "",
+                  "| r | path | chunk | temp MiB | temp MiB / sample |", "|---:|---|---:|---:|---:|"]
+        for r in g["rows"]:
+            lines.append(f"| {r['r']:,} | {'factored' if r['factored'] else 'materialised'} | {r['chunk']} | "
+                         f"{r['temp_bytes'] / 2**20:.0f} | {r['temp_bytes_per_sample'] / 2**20:.1f} |")
+        lines.append("")
+    lines += ["Commands: " + "; ".join(f"`{c}`" for c in payload.get("commands", {}).values())]
     (RESULTS / "skmm_scale.md").write_text("\n".join(lines) + "\n")
 
 

@@ -129,6 +129,9 @@ def prune_command(
     calib_split: str = typer.Option("auto", help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
     calib_samples: int = typer.Option(64, min=1, help="Calibration sequences."),
     calib_seq_len: int = typer.Option(128, min=2, help="Tokens per calibration sequence (at most the model's context)."),
+    calib_select: str = typer.Option("random", help="How the --calib-samples windows are chosen: random (non-overlapping random windows) | skmm | kcenter | herding | ... (any label-free selection method, on the windows' sketched layer-input moments)."),
+    calib_pool: Optional[int] = typer.Option(None, help="--calib-select other than random: candidate windows (a uniform subset of every non-overlapping window of the split; default all)."),
+    calib_representation: str = typer.Option("moments", help="--calib-select other than random: moments (sketched per-window x xᵀ of a few blocks' MLP inputs) | hidden (mean-pooled states)."),
     seed: int = typer.Option(0, help="Seed of the document split, the calibration windows and random scores."),
     head_mode: str = typer.Option("per-group", help="per-group (same query heads removed in every KV group) | kv-groups."),
     layer_start: Optional[int] = typer.Option(None, min=0, help="First block to prune (default: the paper's 4)."),
@@ -160,6 +163,18 @@ def prune_command(
     if device_mesh is not None and "data" in device_mesh.shape and calib_samples % device_mesh.shape["data"]:
         fail(f"--calib-samples {calib_samples} must divide over the mesh's data axis ({device_mesh.shape['data']} devices)")
     calib_split = _resolve_split(calib_split, calib, auto="calibration")
+    from prune_jax.pruning.calib_select import REPRESENTATIONS
+    from skmm_jax.select import METHODS as SELECTION_METHODS
+
+    if calib_select != "random" and (calib_select not in SELECTION_METHODS or SELECTION_METHODS[calib_select].needs_labels):
+        fail(f"--calib-select {calib_select!r} is not random or a label-free selection method: "
+             + ", ".join(sorted(k for k, v in SELECTION_METHODS.items() if not v.needs_labels)))
+    if calib_representation not in REPRESENTATIONS:
+        fail(f"--calib-representation {calib_representation!r} is not one of {', '.join(REPRESENTATIONS)}")
+    if calib_pool is not None and calib_pool < calib_samples:
+        fail(f"--calib-pool {calib_pool} is smaller than --calib-samples {calib_samples}")
+    if calib_pool is not None and calib_select == "random":
+        fail("--calib-pool applies to a --calib-select other than random")
     if resume and checkpoint is None:
         fail("--resume continues from --checkpoint DIR; pass the directory of the interrupted run")
     if checkpoint is not None:
@@ -192,7 +207,21 @@ def prune_command(
         if layer_range is not None and not 0 <= layer_range[0] < layer_range[1] <= net.config.num_layers:
             fail(f"--layer-start/--layer-stop must satisfy 0 <= start < stop <= {net.config.num_layers} (the model's layers), got {layer_range}")
         calibration_docs = _documents(calib, calib_split, seed)
-        batches = calibration_batches(_tokens(calibration_docs, tok), num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
+        calibration_tokens = _tokens(calibration_docs, tok)
+        chosen = None
+        if calib_select == "random":
+            batches = calibration_batches(calibration_tokens, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed)
+        else:
+            from prune_jax.pruning.calib_select import select_calibration
+
+            with tqdm(unit="window", desc=f"calibration windows ({calib_representation})") as bar:
+                def show(done, total):
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                chosen = select_calibration(net, calibration_tokens, calib_samples, method=calib_select, representation=calib_representation,
+                                            seq_len=calib_seq_len, pool=calib_pool, seed=seed, progress=show)
+            batches = chosen.windows
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
             net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n),
                                 checkpoint=checkpoint)
@@ -201,6 +230,7 @@ def prune_command(
         record["calibration"] = {
             "source": calib, "split": calib_split, "documents": [d.id for d in calibration_docs],
             "tokens": int(np.asarray(batches).size), "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
+            "selection": {"method": "random"} if chosen is None else chosen.record,
         }
         record["model"] = str(model)
         record["total_seconds"] = time.perf_counter() - start

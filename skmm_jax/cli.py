@@ -167,6 +167,9 @@ def select(
     relax: Optional[bool] = typer.Option(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
         "the greedy draw does not)."),
+    candidates: Optional[int] = typer.Option(
+        None, help="SkMM: pre-filter for very large pools: the greedy picks among this many uniformly drawn rows, "
+        "scored against the moments of all rows (needs the greedy draw without the relaxation)."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
@@ -193,17 +196,20 @@ def select(
     if METHODS[method].needs_labels and labels is None:
         fail(f"--method {method} needs --labels: an [N] .npy of integer classes 0..C-1")
     options = {}
-    skmm_options = {"c_s": c_s, "draw": draw, "preprocess": preprocess, "ridge": ridge, "relax": relax}
+    skmm_options = {"c_s": c_s, "draw": draw, "preprocess": preprocess, "ridge": ridge, "relax": relax, "candidates": candidates}
     if method == "skmm":
         options = {k: v for k, v in skmm_options.items() if v is not None}
     elif any(v is not None for v in skmm_options.values()):
-        fail("--c-s, --draw, --preprocess, --ridge and --relax apply to --method skmm only")
+        fail("--c-s, --draw, --preprocess, --ridge, --relax and --candidates apply to --method skmm only")
     if preprocess is not None and preprocess not in PREPROCESSING:
         fail(f"--preprocess {preprocess!r} is not one of {', '.join(PREPROCESSING)}")
     if ridge is not None and not (math.isfinite(ridge) and ridge > 0):
         fail(f"--ridge {ridge}: ρ must be a positive finite number")
     if relax is False and draw not in (None, "greedy"):
         fail(f"--no-relax needs the greedy draw: --draw {draw} uses the relaxation's weights")
+    if candidates is not None and (candidates < n or relax or (draw not in (None, "greedy")) or c_s is not None):
+        fail(f"--candidates {candidates}: needs at least --n ({n}) candidates and the greedy draw without the relaxation"
+             " (no --relax, --draw other than greedy or --c-s)")
     if c_s is not None and not (math.isfinite(c_s) and c_s > 0):
         fail(f"--c-s {c_s}: c_S must be a positive finite number (omit --c-s for the smallest feasible c_S)")
     if draw is not None and draw not in DRAWS:

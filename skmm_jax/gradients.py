@@ -42,6 +42,7 @@ partial is returned.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -49,7 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from skmm_jax.kernels import LoraKernel, ProbedKernel
 from skmm_jax.sketch.base import Array, Sketch, as_key
+from skmm_jax.sketch.kronecker import KroneckerSketch
 from skmm_jax.sketch.pytree import PytreeSketch
 from skmm_jax.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
 
@@ -107,17 +110,68 @@ def _rows_finite(tree: Any) -> Array:
     return ok
 
 
-def _sketch_chunk_impl(loss_fn: Callable, sketch: Any, params: Any, frozen: Any, chunk: Any) -> tuple[Array, Array]:
+def _kernel_inputs(shape: tuple[int, ...], rows: int) -> int:
+    """n_in such that the leading n_in axes of ``shape`` hold ``rows`` entries."""
+    for n_in in range(1, len(shape)):
+        if math.prod(shape[:n_in]) == rows:
+            return n_in
+    raise ValueError(f"a Kronecker sketch with {rows} rows does not split a kernel of shape {shape}")
+
+
+def _probe_leaves(sketch: PytreeSketch, params: Any) -> tuple[list, Any, list]:
+    """Leaves of ``params``, its treedef, and per leaf its Kronecker sketch (or None)."""
+    leaves = sketch.treedef.flatten_up_to(params)
+    kron = [s if isinstance(s, KroneckerSketch) and len(shape) >= 2 else None for s, shape in zip(sketch.leaves, sketch.leaf_shapes)]
+    return leaves, sketch.treedef, kron
+
+
+def _factored_value_and_grads(loss_fn: Callable, sketch: PytreeSketch, params: Any, frozen: Any, chunk: Any) -> tuple[Array, Array, list]:
+    """Per-sample losses [B] and G̃ [B, m] with every Kronecker-sketched kernel probed.
+
+    Kernel leaf W_l is replaced by ``ProbedKernel(W_l, Γ_a, E_l = 0, Γ_b)``; the loss is
+    differentiated with respect to the cores E_l (whose gradient is the leaf's Kronecker
+    sketch, see ``skmm_jax.kernels``) and the remaining leaves (sketched flat).
+    """
+    leaves, treedef, kron = _probe_leaves(sketch, params)
+    factors = [None if s is None else (s.left.matrix(), s.right.matrix()) for s in kron]
+    diff = [leaf if f is None else jnp.zeros((f[0].shape[1], f[1].shape[1]), jnp.float32) for leaf, f in zip(leaves, factors)]
+
+    def rebuild(diff_leaves: list) -> Any:
+        out = []
+        for leaf, d, f in zip(leaves, diff_leaves, factors):
+            if f is None:
+                out.append(d)
+            else:
+                n_in = _kernel_inputs(tuple(leaf.shape), f[0].shape[0])
+                out.append(ProbedKernel(jax.lax.stop_gradient(leaf), f[0], d, f[1], n_in))
+        return jax.tree.unflatten(treedef, out)
+
+    def one(sample: Any) -> tuple[Array, list]:
+        return jax.value_and_grad(lambda d: _call_loss(loss_fn, rebuild(d), sample, frozen))(diff)
+
+    losses, grads = jax.vmap(one)(chunk)
+    batch = losses.shape[0]
+    sketched = None
+    for g, s, f in zip(grads, sketch.leaves, factors):
+        part = g.reshape(batch, -1).astype(jnp.float32) if f is not None else s(g.reshape(batch, -1))
+        sketched = part if sketched is None else sketched + part
+    return losses, sketched, grads
+
+
+def _sketch_chunk_impl(loss_fn: Callable, factored: bool, sketch: Any, params: Any, frozen: Any, chunk: Any) -> tuple[Array, Array]:
     """One chunk: per-sample (loss, gradient) → sketched rows [B, m] and a [B] finiteness mask."""
-
-    def one(sample: Any) -> tuple[Array, Any]:
-        return jax.value_and_grad(lambda p: _call_loss(loss_fn, p, sample, frozen))(params)
-
-    losses, grads = jax.vmap(one)(chunk)  # [B], tree of [B, *leaf]
-    if isinstance(sketch, PytreeSketch):
-        sketched = sketch(grads)  # leaf by leaf, no [B, r] concatenation
+    if factored:
+        losses, sketched, grads = _factored_value_and_grads(loss_fn, sketch, params, frozen, chunk)
     else:
-        sketched = sketch(_flatten_rows(grads))
+
+        def one(sample: Any) -> tuple[Array, Any]:
+            return jax.value_and_grad(lambda p: _call_loss(loss_fn, p, sample, frozen))(params)
+
+        losses, grads = jax.vmap(one)(chunk)  # [B], tree of [B, *leaf]
+        if isinstance(sketch, PytreeSketch):
+            sketched = sketch(grads)  # leaf by leaf, no [B, r] concatenation
+        else:
+            sketched = sketch(_flatten_rows(grads))
     sketched = sketched.astype(jnp.float32)
     # Checked on the gradients themselves, not only on the sketched rows: a sparse
     # sketch can in principle cancel inf − inf into NaN but a NaN loss with a finite
@@ -129,7 +183,7 @@ def _sketch_chunk_impl(loss_fn: Callable, sketch: Any, params: Any, frozen: Any,
 # One jitted entry point for every call. ``loss_fn`` is static (hashed into the cache
 # key: the loss helpers below return value-hashable objects, so rebuilding the same
 # loss does not recompile); sketch, params, frozen and the chunk are pytree arguments.
-_sketch_chunk = jax.jit(_sketch_chunk_impl, static_argnums=0)
+_sketch_chunk = jax.jit(_sketch_chunk_impl, static_argnums=(0, 1))
 
 # Rows of a device-resident leaf, gathered on the device (no host round trip): the
 # chunk's row indices are padded like any host leaf, by repeating the last one.
@@ -167,6 +221,7 @@ def sketch_per_sample_grads(
     progress: Progress | None = None,
     out: np.ndarray | None = None,
     start_row: int = 0,
+    factored: bool = False,
 ) -> np.ndarray:
     """Returns G̃ = G Γ [N, m] (float32, host) without ever holding G [N, r].
 
@@ -198,6 +253,13 @@ def sketch_per_sample_grads(
         sketches do not fit in memory; each chunk's rows are written as it finishes.
       start_row: resume an interrupted run: rows [0, start_row) of ``out`` are taken
         as done and only samples from ``start_row`` on are evaluated (needs ``out``).
+      factored: compute the Kronecker-sketched leaves of a ``make_pytree_sketch(
+        "kronecker", ...)`` sketch from the layers' inputs and output gradients
+        (``skmm_jax.kernels.ProbedKernel``), never forming a per-sample kernel
+        gradient: device memory per sample no longer grows with the kernels' size r,
+        only with the activations. The loss must apply every such kernel with
+        ``skmm_jax.kernels.project`` (or ``contract``); the result equals the
+        unfactored call with the same sketch up to float rounding.
 
     Returns:
       float32 NumPy array [N, m] (``out`` when given); row i is g_i Γ with
@@ -210,6 +272,8 @@ def sketch_per_sample_grads(
     """
     if not isinstance(sketch, (Sketch, PytreeSketch)):
         raise TypeError(f"sketch must be a Sketch or PytreeSketch, got {type(sketch).__name__}")
+    if factored and not (isinstance(sketch, PytreeSketch) and any(isinstance(s, KroneckerSketch) for s in sketch.leaves)):
+        raise ValueError('factored=True needs a pytree sketch with Kronecker leaves: make_pytree_sketch("kronecker", key, params, m)')
     chunk_size = check_chunk_size(chunk_size)
     param_leaves = jax.tree.leaves(params)
     if not param_leaves:
@@ -256,7 +320,7 @@ def sketch_per_sample_grads(
         chunk = pad_leading(chunk, size)
         chunk = [_take_rows(leaf, piece) if dev else piece for leaf, dev, piece in zip(leaves, on_device, chunk)]
         chunk = jax.device_put(chunk, chunk_sharding) if chunk_sharding is not None else jax.device_put(chunk)
-        return _sketch_chunk(loss_fn, sketch, params, frozen, jax.tree.unflatten(treedef, chunk))
+        return _sketch_chunk(loss_fn, factored, sketch, params, frozen, jax.tree.unflatten(treedef, chunk))
 
     def finish(start: int, stop: int, result: tuple[np.ndarray, np.ndarray]) -> None:
         sketched, ok = result
@@ -312,7 +376,9 @@ def partition_params(params: Any, trainable: Callable[[str, Any], bool]) -> tupl
 
 def merge_params(trainable: Any, frozen: Any) -> Any:
     """Inverse of ``partition_params``: each leaf from whichever tree holds it."""
-    return jax.tree.map(lambda a, b: b if a is None else a, trainable, frozen, is_leaf=lambda x: x is None)
+    # A trainable kernel may arrive wrapped (``ProbedKernel``/``LoraKernel``): one leaf here.
+    wrapped = lambda x: x is None or isinstance(x, (ProbedKernel, LoraKernel))  # noqa: E731
+    return jax.tree.map(lambda a, b: b if a is None else a, trainable, frozen, is_leaf=wrapped)
 
 
 # ------------------------------------------------------------------- loss helpers

@@ -72,6 +72,13 @@ class SkMMConfig:
         to break exact ties, so relax=False (draw="greedy" only) skips every solve —
         most of SkMM's time on large pools — and draws with uniform p; the relaxation's
         diagnostics (c_s, relaxed_coverage, loss curve, ...) are then absent.
+      candidates: the candidate pre-filter for very large pools (relax=False only): the
+        greedy picks among a uniform random subset C of this many rows (drawn from the
+        key) while Σ̃, its eigenbasis and Λ still come from all N rows, so every pick is
+        scored against the full pool's moments. A step then costs O(|C| m) instead of
+        O(N m) and the greedy's running matrix is [|C|, m]. None: every row is a
+        candidate. A uniform C is itself a sample of the pool's distribution, so it
+        keeps every region in proportion (a top-k by a score would not).
     """
 
     c_s: float | None = None
@@ -82,6 +89,7 @@ class SkMMConfig:
     max_swaps: int | None = None
     bisection_steps: int = 10
     relax: bool = True
+    candidates: int | None = None
 
     def __post_init__(self):
         if self.draw not in DRAWS:
@@ -92,6 +100,11 @@ class SkMMConfig:
             raise ValueError(f"c_s must be a positive finite number or None, got {self.c_s!r}")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge > 0):
             raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
+        if self.candidates is not None:
+            if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+                raise ValueError(f"candidates must be a positive int or None, got {self.candidates!r}")
+            if self.relax:
+                raise ValueError("candidates (the pre-filter) needs relax=False: the relaxation weighs every row")
 
 
 def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
@@ -141,8 +154,19 @@ def skmm(
     solver = config.solver
     if not config.relax:
         num = sketched.shape[0]
-        indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False}
+        if config.candidates is None or config.candidates >= num:
+            indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
+            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False}
+        if config.candidates < n:
+            raise ValueError(f"candidates={config.candidates} is smaller than the coreset size n={n}")
+        # Uniform candidate rows (sorted: the draw's ties then still go to the lower index);
+        # the spectrum's eigenbasis and Λ stay the full pool's.
+        rows = jnp.sort(jax.random.permutation(jax.random.fold_in(key, 1), num)[: config.candidates]).astype(jnp.int32)
+        candidates = spectrum._replace(projections=spectrum.projections[rows])
+        uniform = jnp.full((config.candidates,), 1.0 / config.candidates, jnp.float32)
+        local, _ = _draw(key, candidates, uniform, jnp.float32(1.0), n, config, None if labels is None else jnp.asarray(labels)[rows])
+        indices = rows[local]
+        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, "candidates": config.candidates}
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:

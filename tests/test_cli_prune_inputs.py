@@ -71,6 +71,11 @@ PRUNE_CASES = [
     (["--calib-split", "train"], "--split must be one of"),
     (["--layer-stop", "9"], "must satisfy 0 <= start < stop <= 3"),
     (["--layer-start", "-1"], "Invalid value for '--layer-start'"),
+    (["--calib-select", "bogus"], "--calib-select 'bogus' is not random or a label-free selection method"),
+    (["--calib-select", "el2n"], "--calib-select 'el2n' is not random or a label-free selection method"),
+    (["--calib-select", "skmm", "--calib-representation", "pixels"], "--calib-representation 'pixels' is not one of"),
+    (["--calib-select", "skmm", "--calib-pool", "2"], "--calib-pool 2 is smaller than --calib-samples 4"),
+    (["--calib-pool", "10"], "--calib-pool applies to a --calib-select other than random"),
 ]
 
 
@@ -190,6 +195,34 @@ def test_a_users_single_text_file_works_for_eval_and_prune(tiny, tmp_path: Path)
                                  "--calib-seq-len", "8", "--layer-start", "0", "--layer-stop", "3", "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "p" / "pruning.json").read_text())["calibration"]["split"] == "all"
+
+
+def test_prune_with_selected_calibration_windows(tiny, tmp_path: Path):
+    """--calib-select skmm: the chosen windows and the selection record land in pruning.json;
+    a pool with fewer windows than asked for, or an empty corpus, fails cleanly."""
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, prune_args(tiny, out, "--calib-select", "skmm", "--calib-pool", "12"))
+    assert result.exit_code == 0, result.output
+    selection = json.loads((out / "pruning.json").read_text())["calibration"]["selection"]
+    assert selection["method"] == "skmm" and selection["pool"] == 12 and len(set(selection["indices"])) == 4
+    assert selection["representation"] == "moments" and 0 <= selection["moment_error"] < 1
+
+    few = tmp_path / "few.txt"
+    few.write_text("hello there, a short note\n")
+    bad = prune_args(tiny, tmp_path / "p2", "--calib-select", "kcenter")
+    bad[bad.index("--calib") + 1] = str(few)
+    assert_clean_failure(runner.invoke(app, bad), "fewer than the 4 asked for")
+    assert not (tmp_path / "p2").exists()
+    tiny_text = tmp_path / "tiny.txt"
+    tiny_text.write_text("hello there\n")
+    bad[bad.index("--calib") + 1] = str(tiny_text)
+    assert_clean_failure(runner.invoke(app, bad), "not one window of seq_len=8")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad[bad.index("--calib") + 1] = str(empty)
+    result = runner.invoke(app, bad)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "p2").exists()
 
 
 DEMO_CASES = [

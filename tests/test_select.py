@@ -184,6 +184,33 @@ def test_swaps_never_increase_thesubset_loss():
     assert len(set(np.asarray(idx).tolist())) == n
 
 
+def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_spectrum():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((600, 6)) @ rng.standard_normal((6, 24)) + 0.05 * rng.standard_normal((600, 24))).astype(np.float32)
+    key, n = jax.random.key(4), 20
+    full, _ = skmm(key, x, n, config=SkMMConfig(relax=False))
+    same, _ = skmm(key, x, n, config=SkMMConfig(relax=False, candidates=600))  # c ≥ N: no pre-filter
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(full))
+    idx, diag = skmm(key, x, n, config=SkMMConfig(relax=False, candidates=150))
+    idx = np.asarray(idx)
+    rows = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), 600))[:150])
+    assert diag["candidates"] == 150 and len(set(idx.tolist())) == n and set(idx.tolist()) <= set(rows.tolist())
+    # the greedy on the candidate rows with the FULL pool's spectrum, by hand
+    spectrum = sketched_spectrum(x)
+    local = draw_greedy(spectrum._replace(projections=spectrum.projections[rows]), jnp.full((150,), 1 / 150), jnp.float32(0.2), n)
+    np.testing.assert_array_equal(idx, rows[np.asarray(local)])
+    # far better than a uniform subset on the greedy's own objective, close to the full greedy
+    uniform = [float(subset_variance(jax.random.permutation(jax.random.key(s), 600)[:n], spectrum, 0.2)) for s in range(5)]
+    variance, best = float(subset_variance(idx, spectrum, 0.2)), float(subset_variance(full, spectrum, 0.2))
+    assert best <= variance < min(uniform)
+    with pytest.raises(ValueError, match="smaller than the coreset size"):
+        skmm(key, x, n, config=SkMMConfig(relax=False, candidates=10))
+    with pytest.raises(ValueError, match="needs relax=False"):
+        SkMMConfig(candidates=100)
+    with pytest.raises(ValueError, match="positive int"):
+        SkMMConfig(relax=False, candidates=0)
+
+
 def test_subset_loss_is_the_relaxation_objective_at_the_indicator():
     x, _ = clusters()
     spec = sketched_spectrum(x)

@@ -58,6 +58,14 @@ class DenseSketch:
             entries = jax.random.rademacher(k, shape, jnp.float32)
         return entries * jnp.float32(1.0 / math.sqrt(self.out_dim))
 
+    def matrix(self) -> Array:
+        """The whole Γ, float32 [r, m] (for small r·m: e.g. the factors of a Kronecker sketch)."""
+        n_full, tail = divmod(self.in_dim, self.block_size)
+        blocks = [self.block(b, self.block_size) for b in range(n_full)]
+        if tail:
+            blocks.append(self.block(n_full, tail))
+        return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
+
     def __call__(self, x: Array) -> Array:
         x = check_batch(x, self.in_dim, kind=self.distribution)
         batch, bs = x.shape[0], self.block_size

@@ -17,7 +17,7 @@ Gaussian one too.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,15 @@ class PytreeSketch:
 PytreeSketch = pytree_dataclass(PytreeSketch, meta_fields=("treedef", "leaf_shapes", "out_dim"))
 
 
-def make_pytree_sketch(kind: str, key: Array, example: Any, out_dim: int, **options: Any) -> PytreeSketch:
+def make_pytree_sketch(
+    kind: str,
+    key: Array,
+    example: Any,
+    out_dim: int,
+    *,
+    split: Callable[[str, tuple[int, ...]], int] | None = None,
+    **options: Any,
+) -> PytreeSketch:
     """Builds a leaf-by-leaf sketch for pytrees shaped like ``example`` (one sample).
 
     Args:
@@ -79,13 +87,21 @@ def make_pytree_sketch(kind: str, key: Array, example: Any, out_dim: int, **opti
       example: a pytree of arrays or ``jax.ShapeDtypeStruct`` giving ONE sample's
         gradient shapes (e.g. the parameters themselves).
       out_dim: m, shared by all leaves.
+      split: kronecker only: ``split(path, shape) -> n_in``, the number of leading
+        axes of a kernel leaf contracted with the layer input (path as in
+        ``gradients.partition_params``). Default 1: [a, *rest] is read as
+        [a, prod(rest)]. An output projection [N, H, D] needs 2.
       **options: passed to ``make_sketch`` (not used for kronecker's 2-D leaves).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown sketch kind {kind!r}; choose one of {KINDS}")
     check_dims(1, out_dim, kind=kind)
     key = as_key(key)
-    leaves, treedef = jax.tree.flatten(example)
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(example)
+    leaves = [leaf for _, leaf in path_leaves]
+    paths = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in path_leaves]
+    if split is not None and kind != "kronecker":
+        raise ValueError(f"split= applies to the kronecker kind only, not {kind!r}")
     if not leaves:
         raise ValueError("pytree sketch: the example tree has no leaves")
     shapes = tuple(tuple(int(d) for d in jnp.shape(leaf)) for leaf in leaves)
@@ -94,8 +110,12 @@ def make_pytree_sketch(kind: str, key: Array, example: Any, out_dim: int, **opti
         leaf_key = jax.random.fold_in(key, index)
         size = math.prod(shape)
         if kind == "kronecker":
-            if len(shape) == 2:
-                sketches.append(make_sketch("kronecker", leaf_key, size, out_dim, shape=shape))
+            if len(shape) >= 2:
+                n_in = 1 if split is None else int(split(paths[index], shape))
+                if not 1 <= n_in < len(shape):
+                    raise ValueError(f"split gave n_in = {n_in} for leaf {paths[index]!r} of shape {shape}; it must lie in [1, {len(shape) - 1}]")
+                matrix = (math.prod(shape[:n_in]), math.prod(shape[n_in:]))
+                sketches.append(make_sketch("kronecker", leaf_key, size, out_dim, shape=matrix))
             else:
                 sketches.append(make_sketch("gaussian", leaf_key, size, out_dim))
             continue

@@ -13,6 +13,11 @@ Every module reads N, K, H, F and D from its kernel shapes (q: [D, N, H], k/v:
 physically sliced heads or channels need no config change. The config keeps only
 what kernels cannot say: RoPE parameters, norm epsilon, tying, dtype.
 
+Every projection goes through ``skmm_jax.kernels.project``: a kernel array gives the
+plain einsum, and any kernel may instead be a ``LoraKernel`` (finetuning adapters)
+or a ``ProbedKernel`` (factored per-sample gradient sketches); ``kernel_inputs``
+says how each kernel reads as a matrix.
+
 Attention is plain einsum + softmax (an XLA path: differentiable per sample under
 ``vmap(grad)``, unlike fused cuDNN attention in this jax release).
 """
@@ -28,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from skmm_jax.kernels import project
 
 Array = jax.Array
 
@@ -200,6 +207,17 @@ class LlamaConfig:
             out["layer_heads"] = [list(p) for p in self.layer_heads]
             out["layer_intermediate"] = list(self.layer_intermediate)
         return out
+
+
+def kernel_inputs(path: str, shape: tuple[int, ...]) -> int:
+    """Leading kernel axes contracted with the layer input: 2 for o [N, H, D], else 1.
+
+    The ``split`` of ``make_pytree_sketch("kronecker", ..., split=kernel_inputs)`` and
+    the ``n_in`` of a ``LoraKernel`` (``path`` ends with the kernel's name, e.g.
+    ``"layers/3/attention/o_kernel"``; a ``/value`` suffix of NNX state is ignored).
+    """
+    name = path.removesuffix("/value").rsplit("/", 1)[-1]
+    return 2 if name == "o_kernel" else 1
 
 
 def rope_inverse_frequencies(config: LlamaConfig) -> np.ndarray:
@@ -380,16 +398,16 @@ class Attention(nnx.Module):
 
     def project_out(self, heads_out: Array) -> Array:
         """o_proj: [B, T, N, H] per-head outputs → [B, T, D]."""
-        out = jnp.einsum("BTNH,NHD->BTD", heads_out, self.o_kernel[...])
+        out = project("BTNH,NHD->BTD", heads_out, self.o_kernel[...])
         if self.o_bias is not None:
             out = out + self.o_bias[...][None, None, :]
         return out
 
     def projections(self, x: Array) -> tuple[Array, Array, Array]:
         """(q [B, T, N, H], k, v [B, T, K, H]) before RoPE, biases included."""
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_kernel[...])
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_kernel[...])
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_kernel[...])
+        q = project("BTD,DNH->BTNH", x, self.q_kernel[...])
+        k = project("BTD,DKH->BTKH", x, self.k_kernel[...])
+        v = project("BTD,DKH->BTKH", x, self.v_kernel[...])
         if self.q_bias is not None:
             q = q + self.q_bias[...][None, None, :, :]
             k = k + self.k_bias[...][None, None, :, :]
@@ -437,8 +455,8 @@ class MLP(nnx.Module):
 
     def pre_activations(self, x: Array) -> tuple[Array, Array]:
         """(W_G x, W_U x), each [B, T, F]."""
-        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_kernel[...])
-        up = jnp.einsum("BTD,DF->BTF", x, self.up_kernel[...])
+        gate = project("BTD,DF->BTF", x, self.gate_kernel[...])
+        up = project("BTD,DF->BTF", x, self.up_kernel[...])
         if self.gate_bias is not None:
             gate, up = gate + self.gate_bias[...][None, None, :], up + self.up_bias[...][None, None, :]
         return gate, up
@@ -450,7 +468,7 @@ class MLP(nnx.Module):
 
     def project_out(self, hidden: Array) -> Array:
         """down_proj: [B, T, F] → [B, T, D]."""
-        out = jnp.einsum("BTF,FD->BTD", hidden, self.down_kernel[...])
+        out = project("BTF,FD->BTD", hidden, self.down_kernel[...])
         if self.down_bias is not None:
             out = out + self.down_bias[...][None, None, :]
         return out
