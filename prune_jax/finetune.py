@@ -1,0 +1,215 @@
+"""Finetuning our LLaMA on token rows: LoRA adapters or the last k blocks, optax, jitted steps.
+
+One optimizer update averages ``accumulation`` micro-batches of ``batch_size`` rows
+(``optax.MultiSteps``), each the mean next-token NLL of its rows. Rows are visited in
+epochs: epoch e is the permutation ``permutation(fold_in(key, e), N)`` cut into
+micro-batches, so the batch of every micro-step is a pure function of (seed, step) and a
+resumed run sees exactly the batches an uninterrupted one would.
+
+Checkpoints (``checkpoint=DIR``): every ``checkpoint_every`` updates the trainable
+parameters, the optimizer state and the loss history are written atomically
+(``state.npz`` + ``meta.json``); ``finetune(..., checkpoint=DIR)`` on a directory that
+holds a run with the same configuration continues it. A configuration mismatch is an
+error, never a silent restart.
+
+Memory: the frozen model once, the trainable parameters and Adam's two moments
+(3 · 4 · r bytes), and one micro-batch's activations (B · T · widths, per block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from prune_jax.lora import DEFAULT_LORA_TARGETS, TRAINABLE_KINDS, init_lora, last_blocks, lm_loss, lora_state
+from skmm_jax.gradients import merge_params
+from skmm_jax.io import atomic_write, save_json_atomic
+from skmm_jax.kernels import LoraKernel
+from skmm_jax.streaming import Progress
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "merge_lora"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """What is trained and how.
+
+    Attributes:
+      trainable: "lora" (adapters of rank ``rank`` on ``targets`` of every block) or
+        "blocks" (every parameter of the last ``last_blocks`` blocks).
+      rank, alpha: LoRA's r and α (scale α / r).
+      targets: LoRA target kernels (``prune_jax.lora.LORA_TARGETS``).
+      last_blocks: k for trainable="blocks".
+      learning_rate, weight_decay: AdamW's (decay on matrices only).
+      steps: optimizer updates.
+      batch_size: rows per micro-batch; ``accumulation`` micro-batches per update.
+      seed: LoRA initialisation and the row order.
+      checkpoint_every: updates between checkpoints (with ``checkpoint=``).
+    """
+
+    trainable: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    last_blocks: int = 2
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    steps: int = 100
+    batch_size: int = 8
+    accumulation: int = 1
+    seed: int = 0
+    checkpoint_every: int = 25
+
+    def __post_init__(self):
+        if self.trainable not in TRAINABLE_KINDS:
+            raise ValueError(f"trainable must be one of {TRAINABLE_KINDS}, got {self.trainable!r}")
+        for name in ("rank", "last_blocks", "steps", "batch_size", "accumulation", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("learning_rate", "alpha"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "targets": list(self.targets)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    model: Any  # the finetuned model (LoRA merged into its kernels: a plain Llama)
+    losses: np.ndarray  # [steps] mean training loss of each update's micro-batches
+    trainable: Any  # the trained parameters (LoRA factors or the blocks' partition)
+
+
+def _micro_batch(key: jax.Array, step: int, num_rows: int, batch_size: int) -> np.ndarray:
+    """Row indices of micro-step ``step``: consecutive slices of per-epoch permutations."""
+    per_epoch = max(1, num_rows // batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), num_rows))
+    if num_rows < batch_size:  # fewer rows than a batch: every row, repeated in order
+        return np.resize(order, batch_size)
+    return order[offset * batch_size : (offset + 1) * batch_size]
+
+
+def merge_lora(model: Any, factors: dict, scale: float) -> Any:
+    """A plain model with W ← W + scale · (A B) reshaped, in W's dtype."""
+    graphdef, state = nnx.split(model)
+    wrapped = lora_state(state, factors, scale)
+    merged = jax.tree.map(
+        lambda leaf: (leaf.base + leaf.scale * (leaf.a @ leaf.b).reshape(leaf.base.shape)).astype(leaf.base.dtype)
+        if isinstance(leaf, LoraKernel) else leaf,
+        wrapped, is_leaf=lambda x: isinstance(x, LoraKernel),
+    )
+    return nnx.merge(graphdef, merged)
+
+
+def _save(directory: Path, tree: Any, meta: dict) -> None:
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+    def write(f):
+        buffer = io.BytesIO()
+        np.savez(buffer, *leaves)
+        f.write(buffer.getvalue())
+
+    atomic_write(directory / "state.npz", write)
+    save_json_atomic(directory / "meta.json", meta)  # written last: a meta.json names a complete state
+
+
+def _load(directory: Path, like: Any) -> tuple[Any, dict] | None:
+    if not (directory / "meta.json").exists():
+        return None
+    meta = json.loads((directory / "meta.json").read_text())
+    with np.load(directory / "state.npz") as data:
+        leaves = [data[f"arr_{i}"] for i in range(len(data.files))]
+    treedef = jax.tree.structure(like)
+    if treedef.num_leaves != len(leaves):
+        raise ValueError(f"checkpoint {directory} holds {len(leaves)} arrays; this run has {treedef.num_leaves}")
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves]), meta
+
+
+def finetune(
+    model: Any,
+    rows: np.ndarray,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    checkpoint: str | Path | None = None,
+    progress: Progress | None = None,
+) -> FinetuneResult:
+    """Trains ``config.trainable`` of ``model`` on token ``rows`` [N, T+1] for ``config.steps`` updates.
+
+    Raises:
+      ValueError: rows not a non-empty int [N, T] array, a checkpoint of another run.
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[0] < 1 or rows.shape[1] < 2 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a non-empty int [N, T] array of token ids with T >= 2, got {rows.dtype} {rows.shape}")
+    if rows.min() < 0 or rows.max() >= model.config.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {model.config.vocab_size}) (the model's vocabulary), got [{rows.min()}, {rows.max()}]")
+    model.config.check_sequence_length(rows.shape[1], name="rows' length")
+    key = jax.random.key(config.seed)
+    graphdef, state = nnx.split(model)
+    scale = config.alpha / config.rank
+    if config.trainable == "lora":
+        trainable, frozen = init_lora(model, jax.random.fold_in(key, 1), config.rank, targets=config.targets), state
+    else:
+        trainable, frozen = last_blocks(model, config.last_blocks)
+    loss = lm_loss(config.trainable, graphdef, scale=scale)
+    decay_mask = lambda tree: jax.tree.map(lambda a: a.ndim > 1, tree)  # noqa: E731
+    optimizer = optax.MultiSteps(optax.adamw(config.learning_rate, weight_decay=config.weight_decay, mask=decay_mask),
+                                 every_k_schedule=config.accumulation)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(trainable)
+
+    def batch_loss(params: Any, frozen: Any, batch: jax.Array) -> jax.Array:
+        return jnp.mean(jax.vmap(lambda row: loss(params, row, frozen))(batch))
+
+    @jax.jit  # the frozen model is an argument, not a constant baked into the program
+    def step(params: Any, opt_state: Any, frozen: Any, batch: jax.Array) -> tuple[Any, Any, jax.Array]:
+        value, grads = jax.value_and_grad(batch_loss)(params, frozen, batch)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return params, opt_state, value
+
+    fingerprint = {"config": config.to_json(), "rows": list(rows.shape)}
+    start, losses = 0, []
+    directory = None if checkpoint is None else Path(checkpoint)
+    if directory is not None:
+        loaded = _load(directory, (trainable, opt_state))
+        if loaded is not None:
+            (trainable, opt_state), meta = loaded
+            if meta["fingerprint"] != fingerprint:
+                raise ValueError(f"checkpoint {directory} is of another run ({meta['fingerprint']}); delete it or pass another directory")
+            start, losses = int(meta["step"]), list(meta["losses"])
+    micro = []
+    for update in range(start, config.steps):
+        for inner in range(config.accumulation):
+            index = _micro_batch(key, update * config.accumulation + inner, len(rows), config.batch_size)
+            trainable, opt_state, value = step(trainable, opt_state, frozen, jnp.asarray(rows[index]))
+            micro.append(value)
+        losses.append(float(jnp.mean(jnp.stack(micro))))  # one host sync per update
+        micro = []
+        if not np.isfinite(losses[-1]):
+            raise ValueError(f"the training loss is {losses[-1]} at update {update}; lower learning_rate")
+        if directory is not None and ((update + 1) % config.checkpoint_every == 0 or update + 1 == config.steps):
+            _save(directory, (trainable, opt_state), {"fingerprint": fingerprint, "step": update + 1, "losses": losses})
+        if progress is not None:
+            progress(update + 1, config.steps)
+    if config.trainable == "lora":
+        tuned = merge_lora(model, trainable, scale)
+    else:
+        tuned = nnx.merge(graphdef, merge_params(trainable, frozen))
+    return FinetuneResult(tuned, np.asarray(losses, np.float32), trainable)

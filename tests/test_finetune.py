@@ -1,0 +1,82 @@
+"""The LLaMA finetuning loop (prune_jax.finetune): LoRA and last-k-blocks, resume, merge."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from prune_jax.finetune import FinetuneConfig, finetune, merge_lora
+from prune_jax.lora import init_lora, lora_state
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_config, random_llama):
+    model = random_llama(tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4))
+    rows = np.random.default_rng(0).integers(0, 40, (12, 9)).astype(np.int32)
+    return model, rows
+
+
+def _mean_nll(model, rows) -> float:
+    return float(np.mean(np.asarray(model.token_nll(rows))))
+
+
+@pytest.mark.parametrize("kind", ["lora", "blocks"])
+def test_finetune_lowers_the_training_loss(tiny, kind):
+    model, rows = tiny
+    config = FinetuneConfig(trainable=kind, rank=4, last_blocks=1, learning_rate=1e-2, steps=30, batch_size=4, accumulation=2)
+    result = finetune(model, rows, config)
+    assert result.losses.shape == (30,) and np.all(np.isfinite(result.losses))
+    before, after = _mean_nll(model, rows), _mean_nll(result.model, rows)
+    assert after < before - 0.1, (before, after)
+    if kind == "blocks":  # only the last block moved
+        old, new = nnx.state(model), nnx.state(result.model)
+        assert np.array_equal(np.asarray(old["layers"][0]["mlp"]["up_kernel"][...]), np.asarray(new["layers"][0]["mlp"]["up_kernel"][...]))
+        assert not np.array_equal(np.asarray(old["layers"][1]["mlp"]["up_kernel"][...]), np.asarray(new["layers"][1]["mlp"]["up_kernel"][...]))
+
+
+def test_merged_lora_equals_the_wrapped_model(tiny):
+    model, rows = tiny
+    factors = jax.tree.map(lambda x: x + 0.05, init_lora(model, jax.random.key(1), 2))
+    graphdef, state = nnx.split(model)
+    wrapped = nnx.merge(graphdef, lora_state(state, factors, 1.5))
+    merged = merge_lora(model, factors, 1.5)
+    np.testing.assert_allclose(np.asarray(merged(rows)), np.asarray(wrapped(rows)), rtol=1e-4, atol=1e-4)
+
+
+def test_resume_continues_exactly_and_refuses_another_run(tiny, tmp_path):
+    model, rows = tiny
+    config = FinetuneConfig(rank=2, learning_rate=5e-3, steps=6, batch_size=5, checkpoint_every=2)
+    straight = finetune(model, rows, config)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_4(done, total):
+        if done == 4:
+            raise Crash
+
+    with pytest.raises(Crash):  # the checkpoint of update 4 is on disk when the run dies
+        finetune(model, rows, config, checkpoint=tmp_path / "ck", progress=crash_after_4)
+    seen = []
+    resumed = finetune(model, rows, config, checkpoint=tmp_path / "ck", progress=lambda done, total: seen.append(done))
+    assert seen == [5, 6]
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(resumed.model(rows)), np.asarray(straight.model(rows)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="another run"):
+        finetune(model, rows, FinetuneConfig(rank=2, learning_rate=5e-3, steps=8, batch_size=5), checkpoint=tmp_path / "ck")
+
+
+def test_finetune_bad_input(tiny):
+    model, rows = tiny
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        FinetuneConfig(trainable="all")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        FinetuneConfig(steps=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        FinetuneConfig(learning_rate=float("nan"))
+    with pytest.raises(ValueError, match="non-empty int"):
+        finetune(model, rows.astype(np.float32), FinetuneConfig(steps=1))
+    with pytest.raises(ValueError, match="vocabulary"):
+        finetune(model, rows + 100, FinetuneConfig(steps=1))
