@@ -19,6 +19,7 @@ Memory: the frozen model once, the trainable parameters and Adam's two moments
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 from pathlib import Path
@@ -94,11 +95,17 @@ class FinetuneResult:
     trainable: Any  # the trained parameters (LoRA factors or the blocks' partition)
 
 
-def _micro_batch(key: jax.Array, step: int, num_rows: int, batch_size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, num_rows: int) -> np.ndarray:
+    """Row order of one epoch, computed once per epoch (not once per micro-step)."""
+    return np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), num_rows))
+
+
+def _micro_batch(seed: int, step: int, num_rows: int, batch_size: int) -> np.ndarray:
     """Row indices of micro-step ``step``: consecutive slices of per-epoch permutations."""
     per_epoch = max(1, num_rows // batch_size)
     epoch, offset = divmod(step, per_epoch)
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), num_rows))
+    order = _epoch_order(seed, epoch, num_rows)
     if num_rows < batch_size:  # fewer rows than a batch: every row, repeated in order
         return np.resize(order, batch_size)
     return order[offset * batch_size : (offset + 1) * batch_size]
@@ -197,7 +204,7 @@ def finetune(
     micro = []
     for update in range(start, config.steps):
         for inner in range(config.accumulation):
-            index = _micro_batch(key, update * config.accumulation + inner, len(rows), config.batch_size)
+            index = _micro_batch(config.seed, update * config.accumulation + inner, len(rows), config.batch_size)
             trainable, opt_state, value = step(trainable, opt_state, frozen, jnp.asarray(rows[index]))
             micro.append(value)
         losses.append(float(jnp.mean(jnp.stack(micro))))  # one host sync per update

@@ -83,11 +83,11 @@ def _block_inputs(graphdef: Any, state: Any, tokens: jax.Array) -> list[jax.Arra
 
 
 def _batches(windows: np.ndarray, batch: int):
-    """(stop, tokens [b, T] padded to b = min(batch, P) rows, valid-row mask [b]): one compilation."""
+    """(start, stop, tokens [b, T] padded to b = min(batch, P) rows, valid-row mask [b]): one compilation."""
     size = min(batch, len(windows))
     for start, stop in chunk_bounds(len(windows), size):
         rows = pad_leading(windows[start:stop], size)
-        yield stop, jnp.asarray(rows), jnp.arange(size) < (stop - start)
+        yield start, stop, jnp.asarray(rows), jnp.arange(size) < (stop - start)
 
 
 @jax.jit
@@ -100,7 +100,7 @@ def input_moments(model: Any, windows: np.ndarray, *, batch: int = 8) -> np.ndar
     """Per-token second moments of every block's MLP input, (1/(|W| T)) Σ x_t x_tᵀ, [L, D, D]."""
     graphdef, state = nnx.split(model)
     total = None
-    for _, chunk, valid in _batches(windows, batch):
+    for _, _, chunk, valid in _batches(windows, batch):
         grams = _grams(_block_inputs(graphdef, state, chunk), valid)
         total = grams if total is None else total + grams
     return np.asarray(total) / (windows.shape[0] * windows.shape[1])
@@ -139,7 +139,7 @@ def window_representations(
     sketches = [kronecker_sketch(jax.random.fold_in(key, i), (width, width), sketch_dim) for i in layers]
     graphdef, state = nnx.split(model)
     features, total = [], None
-    for stop, chunk, valid in _batches(windows, batch):
+    for start, stop, chunk, valid in _batches(windows, batch):
         inputs = _block_inputs(graphdef, state, chunk)
         grams = _grams(inputs, valid)
         total = grams if total is None else total + grams
@@ -147,7 +147,7 @@ def window_representations(
         for i, sketch in zip(layers, sketches):
             x = inputs[i]
             parts.append(sketch.apply_factors(x, x) / x.shape[1] if representation == "moments" else jnp.mean(x, axis=1))
-        features.append(np.asarray(jnp.concatenate(parts, axis=1))[: int(jnp.sum(valid))])
+        features.append(np.asarray(jnp.concatenate(parts, axis=1))[: stop - start])  # padding rows dropped
         if progress is not None:
             progress(stop, len(windows))
     return np.concatenate(features).astype(np.float32), np.asarray(total) / (windows.shape[0] * windows.shape[1])
