@@ -115,8 +115,9 @@ def main() -> None:
                     rows.append(row)
                     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
                     save_json_atomic(out_json, {**payload, "rows": rows, "choices": choices})
-    payload.update(rows=rows, choices=choices, command=" ".join(["python", "benchmarks/calib_select.py"] + sys.argv[1:]),
-                   eval_tokens=args.eval_tokens)
+    command = " ".join(["python", "benchmarks/calib_select.py"] + sys.argv[1:])
+    payload.update(rows=rows, choices=choices, eval_tokens=args.eval_tokens,
+                   commands=[c for c in payload.get("commands", []) if c != command] + [command])
     save_json_atomic(out_json, payload)
     write_markdown(payload)
 
@@ -145,7 +146,12 @@ def write_markdown(payload: dict) -> None:
 
         lines.append(f"| {method} | {n} | {selection} | {group[0].get('representation') or '—'} | {cell('moment_error')} | "
                      + " | ".join(cell(k) for k in metrics) + f" | {statistics.mean(g['selection_seconds'] for g in group):.0f} |")
-    lines += ["", f"Command: `{payload.get('command', 'python benchmarks/calib_select.py')}`."]
+    lines += ["", "Commands (rows accumulate; a run keeps the rows already measured): "
+              + ", ".join(f"`{c}`" for c in payload.get("commands", ["python benchmarks/calib_select.py"])) + "."]
+    if payload.get("superseded_rows"):
+        lines += ["", "Superseded (windows were passed in pool = document order, so the recovery refit's held-out last 10 % "
+                  "were the last documents; now shuffled): "
+                  + "; ".join(f"{r['method']} n={r['n']} {r['selection']}: wiki PPL@128 {r['ppl_128']:.1f}" for r in payload["superseded_rows"]) + "."]
     (RESULTS / "calib_select.md").write_text("\n".join(lines) + "\n")
 
 

@@ -49,7 +49,10 @@ def contract(x: Array, kernel: Any, n_in: int = 1) -> Array:
         return contract(x, kernel.base, n_in) + kernel.delta(x)
     out_shape = kernel.shape[n_in:]
     flat, lead = _matrix(x, n_in, math.prod(kernel.shape[:n_in]))
-    y = jnp.dot(flat, kernel.reshape(flat.shape[-1], -1))
+    # Mixed precision (bf16 activations, f32 LoRA factors): the wider of the two, explicitly
+    # (no implicit promotion); equal dtypes are untouched.
+    dtype = max(jnp.dtype(flat.dtype), jnp.dtype(kernel.dtype), key=lambda d: d.itemsize)
+    y = jnp.dot(flat.astype(dtype), kernel.reshape(flat.shape[-1], -1).astype(dtype))
     return y.reshape(*lead, *out_shape)
 
 

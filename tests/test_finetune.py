@@ -36,6 +36,33 @@ def test_finetune_lowers_the_training_loss(tiny, kind):
         assert not np.array_equal(np.asarray(old["layers"][1]["mlp"]["up_kernel"][...]), np.asarray(new["layers"][1]["mlp"]["up_kernel"][...]))
 
 
+def test_lora_on_chosen_blocks_only_moves_them_and_reuses_the_compiled_step(tiny):
+    from prune_jax.finetune import _train_step
+
+    model, rows = tiny
+    config = FinetuneConfig(rank=2, lora_layers=(1,), learning_rate=1e-2, steps=3, batch_size=4)
+    result = finetune(model, rows, config)
+    assert set(result.trainable) == {k for k in result.trainable if k.startswith("layers/1/")} and result.trainable
+    old, new = nnx.state(model), nnx.state(result.model)
+    assert np.array_equal(np.asarray(old["layers"][0]["mlp"]["up_kernel"][...]), np.asarray(new["layers"][0]["mlp"]["up_kernel"][...]))
+    assert not np.array_equal(np.asarray(old["layers"][1]["mlp"]["up_kernel"][...]), np.asarray(new["layers"][1]["mlp"]["up_kernel"][...]))
+    # another seed and length: the same cached step, no new trace
+    hits = _train_step.cache_info().hits
+    traces = _train_step(*_step_key(model, config))[1]._cache_size()
+    finetune(model, rows, FinetuneConfig(rank=2, lora_layers=(1,), learning_rate=1e-2, steps=2, batch_size=4, seed=5))
+    assert _train_step.cache_info().hits >= hits + 1
+    assert _train_step(*_step_key(model, config))[1]._cache_size() == traces
+    with pytest.raises(ValueError, match="non-empty subset"):
+        finetune(model, rows, FinetuneConfig(rank=2, lora_layers=(7,), steps=1))
+
+
+def _step_key(model, config):
+    from prune_jax.lora import lm_loss
+
+    return (lm_loss("lora", nnx.graphdef(model), scale=config.alpha / config.rank), float(config.learning_rate),
+            float(config.weight_decay), config.accumulation)
+
+
 def test_merged_lora_equals_the_wrapped_model(tiny):
     model, rows = tiny
     factors = jax.tree.map(lambda x: x + 0.05, init_lora(model, jax.random.key(1), 2))
@@ -80,3 +107,15 @@ def test_finetune_bad_input(tiny):
         finetune(model, rows.astype(np.float32), FinetuneConfig(steps=1))
     with pytest.raises(ValueError, match="vocabulary"):
         finetune(model, rows + 100, FinetuneConfig(steps=1))
+
+
+def test_lora_on_a_bfloat16_model_trains_float32_factors(tiny_llama_config, random_llama):
+    """Mixed precision: bf16 base kernels and activations, f32 LoRA factors (the low-rank
+    term computed in f32, added in bf16), no implicit promotion (tests run strict)."""
+    config = tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4, dtype="bfloat16")
+    model = random_llama(config)
+    rows = np.random.default_rng(0).integers(0, 40, (12, 9)).astype(np.int32)
+    result = finetune(model, rows, FinetuneConfig(rank=4, learning_rate=1e-2, steps=20, batch_size=4))
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result.trainable))
+    assert nnx.state(result.model)["layers"][0]["mlp"]["up_kernel"][...].dtype == jax.numpy.bfloat16
+    assert _mean_nll(result.model, rows) < _mean_nll(model, rows) - 0.1

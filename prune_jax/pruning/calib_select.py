@@ -217,5 +217,9 @@ def select_calibration(
         record.update(representation=representation, sketch_dim=sketch_dim, moment_error=moment_error(subset_moments, pool_moments),
                       diagnostics=diagnostics)
     record["seconds"] = time.perf_counter() - start
+    # Shuffled, as calibration_batches' rows are: the pool is in document order, and the
+    # recovery refit holds out the LAST 10 % of the calibration tokens to choose its ridge;
+    # in pool order that hold-out would be the last documents (a shift between fit and hold-out).
+    indices = np.random.default_rng([seed, 1]).permutation(indices)
     record["indices"] = [int(i) for i in indices]
     return CalibrationChoice(windows[indices], indices, record)
