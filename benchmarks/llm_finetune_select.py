@@ -85,19 +85,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import jax
-    from flax import nnx
     from tqdm import tqdm
 
     from prune_jax.data import load_documents, split_documents, tokenize_corpus
     from prune_jax.data.corpora import PYTHON_DOCS_SOURCE
     from prune_jax.evaluate import perplexity
-    from prune_jax.finetune import FinetuneConfig, finetune
-    from prune_jax.lora import init_lora, lm_loss, trainable_size
+    from prune_jax.finetune import FinetuneConfig, finetune, finetune_gradients
+    from prune_jax.lora import init_lora, trainable_size
     from prune_jax.models.llama import load_model
-    from skmm_jax.gradients import sketch_per_sample_grads
     from skmm_jax.io import save_json_atomic
     from skmm_jax.select import select
-    from skmm_jax.sketch import make_pytree_sketch
 
     out_json = Path(args.out)
     model, tokenizer = load_model("smollm2-135m", tokenizer=True)
@@ -131,20 +128,17 @@ def main() -> None:
         save_json_atomic(out_json, {**payload, "runs": runs, "selections": selections})
 
     # The label-free representations: per-passage base loss and sketched LoRA gradients.
-    graphdef, state = nnx.split(model)
     if "features" not in payload:
         start = time.perf_counter()
         losses = np.concatenate([np.asarray(model.token_nll(pool[i:i + 32])).mean(axis=1) for i in range(0, len(pool), 32)])
         loss_seconds = time.perf_counter() - start
-        factors = init_lora(model, jax.random.fold_in(jax.random.key(0), 1), 8, layers=layers)  # seed 0's LoRA init
-        sketch = make_pytree_sketch("kronecker", jax.random.key(7), factors, args.sketch_dim)
         start = time.perf_counter()
-        with tqdm(total=len(pool), unit="passage", desc="sketched LoRA gradients") as bar:
-            features = sketch_per_sample_grads(lm_loss("lora", graphdef, scale=base_config.alpha / base_config.rank), factors, pool,
-                                               sketch, frozen=state, chunk_size=args.grad_chunk, factored=True,
-                                               progress=lambda done, total: bar.update(done - bar.n))
+        with tqdm(total=len(pool), unit="passage", desc="sketched LoRA gradients") as bar:  # at seed 0's LoRA init
+            features = finetune_gradients(model, pool, base_config, sketch_dim=args.sketch_dim, key=jax.random.key(7),
+                                          chunk_size=args.grad_chunk, progress=lambda done, total: bar.update(done - bar.n))
+        r = trainable_size(init_lora(model, jax.random.key(0), base_config.rank, layers=layers))
         payload["features"] = {"gradient_seconds": time.perf_counter() - start, "loss_seconds": loss_seconds,
-                               "r": trainable_size(factors), "m": args.sketch_dim}
+                               "r": r, "m": args.sketch_dim}
         np.save(out_json.with_suffix(".features.npy"), features)
         np.save(out_json.with_suffix(".losses.npy"), losses)
         save()

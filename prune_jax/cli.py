@@ -252,6 +252,125 @@ def prune_command(
         console.print(f"[yellow]note:[/yellow] {message}")
 
 
+@app.command("finetune")
+def finetune_command(
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
+    data: str = typer.Option("wiki-sample", help="Finetuning corpus: wiki-sample | python-docs | path.txt | path.jsonl | ..."),
+    split: str = typer.Option("auto", help="Part of --data to train on: auto (the calibration half of wiki-sample, so its evaluation half stays held out; all of a user's file) | calibration | eval | all."),
+    seq_len: int = typer.Option(128, min=2, help="Tokens per training passage (non-overlapping windows of the corpus)."),
+    pool: Optional[int] = typer.Option(None, min=1, help="Candidate passages: a uniform subset of every window (default all)."),
+    select_method: str = typer.Option("all", "--select", help="all (train on the whole pool) | uniform | skmm | kcenter | herding | ... (any label-free selection method, on sketched per-passage gradients of the trained parameters)."),
+    n: Optional[int] = typer.Option(None, min=1, help="Passages to keep (with --select other than all)."),
+    sketch_dim: int = typer.Option(256, min=1, help="m of the per-passage gradient sketch (Kronecker per kernel)."),
+    trainable: str = typer.Option("lora", help="lora (adapters on --lora-targets) | blocks (all of the last --last-blocks blocks)."),
+    lora_rank: int = typer.Option(8, min=1, help="LoRA rank r."),
+    lora_alpha: float = typer.Option(16.0, help="LoRA α (scale α / r)."),
+    lora_blocks: Optional[int] = typer.Option(None, min=1, help="LoRA on the last k blocks only (default every block): the backward pass stops there."),
+    last_blocks_count: int = typer.Option(2, "--last-blocks", min=1, help="k for --trainable blocks."),
+    steps: int = typer.Option(100, min=1, help="Optimizer updates."),
+    batch_size: int = typer.Option(8, min=1, help="Passages per micro-batch."),
+    accumulation: int = typer.Option(1, min=1, help="Micro-batches per update (gradient accumulation)."),
+    lr: float = typer.Option(2e-4, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay (matrices only)."),
+    eval_windows_count: int = typer.Option(0, "--eval-windows", min=0, help="Held-out windows (the evaluation half of wiki-sample, or of --data) scored before and after (0: skip)."),
+    seed: int = typer.Option(0, help="Seed of the split, the pool, the selection, the LoRA init and the passage order."),
+    dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 (LoRA factors and Adam stay float32)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Directory for checkpoints (every 25 updates); the same command continues an interrupted run from it."),
+    out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with finetune.json; an existing directory is replaced only if an earlier run wrote it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
+) -> None:
+    """Finetune a LLaMA model (LoRA or its last blocks) on passages of a corpus, optionally
+    chosen by SkMM on their sketched gradients, and save it as an HF directory."""
+    import dataclasses
+    import time
+
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from prune_jax.data import eval_windows
+    from prune_jax.evaluate import perplexity
+    from prune_jax.finetune import FinetuneConfig, finetune, finetune_gradients
+    from prune_jax.models.llama import save_hf
+    from prune_jax.pruning.calib_select import window_pool
+    from skmm_jax.select import METHODS as SELECTION_METHODS
+    from skmm_jax.select import select
+
+    check_output_dir(out, overwrite=overwrite)
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    label_free = sorted(k for k, v in SELECTION_METHODS.items() if not v.needs_labels)
+    if select_method != "all" and select_method not in label_free:
+        fail(f"--select {select_method!r} is not all or a label-free selection method: {', '.join(label_free)}")
+    if (select_method == "all") != (n is None):
+        fail("--n goes with --select other than all (how many passages to keep)" if n is None else "--n needs --select (e.g. --select skmm)")
+    if pool is not None and n is not None and pool < n:
+        fail(f"--pool {pool} is smaller than --n {n}")
+    split = _resolve_split(split, data, auto="calibration")
+    try:
+        config = FinetuneConfig(trainable=trainable, rank=lora_rank, alpha=lora_alpha, last_blocks=last_blocks_count,
+                                learning_rate=lr, weight_decay=weight_decay, steps=steps, batch_size=batch_size,
+                                accumulation=accumulation, seed=seed)
+    except ValueError as err:
+        fail(str(err))
+    try:
+        start = time.perf_counter()
+        net, tok = _load_model_with_status(model, dtype)
+        if tok is None:
+            fail(f"{model} has no tokenizer files")
+        net.config.check_sequence_length(seq_len, name="--seq-len")
+        layers = net.config.num_layers
+        if lora_blocks is not None:
+            if lora_blocks > layers:
+                fail(f"--lora-blocks {lora_blocks} exceeds the model's {layers} blocks")
+            config = dataclasses.replace(config, lora_layers=tuple(range(layers - lora_blocks, layers)))
+        if trainable == "blocks" and last_blocks_count > layers:
+            fail(f"--last-blocks {last_blocks_count} exceeds the model's {layers} blocks")
+        docs = _documents(data, split, seed)
+        rows = window_pool(_tokens(docs, tok), seq_len, pool=pool, seed=seed).astype(np.int32)
+        if n is not None and n > len(rows):
+            fail(f"--n {n} exceeds the {len(rows)} passages of {seq_len} tokens in --data {data} ({split})")
+        selection = {"method": "all", "pool": int(len(rows))}
+        if select_method != "all":
+            features = np.ones((len(rows), 1), np.float32)  # uniform needs no representation
+            if select_method != "uniform":
+                with tqdm(total=len(rows), unit="passage", desc="sketched per-passage gradients") as bar:
+                    features = finetune_gradients(net, rows, config, sketch_dim=sketch_dim,
+                                                  progress=lambda done, total: bar.update(done - bar.n))
+            chosen = select(select_method, jax.random.key(seed), features, n)
+            selection.update(method=select_method, n=n, sketch_dim=sketch_dim, indices=[int(i) for i in chosen.indices],
+                             diagnostics={k: v for k, v in chosen.diagnostics.items() if isinstance(v, (int, float, str, bool))})
+            rows = rows[np.asarray(chosen.indices)]
+        held = None
+        if eval_windows_count:  # the other half of the document split is held out
+            held_split = {"calibration": "eval", "eval": "calibration"}.get(split)
+            if held_split is None:
+                fail("--eval-windows needs a held-out half: pass --split calibration (or eval)")
+            held = eval_windows(_tokens(_documents(data, held_split, seed), tok), seq_len, eval_windows_count)
+        before = None if held is None else perplexity(net, held).perplexity
+        with tqdm(total=config.steps, unit="update", desc=f"finetune {trainable} on {len(rows)} passages") as bar:
+            result = finetune(net, rows, config, checkpoint=checkpoint, progress=lambda done, total: bar.update(done - bar.n))
+        after = None if held is None else perplexity(result.model, held).perplexity
+        record = {"config": config.to_json(), "data": {"source": data, "split": split, "documents": [d.id for d in docs],
+                                                     "seq_len": seq_len, "rows": int(len(rows))},
+                  "selection": selection, "losses": [float(x) for x in result.losses], "model": str(model), "dtype": dtype,
+                  "held_out_perplexity": None if held is None else {"before": before, "after": after, "windows": int(len(held))},
+                  "total_seconds": time.perf_counter() - start}
+        message = save_hf(result.model, tok, out, extra_files={"finetune.json": record}, overwrite=overwrite)
+        if checkpoint is not None:  # the output is complete: the checkpoint has served
+            import shutil
+
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+        fail(str(err))
+    summary = f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}"
+    if held is not None:
+        summary += f"; held-out PPL ({len(held)}×{seq_len}) {before:.2f} → {after:.2f}"
+    console.print(f"finetuned {trainable} on {len(rows)} passages ({selection['method']}), {summary}; wrote {out} in {record['total_seconds']:.0f} s")
+    if message:
+        console.print(f"[yellow]note:[/yellow] {message}")
+
+
 @app.command("demo")
 def demo_command(
     method: str = typer.Option("dap-obs", help="Pruning score: " + " | ".join(METHODS) + "."),

@@ -41,7 +41,7 @@ from skmm_jax.io import atomic_write, save_json_atomic
 from skmm_jax.kernels import LoraKernel
 from skmm_jax.streaming import Progress
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "merge_lora"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "finetune_gradients", "merge_lora"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +156,64 @@ def _load(directory: Path, like: Any) -> tuple[Any, dict] | None:
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves]), meta
 
 
+def _trainable(model: Any, config: FinetuneConfig) -> tuple[Any, Any]:
+    """(trainable, frozen) at the start of ``finetune(model, rows, config)``."""
+    if config.trainable == "lora":
+        key = jax.random.fold_in(jax.random.key(config.seed), 1)
+        return init_lora(model, key, config.rank, targets=config.targets, layers=config.lora_layers), nnx.state(model)
+    return last_blocks(model, config.last_blocks)
+
+
+def finetune_gradients(
+    model: Any,
+    rows: np.ndarray,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    sketch_dim: int = 256,
+    key: Any = None,
+    chunk_size: int = 8,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """G̃ [N, m]: each row's next-token-loss gradient w.r.t. exactly the parameters
+    ``finetune(model, rows, config)`` trains, at its start, Kronecker-sketched per kernel.
+
+    The input of SkMM (or k-center, ...) for choosing finetuning rows, label-free (the
+    text is its own target). Computed by ``sketch_per_sample_grads(..., factored=True)``:
+    each kernel's sketch comes from its layer's inputs and output gradients, so neither a
+    per-row [r] gradient nor a per-row [a, b] kernel gradient is formed; memory per row
+    is the activations, O(T · widths). LoRA starts at B = 0, so ∂ℓ/∂A = 0 and
+    ∂ℓ/∂B = (x A)ᵀ g: the weight gradient seen through the random A (as in LESS).
+
+    Args:
+      key: the sketch's PRNG key (default ``fold_in(key(config.seed), 2)``).
+      chunk_size: rows per vmapped step (B · T · widths of activations).
+      progress: ``progress(rows_done, rows_total)``.
+    """
+    from prune_jax.models.llama.modeling import kernel_inputs
+    from skmm_jax.gradients import sketch_per_sample_grads
+    from skmm_jax.sketch import make_pytree_sketch
+
+    rows = _check_rows(model, rows)
+    trainable, frozen = _trainable(model, config)
+    key = jax.random.fold_in(jax.random.key(config.seed), 2) if key is None else key
+    # LoRA factors are matrices already; the blocks' 3-D attention kernels need their input axes
+    split = None if config.trainable == "lora" else kernel_inputs
+    sketch = make_pytree_sketch("kronecker", key, trainable, sketch_dim, split=split)
+    loss = lm_loss(config.trainable, nnx.graphdef(model), scale=config.alpha / config.rank)
+    return sketch_per_sample_grads(loss, trainable, rows, sketch, frozen=frozen, chunk_size=chunk_size, factored=True,
+                                   progress=progress)
+
+
+def _check_rows(model: Any, rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[0] < 1 or rows.shape[1] < 2 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a non-empty int [N, T] array of token ids with T >= 2, got {rows.dtype} {rows.shape}")
+    if rows.min() < 0 or rows.max() >= model.config.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {model.config.vocab_size}) (the model's vocabulary), got [{rows.min()}, {rows.max()}]")
+    model.config.check_sequence_length(rows.shape[1], name="rows' length")
+    return rows
+
+
 @functools.lru_cache(maxsize=8)
 def _train_step(loss: Any, learning_rate: float, weight_decay: float, accumulation: int) -> tuple[Any, Any]:
     """(optimizer, jitted step) for one (loss, optimizer settings): cached, so runs that
@@ -191,20 +249,10 @@ def finetune(
     Raises:
       ValueError: rows not a non-empty int [N, T] array, a checkpoint of another run.
     """
-    rows = np.asarray(rows)
-    if rows.ndim != 2 or rows.shape[0] < 1 or rows.shape[1] < 2 or not np.issubdtype(rows.dtype, np.integer):
-        raise ValueError(f"rows must be a non-empty int [N, T] array of token ids with T >= 2, got {rows.dtype} {rows.shape}")
-    if rows.min() < 0 or rows.max() >= model.config.vocab_size:
-        raise ValueError(f"token ids must lie in [0, {model.config.vocab_size}) (the model's vocabulary), got [{rows.min()}, {rows.max()}]")
-    model.config.check_sequence_length(rows.shape[1], name="rows' length")
-    key = jax.random.key(config.seed)
-    graphdef, state = nnx.split(model)
+    rows = _check_rows(model, rows)
+    graphdef = nnx.graphdef(model)
     scale = config.alpha / config.rank
-    if config.trainable == "lora":
-        trainable = init_lora(model, jax.random.fold_in(key, 1), config.rank, targets=config.targets, layers=config.lora_layers)
-        frozen = state
-    else:
-        trainable, frozen = last_blocks(model, config.last_blocks)
+    trainable, frozen = _trainable(model, config)
     optimizer, step = _train_step(lm_loss(config.trainable, graphdef, scale=scale), float(config.learning_rate),
                                   float(config.weight_decay), config.accumulation)
     with jax.numpy_dtype_promotion("standard"):

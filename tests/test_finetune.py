@@ -119,3 +119,29 @@ def test_lora_on_a_bfloat16_model_trains_float32_factors(tiny_llama_config, rand
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result.trainable))
     assert nnx.state(result.model)["layers"][0]["mlp"]["up_kernel"][...].dtype == jax.numpy.bfloat16
     assert _mean_nll(result.model, rows) < _mean_nll(model, rows) - 0.1
+
+
+@pytest.mark.parametrize("kind", ["lora", "blocks"])
+def test_finetune_gradients_are_the_sketched_gradients_of_what_finetune_trains(tiny, kind):
+    """finetune_gradients == the same Kronecker sketch applied to explicit vmap(grad)
+    gradients of the parameters finetune trains at its start (LoRA: A's part is 0, B = 0)."""
+    from prune_jax.finetune import _trainable, finetune_gradients
+    from prune_jax.lora import lm_loss
+    from prune_jax.models.llama.modeling import kernel_inputs
+    from skmm_jax.gradients import per_sample_grads
+    from skmm_jax.sketch import make_pytree_sketch
+
+    model, rows = tiny
+    config = FinetuneConfig(trainable=kind, rank=2, lora_layers=(1,), last_blocks=1, seed=3)
+    got = finetune_gradients(model, rows, config, sketch_dim=16, key=jax.random.key(5), chunk_size=5)
+    trainable, frozen = _trainable(model, config)
+    assert got.shape == (12, 16) and np.all(np.isfinite(got)) and np.linalg.norm(got) > 0
+    sketch = make_pytree_sketch("kronecker", jax.random.key(5), trainable, 16, split=None if kind == "lora" else kernel_inputs)
+    loss = lm_loss(kind, nnx.graphdef(model), scale=config.alpha / config.rank)
+    expected = np.asarray(sketch(per_sample_grads(loss, trainable, rows, frozen=frozen)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    if kind == "lora":  # B = 0 at the start: only the B factors carry gradient
+        grads = per_sample_grads(loss, trainable, rows, frozen=frozen)
+        assert all(float(np.abs(np.asarray(f["a"])).max()) == 0.0 for f in grads.values())
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        finetune_gradients(model, rows + 100, config)
