@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -258,7 +259,9 @@ def finetune(
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(trainable)
 
-    fingerprint = {"config": config.to_json(), "rows": list(rows.shape)}
+    # the rows' content too: a resume on other rows of the same shape (another selection) is another run
+    fingerprint = {"config": config.to_json(), "rows": list(rows.shape),
+                   "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes()).hexdigest()[:16]}
     start, losses = 0, []
     directory = None if checkpoint is None else Path(checkpoint)
     if directory is not None:

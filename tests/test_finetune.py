@@ -93,6 +93,8 @@ def test_resume_continues_exactly_and_refuses_another_run(tiny, tmp_path):
     np.testing.assert_allclose(np.asarray(resumed.model(rows)), np.asarray(straight.model(rows)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="another run"):
         finetune(model, rows, FinetuneConfig(rank=2, learning_rate=5e-3, steps=8, batch_size=5), checkpoint=tmp_path / "ck")
+    with pytest.raises(ValueError, match="another run"):  # same shape, other rows (e.g. another selection)
+        finetune(model, rows[::-1], config, checkpoint=tmp_path / "ck")
 
 
 def test_finetune_bad_input(tiny):
