@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 
 from prune_jax.lora import DEFAULT_LORA_TARGETS, TRAINABLE_KINDS, init_lora, last_blocks, lm_loss, lora_state
+from skmm_jax.checks import check_positive_fields
 from skmm_jax.gradients import merge_params
 from skmm_jax.io import atomic_write, save_json_atomic
 from skmm_jax.kernels import LoraKernel
@@ -81,10 +82,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.trainable not in TRAINABLE_KINDS:
             raise ValueError(f"trainable must be one of {TRAINABLE_KINDS}, got {self.trainable!r}")
-        for name in ("rank", "last_blocks", "steps", "batch_size", "accumulation", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_fields(self, ("rank", "last_blocks", "steps", "batch_size", "accumulation", "checkpoint_every"))
         for name in ("learning_rate", "alpha"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):

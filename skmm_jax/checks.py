@@ -15,7 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_labels", "check_rows", "scan_rows"]
+__all__ = ["check_labels", "check_positive_fields", "check_rows", "scan_rows"]
+
+
+def check_positive_fields(config: Any, names: tuple[str, ...]) -> None:
+    """ValueError naming the first of a config's ``names`` that is not a positive int
+    (bools refused). For frozen dataclass configs' ``__post_init__``."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_rows(rows: Any, *, name: str = "features", width: str = "d") -> Any:

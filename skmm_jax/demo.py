@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from skmm_jax.checks import check_positive_fields
 from skmm_jax.sketch import KINDS, make_pytree_sketch
 from skmm_jax.sketch.quality import inner_product_error, norm_ratios, subspace_distortion
 from skmm_jax.streaming import stream_chunks
@@ -39,10 +40,7 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for field in ("samples", "input_dim", "hidden", "clusters", "sketch_dim", "subspace_rank", "chunk_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
+        check_positive_fields(self, ("samples", "input_dim", "hidden", "clusters", "sketch_dim", "subspace_rank", "chunk_size"))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
 
