@@ -10,10 +10,18 @@ from rich.console import Console
 
 from prune_jax.pruning.scores import METHODS
 from prune_jax.zero_shot.tasks import BUILTIN_TASKS
-from skmm_jax.cli_common import check_output_dir, check_output_file, fail, run_app
+from skmm_jax.cli_common import (check_output_dir, check_output_file, check_store, fail, fail_config, flags_of, resume_note,
+                                 run_app)
 
 BUILTIN_TASK_NAMES = tuple(BUILTIN_TASKS)
 DEMO_TASK = "wiki-last-word"  # the cheapest built-in task (one request per item), chance 0
+
+# library config fields → the flags that set them (for error messages)
+PRUNE_FLAGS = flags_of(("method", "sparsity", "refit", "ridge_toward", "damp", "head_criterion", "similarity_tau", "allocation",
+                        "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
+                       layer_range="--layer-start/--layer-stop")
+FINETUNE_FLAGS = flags_of(("trainable", "steps", "batch_size", "accumulation", "weight_decay", "seed"), rank="--lora-rank",
+                          alpha="--lora-alpha", last_blocks="--last-blocks", learning_rate="--lr")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distribution-aware structured pruning of LLaMA models in JAX.")
 console = Console()
@@ -41,9 +49,9 @@ def env() -> None:
             console.print(f"{name}: [yellow]not installed[/yellow] — {err}")
 
 
-def _resolve_split(split: str, source: str, *, auto: str) -> str:
+def _resolve_split(split: str, source: str, *, auto: str, flag: str = "--split") -> str:
     if split not in SPLITS:
-        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        fail(f"{flag} must be one of {', '.join(SPLITS)}, got {split!r}")
     return (auto if source == "wiki-sample" else "all") if split == "auto" else split
 
 
@@ -92,6 +100,17 @@ def _mesh(spec: str | None):
         return parse_mesh(spec)
     except ValueError as err:
         fail(f"--mesh: {err}")
+
+
+def _checkpoint(make_store, checkpoint: Path | None, *, resume: bool, out: Path):
+    """The run's checkpoint store (None without --checkpoint), its rules checked before any work."""
+    if resume and checkpoint is None:
+        fail("--resume continues from --checkpoint DIR; pass the directory of the interrupted run")
+    if checkpoint is None:
+        return None
+    store = make_store(checkpoint)
+    check_store(store, outputs=[out], resume=resume)
+    return store
 
 
 def _documents(source: str, split: str, seed: int):
@@ -162,7 +181,7 @@ def prune_command(
     device_mesh = _mesh(mesh)
     if device_mesh is not None and "data" in device_mesh.shape and calib_samples % device_mesh.shape["data"]:
         fail(f"--calib-samples {calib_samples} must divide over the mesh's data axis ({device_mesh.shape['data']} devices)")
-    calib_split = _resolve_split(calib_split, calib, auto="calibration")
+    calib_split = _resolve_split(calib_split, calib, auto="calibration", flag="--calib-split")
     from prune_jax.pruning.calib_select import REPRESENTATIONS
     from skmm_jax.select import METHODS as SELECTION_METHODS
 
@@ -175,17 +194,9 @@ def prune_command(
         fail(f"--calib-pool {calib_pool} is smaller than --calib-samples {calib_samples}")
     if calib_pool is not None and calib_select == "random":
         fail("--calib-pool applies to a --calib-select other than random")
-    if resume and checkpoint is None:
-        fail("--resume continues from --checkpoint DIR; pass the directory of the interrupted run")
-    if checkpoint is not None:
-        from prune_jax.pruning.resume import checkpoint_dir
+    from prune_jax.pruning.resume import checkpoint_store
 
-        try:
-            held = checkpoint_dir(checkpoint, create=False)
-        except ValueError as err:
-            fail(f"--{err}")
-        if held and not resume:
-            fail(f"--checkpoint {checkpoint} holds an interrupted run; pass --resume to continue it, or delete the directory")
+    store = _checkpoint(checkpoint_store, checkpoint, resume=resume, out=out)
     layer_range = None
     if layer_start is not None or layer_stop is not None:
         if layer_start is None or layer_stop is None:
@@ -197,16 +208,16 @@ def prune_command(
                              layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
                              ridge_toward=ridge_toward, damp=damp, bias_compensation=bias_compensation)
     except ValueError as err:
-        fail(str(err))
+        fail_config(err, PRUNE_FLAGS)
     try:
         start = time.perf_counter()
+        calibration_docs = _documents(calib, calib_split, seed)  # before the model: a bad --calib costs no load
         net, tok = _load_model_with_status(model, dtype, device_mesh)
         if tok is None:
             fail(f"{model} has no tokenizer files")
         net.config.check_sequence_length(calib_seq_len, name="--calib-seq-len")
         if layer_range is not None and not 0 <= layer_range[0] < layer_range[1] <= net.config.num_layers:
             fail(f"--layer-start/--layer-stop must satisfy 0 <= start < stop <= {net.config.num_layers} (the model's layers), got {layer_range}")
-        calibration_docs = _documents(calib, calib_split, seed)
         calibration_tokens = _tokens(calibration_docs, tok)
         chosen = None
         if calib_select == "random":
@@ -222,6 +233,8 @@ def prune_command(
                 chosen = select_calibration(net, calibration_tokens, calib_samples, method=calib_select, representation=calib_representation,
                                             seq_len=calib_seq_len, pool=calib_pool, seed=seed, progress=show)
             batches = chosen.windows
+        if store is not None:
+            resume_note(store)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
             net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n),
                                 checkpoint=checkpoint)
@@ -237,10 +250,8 @@ def prune_command(
         if not _is_writer(net):
             return
         message = save_hf(net, tok, out, extra_files={"pruning.json": record}, overwrite=overwrite)
-        if checkpoint is not None:  # the output is complete: the checkpoint has served
-            import shutil
-
-            shutil.rmtree(checkpoint)
+        if store is not None:  # the output is complete: the checkpoint has served (only its own files go)
+            store.remove()
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         fail(str(err))
     console.print(
@@ -262,7 +273,7 @@ def finetune_command(
     select_method: str = typer.Option("all", "--select", help="all (train on the whole pool) | uniform | skmm | kcenter | herding | ... (any label-free selection method, on sketched per-passage gradients of the trained parameters)."),
     n: Optional[int] = typer.Option(None, min=1, help="Passages to keep (with --select other than all)."),
     sketch_dim: int = typer.Option(256, min=1, help="m of the per-passage gradient sketch (Kronecker per kernel)."),
-    trainable: str = typer.Option("lora", help="lora (adapters on --lora-targets) | blocks (all of the last --last-blocks blocks)."),
+    trainable: str = typer.Option("lora", help="lora (rank --lora-rank adapters on the q, v, o, gate, up and down kernels) | blocks (all of the last --last-blocks blocks)."),
     lora_rank: int = typer.Option(8, min=1, help="LoRA rank r."),
     lora_alpha: float = typer.Option(16.0, help="LoRA α (scale α / r)."),
     lora_blocks: Optional[int] = typer.Option(None, min=1, help="LoRA on the last k blocks only (default every block): the backward pass stops there."),
@@ -275,7 +286,8 @@ def finetune_command(
     eval_windows_count: int = typer.Option(0, "--eval-windows", min=0, help="Held-out windows (the evaluation half of wiki-sample, or of --data) scored before and after (0: skip)."),
     seed: int = typer.Option(0, help="Seed of the split, the pool, the selection, the LoRA init and the passage order."),
     dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 (LoRA factors and Adam stay float32)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Directory for checkpoints (every 25 updates); the same command continues an interrupted run from it."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Directory for checkpoints (every 25 updates): new, empty or a finetune checkpoint, never --out or around it; its files are deleted once --out is written."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run whose checkpoint is in --checkpoint (same flags, model and data)."),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically) with finetune.json; an existing directory is replaced only if an earlier run wrote it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it holds files this program did not write."),
 ) -> None:
@@ -312,9 +324,13 @@ def finetune_command(
                                 learning_rate=lr, weight_decay=weight_decay, steps=steps, batch_size=batch_size,
                                 accumulation=accumulation, seed=seed)
     except ValueError as err:
-        fail(str(err))
+        fail_config(err, FINETUNE_FLAGS)
+    from prune_jax.finetune import checkpoint_store
+
+    store = _checkpoint(checkpoint_store, checkpoint, resume=resume, out=out)
     try:
         start = time.perf_counter()
+        docs = _documents(data, split, seed)  # before the model: a bad --data costs no load
         net, tok = _load_model_with_status(model, dtype)
         if tok is None:
             fail(f"{model} has no tokenizer files")
@@ -326,7 +342,6 @@ def finetune_command(
             config = dataclasses.replace(config, lora_layers=tuple(range(layers - lora_blocks, layers)))
         if trainable == "blocks" and last_blocks_count > layers:
             fail(f"--last-blocks {last_blocks_count} exceeds the model's {layers} blocks")
-        docs = _documents(data, split, seed)
         rows = window_pool(_tokens(docs, tok), seq_len, pool=pool, seed=seed).astype(np.int32)
         if n is not None and n > len(rows):
             fail(f"--n {n} exceeds the {len(rows)} passages of {seq_len} tokens in --data {data} ({split})")
@@ -348,6 +363,8 @@ def finetune_command(
                 fail("--eval-windows needs a held-out half: pass --split calibration (or eval)")
             held = eval_windows(_tokens(_documents(data, held_split, seed), tok), seq_len, eval_windows_count)
         before = None if held is None else perplexity(net, held).perplexity
+        if store is not None:
+            resume_note(store)
         with tqdm(total=config.steps, unit="update", desc=f"finetune {trainable} on {len(rows)} passages") as bar:
             result = finetune(net, rows, config, checkpoint=checkpoint, progress=lambda done, total: bar.update(done - bar.n))
         after = None if held is None else perplexity(result.model, held).perplexity
@@ -357,10 +374,8 @@ def finetune_command(
                   "held_out_perplexity": None if held is None else {"before": before, "after": after, "windows": int(len(held))},
                   "total_seconds": time.perf_counter() - start}
         message = save_hf(result.model, tok, out, extra_files={"finetune.json": record}, overwrite=overwrite)
-        if checkpoint is not None:  # the output is complete: the checkpoint has served
-            import shutil
-
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        if store is not None:  # the output is complete: the checkpoint has served (only its own files go)
+            store.remove()
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
         fail(str(err))
     summary = f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}"
@@ -454,8 +469,12 @@ def demo_command(
         console.print(f"[yellow]note:[/yellow] {message}")
 
 
+PERPLEXITY_ONLY = ("data", "seq_len", "split", "seed", "max_windows", "batch_size")  # eval options that --tasks does not read
+
+
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Option("smollm2-135m", help="smollm2-135m | an HF model directory | a .gguf file."),
     data: str = typer.Option("wiki-sample", help="wiki-sample | path.txt | path.jsonl | path.parquet | hf:dataset[:config]:split."),
     seq_len: int = typer.Option(128, min=2, help="Tokens per window (non-overlapping windows), at most the model's context."),
@@ -474,8 +493,15 @@ def eval_command(
     windows), or with --tasks its zero-shot accuracy (acc, acc_norm)."""
     import time
 
+    # typed on the command line (not defaulted); by name: typer ships its own copy of click's enum
+    given = [name for name in PERPLEXITY_ONLY if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
     if tasks is not None:
+        if given:
+            fail(f"{', '.join('--' + name.replace('_', '-') for name in given)}: perplexity options, not read with --tasks "
+                 "(zero-shot tasks score their own items); drop them or run the perplexity evaluation separately")
         return _eval_tasks(model, tasks, limit=limit, dtype=dtype, attention=attention, tokenizer=tokenizer, json_out=json_out)
+    if limit is not None:
+        fail("--limit applies to --tasks (items per task); for perplexity use --max-windows")
 
     from tqdm import tqdm
 
@@ -494,9 +520,9 @@ def eval_command(
         fail(f"--tokenizer {tokenizer} does not exist (expected a tokenizer/model directory or a .gguf file)")
     try:
         start = time.perf_counter()
+        docs = _documents(data, split, seed)  # before the model: a bad --data costs no load
         net, tok = _load_for_eval(model, dtype, attention, tokenizer)
         net.config.check_sequence_length(seq_len, name="--seq-len")
-        docs = _documents(data, split, seed)
         windows = eval_windows(_tokens(docs, tok), seq_len, max_windows)
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -560,6 +586,11 @@ def _eval_tasks(model: str, tasks: str, *, limit: int | None, dtype: str, attent
         fail("--tasks is empty; give built-in task names or .jsonl paths, comma-separated")
     try:
         loaded = [resolve_task(name) for name in names]
+        stems = [task.name for task in loaded]
+        # two files with one stem (a/task.jsonl, b/task.jsonl): name each by the path given, so no result is dropped
+        loaded = [dataclasses.replace(task, name=spec) if stems.count(task.name) > 1 else task for task, spec in zip(loaded, names)]
+        if len({task.name for task in loaded}) < len(loaded):
+            fail(f"--tasks names a task twice: {tasks}")
         if limit is not None:
             loaded = [dataclasses.replace(task, items=task.items[:limit]) for task in loaded]
         net, tok = _load_for_eval(model, dtype, attention, tokenizer)
@@ -567,9 +598,14 @@ def _eval_tasks(model: str, tasks: str, *, limit: int | None, dtype: str, attent
         bars = []
 
         def progress_for(task):
-            bar = tqdm(total=len(task.items) * max(len(item.choices) for item in task.items), unit="request", desc=task.name)
+            bar = tqdm(unit="request", desc=task.name)
             bars.append(bar)
-            return lambda done, total: bar.update(done - bar.n)
+
+            def show(done, total):  # total: the task's requests, as the scorer counts them
+                bar.total = total
+                bar.update(done - bar.n)
+
+            return show
 
         results = evaluate_tasks(net, tok, loaded, progress_factory=progress_for)
         for bar in bars:

@@ -10,7 +10,8 @@ Checkpoints (``checkpoint=DIR``): every ``checkpoint_every`` updates the trainab
 parameters, the optimizer state and the loss history are written atomically
 (``state.npz`` + ``meta.json``); ``finetune(..., checkpoint=DIR)`` on a directory that
 holds a run with the same configuration continues it. A configuration mismatch is an
-error, never a silent restart.
+error, never a silent restart. The directory follows the rules of ``skmm_jax.checkpoints``
+(absent, empty or a finetune checkpoint; only its own files are ever deleted).
 
 Precision: the model's dtype (``load_model(..., dtype="bfloat16")`` for bf16 kernels and
 activations); LoRA factors and their Adam moments stay float32, the low-rank term is
@@ -38,6 +39,7 @@ from flax import nnx
 
 from prune_jax.lora import DEFAULT_LORA_TARGETS, TRAINABLE_KINDS, init_lora, last_blocks, lm_loss, lora_state
 from skmm_jax.checks import check_positive_fields
+from skmm_jax.checkpoints import CheckpointKind, CheckpointStore, mismatch
 from skmm_jax.gradients import merge_params
 from skmm_jax.io import atomic_write, save_json_atomic
 from skmm_jax.kernels import LoraKernel
@@ -129,6 +131,14 @@ def merge_lora(model: Any, factors: dict, scale: float) -> Any:
         wrapped, is_leaf=lambda x: isinstance(x, LoraKernel),
     )
     return nnx.merge(graphdef, merged)
+
+
+FINETUNE_CHECKPOINT = CheckpointKind("finetune", commit="meta.json", files=("state.npz", "meta.json"), progress=("step", "updates"))
+
+
+def checkpoint_store(path: str | Path) -> CheckpointStore:
+    """The checkpoint directory of a finetuning run (``skmm_jax.checkpoints`` rules)."""
+    return CheckpointStore(Path(path), FINETUNE_CHECKPOINT)
 
 
 def _save(directory: Path, tree: Any, meta: dict) -> None:
@@ -261,13 +271,18 @@ def finetune(
     fingerprint = {"config": config.to_json(), "rows": list(rows.shape),
                    "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes()).hexdigest()[:16]}
     start, losses = 0, []
-    directory = None if checkpoint is None else Path(checkpoint)
-    if directory is not None:
+    directory = None
+    if checkpoint is not None:
+        store = checkpoint_store(checkpoint)
+        store.check(flag="checkpoint")
+        store.open()
+        directory = store.path
         loaded = _load(directory, (trainable, opt_state))
         if loaded is not None:
             (trainable, opt_state), meta = loaded
             if meta["fingerprint"] != fingerprint:
-                raise ValueError(f"checkpoint {directory} is of another run ({meta['fingerprint']}); delete it or pass another directory")
+                raise ValueError(f"checkpoint {directory} is of another run ({mismatch(meta['fingerprint'], fingerprint)}); "
+                                 "delete it or pass another directory")
             start, losses = int(meta["step"]), list(meta["losses"])
     micro = []
     for update in range(start, config.steps):

@@ -207,9 +207,15 @@ def select(
         fail(f"--ridge {ridge}: ρ must be a positive finite number")
     if relax is False and draw not in (None, "greedy"):
         fail(f"--no-relax needs the greedy draw: --draw {draw} uses the relaxation's weights")
-    if candidates is not None and (candidates < n or relax or (draw not in (None, "greedy")) or c_s is not None):
-        fail(f"--candidates {candidates}: needs at least --n ({n}) candidates and the greedy draw without the relaxation"
-             " (no --relax, --draw other than greedy or --c-s)")
+    if candidates is not None:
+        if candidates < n:
+            fail(f"--candidates {candidates} is smaller than --n {n}: the greedy picks the coreset among the candidates")
+        if relax:
+            fail("--candidates needs the draw without the relaxation; drop --relax (the relaxation weighs every row)")
+        if draw not in (None, "greedy"):
+            fail(f"--candidates needs the greedy draw; --draw {draw} uses the relaxation's weights")
+        if c_s is not None:
+            fail("--candidates needs the draw without the relaxation; drop --c-s (c_S constrains the relaxation)")
     if c_s is not None and not (math.isfinite(c_s) and c_s > 0):
         fail(f"--c-s {c_s}: c_S must be a positive finite number (omit --c-s for the smallest feasible c_S)")
     if draw is not None and draw not in DRAWS:
@@ -251,6 +257,8 @@ def select(
         f"wrote {out}: {method} selected {n} of {rows.shape[0]} in {seconds:.2f} s; "
         f"subset coverage {diag['subset_coverage']:.3f}" + (f", c_S {diag['c_s']:.3f}" if "c_s" in diag else "")
     )
+    if "candidates_requested" in diag:
+        console.print(f"[yellow]note:[/yellow] --candidates {candidates} >= N = {rows.shape[0]}: no pre-filter, every row was a candidate")
 
 
 @app.command()

@@ -10,6 +10,7 @@ program did not write itself is never replaced unless the user says ``--overwrit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,8 +26,51 @@ def fail(message: str) -> NoReturn:
     """Prints ``error: message`` on stderr and exits with code 2 (usage/input error)."""
     from rich.markup import escape
 
-    _stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # a path may hold "[...]"
+    _stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # escape: a path may hold "[...]"; soft_wrap: one line, paths unbroken
     raise typer.Exit(2)
+
+
+def fail_config(err: ValueError, flags: Mapping[str, str]) -> NoReturn:
+    """`fail` with a library config's message, its leading field name ("learning_rate must
+    be ...") replaced by the flag that sets it ("--lr must be ...")."""
+    message = str(err)
+    field = message.split(" ", 1)[0]
+    fail(flags[field] + message[len(field):] if field in flags else message)
+
+
+def flags_of(fields, **renames: str) -> dict[str, str]:
+    """{field: "--field-name"} for config ``fields``, with ``renames`` for flags named otherwise."""
+    return {**{f: "--" + f.replace("_", "-") for f in fields}, **renames}
+
+
+def check_store(store, *, outputs=(), resume: bool | None = None, flag: str = "--checkpoint") -> bool:
+    """A checkpoint store's rules (``skmm_jax.checkpoints``) as a CLI check: one line, exit 2."""
+    try:
+        return store.check(outputs=outputs, resume=resume, flag=flag)
+    except ValueError as err:
+        fail(str(err))
+
+
+# What an interrupt should report instead of "nothing was written" (a checkpoint to resume).
+_interrupt_notes: list[Callable[[], str | None]] = []
+
+
+def note_on_interrupt(describe: Callable[[], str | None]) -> None:
+    """Registers ``describe()``: called if the command is interrupted, its non-empty
+    answer replaces the default "nothing was written" line."""
+    _interrupt_notes.append(describe)
+
+
+def resume_note(store, flag: str = "--checkpoint") -> None:
+    """On interrupt: say what the checkpoint holds and how to continue."""
+    def describe() -> str | None:
+        if not store.holds_checkpoint():
+            return None
+        done = store.describe_progress()
+        return (f"--out was not written; {flag} {store.path} holds the finished work{f' ({done})' if done else ''}: "
+                "run the same command with --resume to continue")
+
+    note_on_interrupt(describe)
 
 
 def _check_parent_writable(path: Path, flag: str) -> None:
@@ -86,11 +130,13 @@ def check_output_dir(path: Path, *, overwrite: bool, flag: str = "--out") -> Non
 def run_app(app: typer.Typer) -> None:
     """Runs a Typer app; Ctrl-C prints one line and exits 130 (Typer alone exits silently).
 
-    Outputs are written atomically, so an interrupted run leaves nothing partial behind.
+    Outputs are written atomically, so an interrupted run leaves nothing partial behind;
+    a command with a checkpoint registers a note (`resume_note`) that says how to resume.
     """
     try:
         app()
     except SystemExit as exit_:
         if exit_.code == 130:
-            _stderr.print("interrupted: nothing was written (outputs appear only when complete)")
+            notes = [note for note in (describe() for describe in _interrupt_notes) if note]
+            _stderr.print("interrupted: " + ("; ".join(notes) if notes else "nothing was written (outputs appear only when complete)"))
         raise

@@ -53,17 +53,25 @@ def load_rows(path: str | os.PathLike) -> np.ndarray:
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """(where, record) for every non-blank line of a .jsonl file; ``where`` = "path line k"
-    for error messages. ValueError naming the line on invalid JSON or a non-object."""
+    for error messages. UTF-8, with or without a byte-order mark. ValueError naming the
+    line on bytes that are not UTF-8, invalid JSON or a non-object."""
     path = Path(path)
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            where = f"{path} line {line_number}"
+            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (editors on Windows write one)
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                                 "save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path} line {line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err}") from err
+                raise ValueError(f"{where}: invalid JSON: {err}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
             yield where, record

@@ -156,7 +156,8 @@ def skmm(
         num = sketched.shape[0]
         if config.candidates is None or config.candidates >= num:
             indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False}
+            extra = {} if config.candidates is None else {"candidates": num, "candidates_requested": config.candidates}  # ≥ N: every row
+            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **extra}
         if config.candidates < n:
             raise ValueError(f"candidates={config.candidates} is smaller than the coreset size n={n}")
         # Uniform candidate rows (sorted: the draw's ties then still go to the lower index);

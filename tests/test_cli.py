@@ -247,7 +247,8 @@ def test_prune_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path, ti
     monkeypatch.setattr(prune_module, "prune_block", crash_at_block_2)
     crashed = runner.invoke(prune_app, [*args, "--out", str(out), "--checkpoint", str(checkpoint)])
     assert isinstance(crashed.exception, Crash) and not out.exists()
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["block_000.safetensors", "block_001.safetensors", "progress.json", "streams.safetensors"]
+    assert sorted(p.name for p in checkpoint.iterdir()) == [".checkpoint-of-skmm-prune-jax.json", "block_000.safetensors", "block_001.safetensors",
+                                                         "progress.json", "streams.safetensors"]
     monkeypatch.setattr(prune_module, "prune_block", real)
 
     again = runner.invoke(prune_app, [*args, "--out", str(out), "--checkpoint", str(checkpoint)])

@@ -113,3 +113,25 @@ def test_prune_jax_lm_eval_command_runs_the_harness_with_our_model(checkpoint_an
     assert run.returncode == 0, run.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("results*.json")]
     assert results and 0.0 <= results[0]["results"]["pj_tiny_mc"]["acc,none"] <= 1.0
+
+
+def test_adapter_refuses_unknown_model_args_and_bad_values_in_one_line(checkpoint_and_task, tmp_path: Path):
+    """A typo in --model_args is an error (never a silent default); a bad path or dtype is one
+    line on stderr with exit code 2, no traceback."""
+    import subprocess
+    import sys
+
+    from prune_jax.zero_shot.harness import ModelArgsError, PruneJaxLM
+
+    root = checkpoint_and_task
+    with pytest.raises(ModelArgsError, match="unknown argument.* dtpye"):
+        PruneJaxLM(pretrained=str(root / "model"), dtpye="bfloat16")
+    with pytest.raises(ModelArgsError, match="--model_args: .*float16"):
+        PruneJaxLM(pretrained=str(root / "model"), dtype="float16")
+    PruneJaxLM(pretrained=str(root / "model"), batch_size=1, max_batch_size=None, device="cpu")  # the harness's generic options
+    run = subprocess.run([sys.executable, "-m", "prune_jax.zero_shot.harness", "run", "--model", "prune-jax",
+                          "--model_args", f"pretrained={tmp_path / 'missing'}", "--tasks", "pj_tiny_mc",
+                          "--include_path", str(root / "tasks"), "--output_path", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "error: --model_args:" in run.stderr and "missing" in run.stderr, run.stderr[-3000:]

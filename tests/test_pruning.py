@@ -460,7 +460,7 @@ def test_an_interrupted_prune_resumes_from_its_checkpoint_with_the_same_result(t
         prune(tiny(seed=3), calib(6, (8, 16)), config, checkpoint=checkpoint)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match="holds no pruning checkpoint"):
+    with pytest.raises(ValueError, match="holds files that are not a prune checkpoint"):
         prune(tiny(seed=3), tokens, config, checkpoint=tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
 

@@ -195,7 +195,7 @@ def write_jsonl(path: Path, lines: list) -> Path:
     ([{"context": "a", "gold": 0}], "line 1: missing choices"),
     ([{"context": "a", "choices": ["x", "y"], "gold": 0}, {"context": "b", "choices": ["x", "y"], "gold": 2}], "line 2: gold must be an index in [0, 2)"),
     ([{"context": "a", "choices": ["x"], "gold": 0}], "line 1: choices must be a list of at least 2"),
-    (["{not json"], "line 1: not valid JSON"),
+    (["{not json"], "line 1: invalid JSON"),
     ([""], "holds no items"),
 ])
 def test_task_file_errors_name_the_line(tmp_path: Path, lines, message):

@@ -31,6 +31,13 @@ host per step.
 
 Dampening: P = (H + λ·mean(diag H)·I)⁻¹ (λ = ``damp``, SparseGPT's 1 % by default), which
 keeps P well conditioned when the calibration tokens are few next to C.
+
+Small solves: the per-unit blocks P_uu and the step's P_SS are symmetric positive definite
+(principal blocks of the inverse of a damped Gram), so they are solved by Gauss–Jordan
+elimination without pivoting in plain array ops (``spd_solve``), not by LAPACK custom calls:
+on CPU with several devices in one process, jaxlib's batched LU kernel (it splits the batch
+over the intra-op thread pool) deadlocked inside the greedy's while loop, and plain ops
+vectorise on every backend.
 """
 
 from __future__ import annotations
@@ -109,6 +116,32 @@ def damped_inverse(gram: jax.Array, damp: float = DAMP) -> jax.Array:
     return jax.lax.cond(jnp.all(jnp.isfinite(inverse)), lambda _: 0.5 * (inverse + inverse.T), by_eigh, None)
 
 
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a⁻¹b for symmetric positive-definite a [..., g, g] and b [..., g, R], by Gauss–Jordan
+    elimination without pivoting (backward stable for SPD matrices: every pivot is the
+    diagonal of a Schur complement, > 0), in g steps of O(g·(g + R)) array ops per matrix.
+
+    Used instead of LAPACK (module docstring: jaxlib's batched CPU kernels deadlocked
+    inside a while loop when several devices share the process)."""
+    size = a.shape[-1]
+
+    def eliminate(k, carry):
+        left, right = carry  # [left | right] ~ [a | b] → [I | a⁻¹b]
+        pivot = left[..., k, k][..., None]
+        row_left, row_right = left[..., k, :] / pivot, right[..., k, :] / pivot  # [..., g], [..., R]
+        factor = left[..., :, k].at[..., k].set(0.0)[..., None]  # [..., g, 1] multiples of row k to subtract
+        left = (left - factor * row_left[..., None, :]).at[..., k, :].set(row_left)
+        right = (right - factor * row_right[..., None, :]).at[..., k, :].set(row_right)
+        return left, right
+
+    return jax.lax.fori_loop(0, size, eliminate, (a, b))[1]
+
+
+def spd_inverse(a: jax.Array) -> jax.Array:
+    """a⁻¹ for symmetric positive-definite a [..., g, g] (``spd_solve`` with b = I)."""
+    return spd_solve(a, jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape))
+
+
 def _unit_errors(inverse: jax.Array, weights: jax.Array, unit_rows: jax.Array, alive: jax.Array) -> jax.Array:
     """[U] err of removing each unit alone (inf where not ``alive``)."""
     block = inverse[unit_rows[:, :, None], unit_rows[:, None, :]]  # [U, g, g]
@@ -118,7 +151,7 @@ def _unit_errors(inverse: jax.Array, weights: jax.Array, unit_rows: jax.Array, a
     if size == 1:
         errors = jnp.sum(rows[:, 0] ** 2, axis=-1) / block[:, 0, 0]
     else:
-        solved = jnp.linalg.solve(block, rows)  # [U, g, D]
+        solved = jnp.einsum("uij,ujd->uid", spd_inverse(block), rows, precision=HIGHEST)  # [P_uu]⁻¹ W_u  [U, g, D]
         errors = jnp.sum(rows * solved, axis=(1, 2))
     return jnp.where(alive & jnp.isfinite(errors), errors, jnp.inf)
 
@@ -152,10 +185,11 @@ def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_s
         p_ss = p_s[rows]
         p_ss = jnp.where(row_valid[:, None] & row_valid[None, :], p_ss, jnp.eye(rows.shape[0], dtype=p_ss.dtype))
         w_s = jnp.where(row_valid[:, None], weights[rows], 0.0)  # [k·g, D]
-        solved_w = jnp.linalg.solve(p_ss, w_s)  # [P_SS]⁻¹ W_S
+        solved = spd_solve(p_ss, jnp.concatenate([w_s, p_s.T], axis=1))  # [P_SS]⁻¹ [W_S | P_{S,:}]  [k·g, D + C]
+        solved_w, downdate = solved[:, : w_s.shape[1]], solved[:, w_s.shape[1]:]
         step_err = jnp.sum(w_s * solved_w)
         weights = weights - jnp.matmul(p_s, solved_w, precision=HIGHEST)
-        inverse = inverse - jnp.matmul(p_s, jnp.linalg.solve(p_ss, p_s.T), precision=HIGHEST)  # one pass over P per step
+        inverse = inverse - jnp.matmul(p_s, downdate, precision=HIGHEST)  # one pass over P per step
         removed = removed.at[chosen].set(removed[chosen] | valid)
         taken = taken.at[unit_group[chosen]].add(valid.astype(taken.dtype))
         order = order.at[i].set(jnp.where(valid, chosen, -1))

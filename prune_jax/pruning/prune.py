@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -239,14 +238,16 @@ def prune(
     calibration = _check_calibration(model, calibration)
     start_time = time.perf_counter()
     layers = _layer_range(model, config)
-    resumed, stamp = None, None
+    resumed, stamp, run_settings = None, None, None
     if checkpoint is not None:
         if jax.process_count() > 1:
             raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
-        checkpoint = Path(checkpoint)
-        resume.checkpoint_dir(checkpoint)
-        stamp = resume.fingerprint(config, calibration, model.config)
-        resumed = resume.load_progress(checkpoint, stamp)
+        store = resume.checkpoint_store(checkpoint)
+        store.check(flag="checkpoint")
+        store.open()
+        checkpoint = store.path
+        stamp, run_settings = resume.fingerprint(config, calibration, model.config), resume.settings(config, calibration, model.config)
+        resumed = resume.load_progress(checkpoint, stamp, run_settings)
     if config.compensate:
         add_zero_biases(model, attention=True, mlp=True)
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
@@ -273,7 +274,8 @@ def prune(
             layer_reports.append(record)
             if checkpoint is not None:
                 # Blocks before the range are unchanged (the dense model restores them).
-                resume.save_block(checkpoint, stamp, layer, block if layer >= layers.start else None, h, h_dense, layer_reports)
+                resume.save_block(checkpoint, stamp, layer, block if layer >= layers.start else None, h, h_dense, layer_reports,
+                                  run_settings)
         else:
             layer_reports.append(LayerReport(layer))
         if progress is not None:

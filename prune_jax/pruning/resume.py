@@ -18,6 +18,9 @@ then restores the finished blocks' parameters and the streams and continues, so 
 result equals an uninterrupted run's. Disk: the pruned blocks (≤ the model) plus two
 streams of S·T·D values (8B, 128 × 2048 tokens in bf16: 2 × 2 GiB).
 
+The directory follows the rules of ``skmm_jax.checkpoints`` (absent, empty or a prune
+checkpoint; never the output; only its own files are deleted): ``checkpoint_store``.
+
 Single-process runs only (the streams are gathered to the host); a multi-host run
 would write them per process (e.g. with orbax) — not done yet.
 """
@@ -37,10 +40,26 @@ from flax import nnx
 
 from prune_jax.models.llama.sharding import replace_param, to_host
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
+from skmm_jax.checkpoints import CheckpointKind, CheckpointStore, mismatch
 from skmm_jax.io import atomic_write, save_json_atomic
 
 PROGRESS = "progress.json"
 STREAMS = "streams.safetensors"
+PRUNE_CHECKPOINT = CheckpointKind("prune", commit=PROGRESS, files=(PROGRESS, STREAMS, "block_*.safetensors"),
+                                  progress=("next_layer", "blocks"))
+
+
+def checkpoint_store(path: str | os.PathLike) -> CheckpointStore:
+    """The checkpoint directory of a pruning run (``skmm_jax.checkpoints`` rules)."""
+    return CheckpointStore(Path(path), PRUNE_CHECKPOINT)
+
+
+def settings(config, calibration: np.ndarray, model_config) -> dict:
+    """What a resume must share with the run it continues, readable (for mismatch messages)."""
+    calibration = np.ascontiguousarray(calibration, np.int64)
+    return {"config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+            "calibration": {"shape": list(calibration.shape), "sha256": hashlib.sha256(calibration.tobytes()).hexdigest()[:16]},
+            "model": json.loads(json.dumps(dataclasses.asdict(model_config), default=str))}
 
 
 def fingerprint(config, calibration: np.ndarray, model_config) -> str:
@@ -58,24 +77,8 @@ def _save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: f.write(save(tensors)))
 
 
-def checkpoint_dir(path: str | os.PathLike, *, create: bool = True) -> bool:
-    """Checks ``path`` as a checkpoint directory (absent, empty, or holding a checkpoint),
-    creates it when ``create``, and says whether it already holds a checkpoint. Used by
-    ``prune`` and, before the model loads, by the CLI.
-
-    Raises:
-      ValueError: ``path`` is a file, or a directory of other files (never touched).
-    """
-    path = Path(path)
-    held = path.is_dir() and (path / PROGRESS).is_file()
-    if path.exists() and (not path.is_dir() or not held and any(path.iterdir())):
-        raise ValueError(f"checkpoint {path} exists and holds no pruning checkpoint ({PROGRESS}); name a new or empty directory")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return held
-
-
-def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, reports: list[LayerReport]) -> None:
+def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, reports: list[LayerReport],
+               run_settings: dict | None = None) -> None:
     """Checkpoint after ``layer``: its parameters, the streams into ``layer + 1``, then
     progress.json (written last: a crash before it leaves the previous checkpoint valid)."""
     if block is not None:  # None: the block is unchanged (before the pruned range)
@@ -84,7 +87,7 @@ def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, repor
         _save_tensors(directory / f"block_{layer:03d}.safetensors", params)
     streams = {"h": to_host(h)} if h_dense is None else {"h": to_host(h), "h_dense": to_host(h_dense)}
     _save_tensors(directory / STREAMS, streams)
-    save_json_atomic(directory / PROGRESS, {"fingerprint": stamp, "next_layer": layer + 1,
+    save_json_atomic(directory / PROGRESS, {"fingerprint": stamp, "settings": run_settings, "next_layer": layer + 1,
                                             "layers": [dataclasses.asdict(r) for r in reports]})
 
 
@@ -99,7 +102,7 @@ class Resumed:
     tensors: Mapping[str, np.ndarray]  # the checkpoint's tensors, read on access (restore_block)
 
 
-def load_progress(directory: Path, stamp: str) -> Resumed | None:
+def load_progress(directory: Path, stamp: str, run_settings: dict | None = None) -> Resumed | None:
     """The checkpoint in ``directory``, None when there is none yet.
 
     Raises:
@@ -116,8 +119,10 @@ def load_progress(directory: Path, stamp: str) -> Resumed | None:
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); delete the checkpoint directory to start over") from None
     if progress.get("fingerprint") != stamp:
-        raise ValueError(f"{directory} holds the checkpoint of a different run (prune config, calibration tokens or model "
-                         "differ); use another checkpoint directory or delete this one to start over")
+        differs = (mismatch(progress["settings"], run_settings) if progress.get("settings") and run_settings
+                   else "prune config, calibration tokens or model differ")
+        raise ValueError(f"{directory} holds the checkpoint of a different run ({differs}); use another checkpoint "
+                         "directory or delete this one to start over")
     tensors = SafetensorsTensors(directory)
     return Resumed(next_layer=int(progress["next_layer"]), reports=[_layer_report(r) for r in progress["layers"]],
                    h=tensors["h"], h_dense=tensors["h_dense"] if "h_dense" in tensors else None, tensors=tensors)

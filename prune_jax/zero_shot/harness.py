@@ -34,6 +34,13 @@ from prune_jax.zero_shot.requests import (
 )
 
 
+HARNESS_OPTIONS = ("batch_size", "max_batch_size", "device")  # what the harness passes to every model (batching is ours)
+
+
+class ModelArgsError(ValueError):
+    """A bad ``--model_args`` value: ``prune-jax-lm-eval`` prints it as one line (exit 2)."""
+
+
 def _bar(total: int, desc: str, disable: bool):
     bar = tqdm(total=total, desc=desc, disable=disable)
     return bar, (lambda done, _total: bar.update(done - bar.n))
@@ -58,22 +65,29 @@ class PruneJaxLM(TemplateLM):
         batch_tokens: int = BATCH_TOKENS,
         max_gen_toks: int = 256,
         attention: str = "chunked",
-        **_ignored: Any,  # batch_size, device, ...: the harness passes its generic options to every model
+        **harness_options: Any,  # batch_size, max_batch_size, device: passed by the harness to every model
     ) -> None:
         super().__init__()
         from prune_jax.models.llama import load_model, load_tokenizer, set_attention
         from prune_jax.models.llama.checkpoint import check_tokenizer
 
-        self.model, self.tokenizer = load_model(pretrained, dtype=dtype)
-        set_attention(self.model, attention)
-        if tokenizer is not None:
-            self.tokenizer = load_tokenizer(tokenizer)
-        if self.tokenizer is None:
-            raise ValueError(f"{pretrained} has no tokenizer files; pass tokenizer=DIR in --model_args")
-        check_tokenizer(self.model, self.tokenizer)
-        self._max_length = int(max_length) if max_length is not None else self.model.config.max_position_embeddings
-        self.model.config.check_sequence_length(self._max_length, name="max_length")
-        self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
+        unknown = sorted(set(harness_options) - set(HARNESS_OPTIONS))
+        if unknown:  # a typo (dtpye=...) must not silently fall back to a default
+            raise ModelArgsError(f"--model_args: unknown argument(s) {', '.join(unknown)}; prune-jax takes pretrained, dtype, "
+                                 "tokenizer, max_length, batch_tokens, max_gen_toks, attention")
+        try:
+            self.model, self.tokenizer = load_model(pretrained, dtype=dtype)
+            set_attention(self.model, attention)
+            if tokenizer is not None:
+                self.tokenizer = load_tokenizer(tokenizer)
+            if self.tokenizer is None:
+                raise ValueError(f"{pretrained} has no tokenizer files; pass tokenizer=DIR in --model_args")
+            check_tokenizer(self.model, self.tokenizer)
+            self._max_length = int(max_length) if max_length is not None else self.model.config.max_position_embeddings
+            self.model.config.check_sequence_length(self._max_length, name="max_length")
+            self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
+        except (ValueError, FileNotFoundError, TypeError) as err:
+            raise ModelArgsError(f"--model_args: {err}") from None
 
     # -- what TemplateLM asks of a model
     @property
@@ -157,9 +171,15 @@ class PruneJaxLM(TemplateLM):
 
 def main() -> None:
     """``prune-jax-lm-eval``: the harness's command line with ``prune-jax`` registered."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ModelArgsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

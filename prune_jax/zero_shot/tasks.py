@@ -17,7 +17,6 @@ calibration half: they split with the same seed (0) as every calibration default
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from prune_jax.zero_shot.requests import encode_pair, loglikelihood_tokens
+from skmm_jax.io import iter_jsonl
 from skmm_jax.streaming import Progress
 
 MULTIPLE_CHOICE, CLOZE = "multiple_choice", "cloze"
@@ -72,28 +72,18 @@ def load_jsonl_task(path: str | os.PathLike, name: str | None = None) -> Task:
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
     items = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with context, choices and gold")
-            missing = [key for key in ("context", "choices", "gold") if key not in record]
-            if missing:
-                raise ValueError(f"{where}: missing {', '.join(missing)} (each line needs context, choices and gold)")
-            context, choices, gold = record["context"], record["choices"], record["gold"]
-            if not isinstance(context, str):
-                raise ValueError(f"{where}: context must be a string")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-                raise ValueError(f"{where}: choices must be a list of at least 2 non-empty strings")
-            if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-                raise ValueError(f"{where}: gold must be an index in [0, {len(choices)}), got {gold!r}")
-            items.append(Item(context, tuple(choices), gold, str(record.get("id", number))))
+    for where, record in iter_jsonl(path):
+        missing = [key for key in ("context", "choices", "gold") if key not in record]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)} (each line needs context, choices and gold)")
+        context, choices, gold = record["context"], record["choices"], record["gold"]
+        if not isinstance(context, str):
+            raise ValueError(f"{where}: context must be a string")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise ValueError(f"{where}: choices must be a list of at least 2 non-empty strings")
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+            raise ValueError(f"{where}: gold must be an index in [0, {len(choices)}), got {gold!r}")
+        items.append(Item(context, tuple(choices), gold, str(record.get("id", where.rsplit(" ", 1)[1]))))  # default id: the line number))
     if not items:
         raise ValueError(f"task file {path} holds no items")
     return Task(name or path.stem, MULTIPLE_CHOICE, tuple(items), f"multiple choice from {path}")
@@ -268,6 +258,10 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, progress_factory=
     window first, so a bad one fails before any scoring; ``progress_factory(task)`` may
     return a progress callback per task."""
     window = model.config.max_position_embeddings
+    names = [task.name for task in tasks]
+    if len(set(names)) < len(names):  # results are keyed by name: a repeat would silently replace a result
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"tasks must have distinct names (results are keyed by name), {', '.join(map(repr, repeated))} repeats")
     encoded = []
     for task in tasks:
         pairs, owner = task_requests(task, tokenizer)

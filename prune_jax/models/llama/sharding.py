@@ -51,15 +51,21 @@ def auto_mesh(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names)
 
 
-def parse_mesh(spec: str, devices=None) -> Mesh:
+MESH_AXES = ("data", "model")  # the axis names the pruning/finetuning code reads (FSDP + data parallel, tensor parallel)
+
+
+def parse_mesh(spec: str, devices=None, *, axes: tuple[str, ...] | None = MESH_AXES) -> Mesh:
     """"data=4,model=2" → a Mesh over the first 8 devices (axis sizes multiply to the
-    devices used; "data=-1" takes all that are left)."""
+    devices used; "data=-1" takes all that are left). Axis names outside ``axes`` are
+    refused (a misspelt axis would silently shard nothing); ``axes=None`` allows any."""
     devices = list(jax.devices() if devices is None else devices)
     names, sizes = [], []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         name, _, size = part.partition("=")
         if not name.isidentifier() or not size.lstrip("-").isdigit():
             raise ValueError(f"mesh {spec!r}: expected axis=size pairs such as data=4,model=2")
+        if axes is not None and name not in axes:
+            raise ValueError(f"mesh {spec!r}: unknown axis {name!r}; the axes are {', '.join(axes)}")
         names.append(name)
         sizes.append(int(size))
     if not names or len(set(names)) != len(names):
