@@ -522,3 +522,27 @@ def test_tokenizer_error_without_metadata(tmp_path):
     path = write_gguf(config, random_state_dict(config), tmp_path / "model.gguf")
     with pytest.raises(ValueError, match=r"model\.gguf: no tokenizer metadata"):
         load_gguf_tokenizer(path)
+
+
+def test_gguf_tensors_are_read_one_at_a_time_and_load_like_the_dict(tmp_path, monkeypatch):
+    """``open_gguf`` dequantises nothing up front; the model loader reads each tensor once,
+    in order, and builds the same model as the all-at-once dict."""
+    import gguf.quants
+
+    from prune_jax.models.llama import load_model
+    from prune_jax.models.llama.gguf_io import open_gguf
+    from prune_jax.models.llama.params import state_dict_from_model
+
+    config = tiny_config()
+    path = write_gguf(config, random_state_dict(config), tmp_path / "model.gguf", tensor_type="F16")
+    _, eager = read_gguf(path)
+    reads = []
+    real = gguf.quants.dequantize
+    monkeypatch.setattr(gguf.quants, "dequantize", lambda data, kind: reads.append(kind) or real(data, kind))
+    _, lazy = open_gguf(path)
+    assert reads == [] and list(lazy) == list(eager)
+    model, _ = load_model(path, tokenizer=False)
+    assert len(reads) == len(eager)  # each tensor dequantised once
+    loaded = state_dict_from_model(model)
+    for name, value in eager.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)

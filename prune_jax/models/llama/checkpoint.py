@@ -108,10 +108,12 @@ def load_hf_dir(directory: str | os.PathLike, *, dtype: str = "float32", mesh: M
 
 
 def load_gguf(path: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None) -> Llama:
-    """A LLaMA from a GGUF file (dequantised to float32, q/k un-permuted)."""
-    from prune_jax.models.llama.gguf_io import read_gguf
+    """A LLaMA from a GGUF file (dequantised to float32, q/k un-permuted), one tensor at a
+    time from the one reader, each cast to ``dtype`` and placed (sharded on ``mesh``) before
+    the next is read: the host holds about one tensor besides the model."""
+    from prune_jax.models.llama.gguf_io import open_gguf
 
-    hf_config, tensors = read_gguf(path)
+    hf_config, tensors = open_gguf(path)
     return model_from_state_dict(LlamaConfig.from_hf(hf_config, dtype=dtype), tensors, mesh=mesh)
 
 

@@ -3,10 +3,12 @@
 The interchange is ``(transformers.LlamaConfig, {HF parameter name: float32 array})``
 in the PyTorch ``LlamaForCausalLM`` layout (Linear weights [out, in]). This module:
 
-- ``read_gguf(path)``: metadata → ``LlamaConfig``; every tensor dequantised to float32
-  with ``gguf.quants.dequantize``, renamed, and q/k un-permuted (below). Every problem
-  (unexpected names, missing tensors, shape mismatches, unsupported metadata) is
-  reported together in one ``ValueError``.
+- ``open_gguf(path)``: metadata → ``LlamaConfig``, and the tensors as a lazy mapping
+  (``GGUFTensors``): each dequantised to float32 with ``gguf.quants.dequantize``, renamed
+  and q/k un-permuted (below) only when read, so the model loader holds one at a time.
+  Every problem (unexpected names, missing tensors, shape mismatches, unsupported
+  metadata) is reported together in one ``ValueError`` before any tensor is read.
+- ``read_gguf(path)``: the same, every tensor read into a dict.
 - ``write_gguf(config, state_dict, path)``: the inverse, F32 or F16, for tests and
   export (q/k permuted the way llama.cpp's converter does it).
 - ``load_gguf_tokenizer(path)``: the transformers tokenizer a GGUF file describes.
@@ -399,30 +401,49 @@ def _config_from_metadata(
     )
 
 
-def read_gguf(path: str | os.PathLike) -> tuple["transformers.LlamaConfig", dict[str, np.ndarray]]:
-    """Reads a LLaMA-architecture GGUF file into the HF state-dict interchange.
+class GGUFTensors(Mapping):
+    """HF name → float32 array of a LLaMA GGUF file, dequantised (and q/k un-permuted) one
+    tensor at a time on access, from the one memory-mapped reader: loading through it
+    (``model_from_state_dict``) holds about one dequantised tensor on the host besides the
+    model, never a dict of all of them."""
 
-    Quantised tensors (Q4_1, Q8_0, ...) are dequantised to float32; q_proj / k_proj
-    weights and biases are un-permuted from ggml's interleaved RoPE rows to HF's
-    rotate-half rows (module docstring). A ``rope_freqs.weight`` tensor (llama3 RoPE
-    frequency factors) is skipped with a warning: the returned config then has
-    default RoPE, which is not the file's model for positions where the factors ≠ 1.
+    def __init__(self, path: Path, reader: Any, config: "transformers.LlamaConfig", tensors: dict[str, Any],
+                 shapes: dict[str, tuple[int, ...]]):  # fmt: skip
+        self.path, self._reader, self._config, self._tensors, self._shapes = path, reader, config, tensors, shapes
 
-    Args:
-      path: the ``.gguf`` file.
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor as float32 in HF layout. ValueError naming it when its data cannot be dequantised."""
+        from gguf.quants import dequantize
 
-    Returns:
-      ``(config, state_dict)``: a ``transformers.LlamaConfig`` and {HF name: float32
-      array} in ``LlamaForCausalLM`` layout and model order; no ``lm_head.weight`` when
-      the file has no ``output.weight`` (tied embeddings).
+        tensor = self._tensors[name]
+        try:
+            values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(self._shapes[name])
+        except Exception as err:  # truncated data, unknown quantisation, ...
+            raise ValueError(f"{tensor.name} ({tensor.tensor_type.name}): cannot dequantise ({type(err).__name__}: {err})") from None
+        heads = _rope_heads(name, self._config)
+        return interleaved_to_rotate_half(values, heads) if heads else values
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def open_gguf(path: str | os.PathLike) -> tuple["transformers.LlamaConfig", GGUFTensors]:
+    """A LLaMA-architecture GGUF file's config and its tensors, read lazily (``GGUFTensors``).
+
+    The metadata and every tensor's name and shape are checked up front (all problems
+    listed at once); tensor data is read and dequantised only on access. A
+    ``rope_freqs.weight`` tensor (llama3 RoPE frequency factors) is skipped with a
+    warning: the returned config then has default RoPE, which is not the file's model for
+    positions where the factors ≠ 1.
 
     Raises:
       FileNotFoundError: ``path`` does not exist or is not a file.
       ValueError: not a readable GGUF file; architecture other than "llama"; or the
-        list of every problem found in the metadata and tensors.
+        list of every problem found in the metadata and tensor shapes.
     """
-    from gguf.quants import dequantize
-
     path = Path(path)
     reader = _open_reader(path)
     try:
@@ -471,21 +492,36 @@ def read_gguf(path: str | os.PathLike) -> tuple["transformers.LlamaConfig", dict
             UserWarning,
             stacklevel=2,
         )
+    ordered = {name: hf_tensors[name] for name in expected}  # model order
+    return config, GGUFTensors(path, reader, config, ordered, shapes)
 
+
+def read_gguf(path: str | os.PathLike) -> tuple["transformers.LlamaConfig", dict[str, np.ndarray]]:
+    """Reads a LLaMA-architecture GGUF file into the HF state-dict interchange, every
+    tensor at once (``open_gguf`` reads them one at a time, as the model loader does).
+
+    Quantised tensors (Q4_1, Q8_0, ...) are dequantised to float32; q_proj / k_proj
+    weights and biases are un-permuted from ggml's interleaved RoPE rows to HF's
+    rotate-half rows (module docstring).
+
+    Returns:
+      ``(config, state_dict)``: a ``transformers.LlamaConfig`` and {HF name: float32
+      array} in ``LlamaForCausalLM`` layout and model order; no ``lm_head.weight`` when
+      the file has no ``output.weight`` (tied embeddings).
+
+    Raises:
+      FileNotFoundError / ValueError: as ``open_gguf``, and the list of every tensor whose
+        data cannot be dequantised.
+    """
+    config, tensors = open_gguf(path)
     state_dict: dict[str, np.ndarray] = {}
-    for name in expected:
-        tensor = hf_tensors[name]
+    problems: list[str] = []
+    for name in tensors:
         try:
-            values = dequantize(tensor.data, tensor.tensor_type)
-            values = np.asarray(values, dtype=np.float32).reshape(shapes[name])
-        except Exception as err:  # truncated data, unknown quantisation, ...
-            problems.append(
-                f"{tensor.name} ({tensor.tensor_type.name}): cannot dequantise ({type(err).__name__}: {err})"
-            )
-            continue
-        heads = _rope_heads(name, config)
-        state_dict[name] = interleaved_to_rotate_half(values, heads) if heads else values
-    _raise_problems(path, "corrupt tensor data", problems)
+            state_dict[name] = tensors[name]
+        except ValueError as err:
+            problems.append(str(err))
+    _raise_problems(tensors.path, "corrupt tensor data", problems)
     return config, state_dict
 
 
