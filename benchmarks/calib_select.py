@@ -1,4 +1,4 @@
-"""Calibration windows chosen by SkMM vs random windows, for structured pruning (issue 18).
+"""Calibration windows chosen by SkMM vs random windows, for structured pruning.
 
 For each pruning method and calibration size n (windows of 128 tokens of the Wikipedia
 sample's calibration split), the windows are chosen by

@@ -1,4 +1,4 @@
-"""Which passages to finetune SmolLM2 on: SkMM on sketched LoRA gradients vs the baselines (issue 18, part 2).
+"""Which passages to finetune SmolLM2 on: SkMM on sketched LoRA gradients vs the baselines.
 
 Setup (sized for a 2-core CPU; every number is an argument):
 

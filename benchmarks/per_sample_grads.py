@@ -1,6 +1,6 @@
-"""Per-sample gradients + sketch: skmm_jax against torch.func, same model, same run (issue 6).
+"""Per-sample gradients + sketch: skmm_jax against torch.func, same model, same run.
 
-The finetuned model is issue 6's FT setting: the last decoder block's SwiGLU MLP of
+The finetuned model is the FT setting of the real-task benchmark: the last decoder block's SwiGLU MLP of
 SmolLM2-135M plus a linear classification head, applied to cached layer inputs
 x [T, D] of one passage,
 
@@ -25,7 +25,7 @@ order rotates every round and ratios are taken within a round):
   never materialising r × m;
 * ``ours + kronecker, factored`` — the same Γ_a ⊗ Γ_b computed from each layer's
   inputs and output gradients (``sketch_per_sample_grads(..., factored=True)``):
-  no per-sample kernel gradient is formed (issue 17);
+  no per-sample kernel gradient is formed;
 * ``ours + countsketch`` — ``make_pytree_sketch("countsketch")`` (shift hashing), one
   ±1 per gradient entry, no r × m either.
 
@@ -516,7 +516,7 @@ def write_outputs(payload: dict) -> None:
         )
     lines += [
         "",
-        f"Target (issue 6): ours ≥ {payload['target_ratio']}× torch.func. Gradient parity (unsketched per-sample "
+        f"Target: ours ≥ {payload['target_ratio']}× torch.func. Gradient parity (unsketched per-sample "
         f"gradients, same weights, {parity['samples']} samples): max relative error "
         f"{parity['max_relative_error']:.1e}. "
         f"Sketch parity (ours + dense vs torch.func + dense, same Γ, all {payload['pool']} rows): "

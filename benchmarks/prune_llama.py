@@ -69,7 +69,7 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "taylor": dict(method="taylor"),
     "dap-data-free": dict(method="dap-data-free"),
     "flap + recovery": dict(method="flap", recover=True, ridge_toward="zero"),
-    # Issue 14: ridge toward the current weights instead of 0, and the OBS greedy.
+    # Ridge toward the current weights instead of 0, and the OBS greedy.
     "flap + recovery (ridge toward current)": dict(method="flap", recover=True, ridge_toward="current"),
     "dap + recovery (ridge toward current)": dict(method="dap", recover=True, ridge_toward="current"),
     "dap + recovery + bias (ridge toward current)": dict(method="dap", recover=True, bias_compensation=True, ridge_toward="current"),

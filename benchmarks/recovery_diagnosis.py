@@ -1,4 +1,4 @@
-"""Issue 14, part 1: where the energy of the recovery refits comes from, on the dense
+"""Where the energy of the recovery refits comes from, on the dense
 SmolLM2-135M with the benchmark's calibration (64 × 128 tokens, wiki-sample calibration
 split, seed 0).
 

@@ -1,4 +1,4 @@
-"""Factored per-sample gradient sketches (``ProbedKernel``) and LoRA kernels (issue 17, 18).
+"""Factored per-sample gradient sketches (``ProbedKernel``) and LoRA kernels.
 
 The factored path must equal sketching the explicit ``vmap(grad)`` gradients with the
 same Γ: for 2-D kernels, 3-D kernels read with one or two input axes, LoRA factors,

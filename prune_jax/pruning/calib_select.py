@@ -1,4 +1,4 @@
-"""Choosing the calibration windows by the distribution they must preserve (issue 18).
+"""Choosing the calibration windows by the distribution they must preserve.
 
 Every statistic the pruning reads is a sum over calibration windows w of a per-window
 second moment of some layer's input, e.g. for the MLP input x_t of block l
