@@ -946,7 +946,7 @@ def prune_run(run: Run, method: str) -> None:
 
 
 def prune_memory_model(sizes: Sizes, samples: int) -> dict:
-    """What is resident while pruning (bytes), from README's memory model and obs.py's
+    """What is resident while pruning (bytes), from the memory model in docs/scale.md and obs.py's
     3C² + 2CD floats per dap-obs map, for this run's blocks and for 32."""
     w = sizes.prune
     D, F, V = w["hidden_size"], w["intermediate_size"], w["vocab_size"]
@@ -972,7 +972,7 @@ def prune_memory_model(sizes: Sizes, samples: int) -> dict:
         "allocation pass scores the dense model; one chunk's activations ≈ 4·B·T·F·4 (gate, up, h in f32); per map, "
         "for dap-obs, H, H⁻¹ and one downdate temporary 3C² floats plus 2·C·D for W and its update (down_proj: C = F, "
         "o_proj: C = N·H); flap keeps O(C) statistics per map. Not run here: --recover adds the dense stream S·T·D·b, "
-        "the dense block b·P_block and ≈ 4·(2C² + 2C·O) + 4·C² per refit (README, Memory model)."
+        "the dense block b·P_block and ≈ 4·(2C² + 2C·O) + 4·C² per refit (docs/scale.md, Memory model)."
     )
     return {"rows": rows, "text": text, "total_run": sum(fn(sizes.prune_layers) for fn in terms.values()),
             "total_32_layers": sum(fn(32) for fn in terms.values())}  # fmt: skip

@@ -110,6 +110,7 @@ def _checkpoint(make_store, checkpoint: Path | None, *, resume: bool, out: Path)
         return None
     store = make_store(checkpoint)
     check_store(store, outputs=[out], resume=resume)
+    resume_note(store)  # an interrupt then says how far the checkpoint got and how to continue
     return store
 
 
@@ -233,8 +234,6 @@ def prune_command(
                 chosen = select_calibration(net, calibration_tokens, calib_samples, method=calib_select, representation=calib_representation,
                                             seq_len=calib_seq_len, pool=calib_pool, seed=seed, progress=show)
             batches = chosen.windows
-        if store is not None:
-            resume_note(store)
         with tqdm(total=net.config.num_layers, unit="block", desc=f"prune {method}") as bar:
             net, report = prune(net, batches, config, mesh=device_mesh, progress=lambda done, total: bar.update(done - bar.n),
                                 checkpoint=checkpoint)
@@ -363,8 +362,6 @@ def finetune_command(
                 fail("--eval-windows needs a held-out half: pass --split calibration (or eval)")
             held = eval_windows(_tokens(_documents(data, held_split, seed), tok), seq_len, eval_windows_count)
         before = None if held is None else perplexity(net, held).perplexity
-        if store is not None:
-            resume_note(store)
         with tqdm(total=config.steps, unit="update", desc=f"finetune {trainable} on {len(rows)} passages") as bar:
             result = finetune(net, rows, config, checkpoint=checkpoint, progress=lambda done, total: bar.update(done - bar.n))
         after = None if held is None else perplexity(result.model, held).perplexity

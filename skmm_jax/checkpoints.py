@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from skmm_jax.io import save_json_atomic
+from skmm_jax.io import save_json_atomic, temporary_target
 
 MARKER = ".checkpoint-of-skmm-prune-jax.json"
 
@@ -55,8 +55,7 @@ class CheckpointKind:
         """Whether a file name in the directory is one this kind writes (or its temporary file)."""
         if name == MARKER:
             return True
-        if name.startswith(".") and name.endswith(".tmp"):  # skmm_jax.io.atomic_write's ".{name}.XXXX.tmp"
-            name = name[1:].rsplit(".", 2)[0]
+        name = temporary_target(name) or name  # a half-written file of ours is ours too
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.files)
 
 

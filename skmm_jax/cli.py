@@ -162,7 +162,7 @@ def select(
     draw: Optional[str] = typer.Option(None, help="SkMM: greedy (default) | greedy-diagonal | swap | sample | top | balanced."),
     preprocess: Optional[str] = typer.Option(
         None, help="SkMM: the geometry moments are matched in: none | center | standardize | unit | center-unit | "
-        "standardize-unit (default: standardize-unit, chosen on 7 real tasks; see the README)."),
+        "standardize-unit (default: standardize-unit, chosen on 7 real tasks; see docs/selection.md)."),
     ridge: Optional[float] = typer.Option(None, help="SkMM: ρ of the greedy draw, in units of one sample's top-direction moment (default 1.0)."),
     relax: Optional[bool] = typer.Option(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "

@@ -133,6 +133,7 @@ def run_app(app: typer.Typer) -> None:
     Outputs are written atomically, so an interrupted run leaves nothing partial behind;
     a command with a checkpoint registers a note (`resume_note`) that says how to resume.
     """
+    _interrupt_notes.clear()  # one command per run: no note of an earlier in-process run
     try:
         app()
     except SystemExit as exit_:

@@ -92,6 +92,16 @@ def marker_payload(command: str) -> dict:
     return {"written_by": "skmm-prune-jax", "command": command}
 
 
+TEMPORARY_SUFFIX = ".tmp"  # atomic_write's temporary files: ".{name}.{random}.tmp" next to the target
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an `atomic_write` temporary file ``name`` was going to become, else None."""
+    if not (name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)) or name.count(".") < 3:
+        return None
+    return name[1:].rsplit(".", 2)[0]
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Writes ``path`` through a temporary file in the same folder + ``os.replace``.
 
@@ -100,7 +110,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

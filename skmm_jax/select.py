@@ -235,7 +235,7 @@ def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
 SELECT_DEFAULTS: dict[str, Any] = {"preprocess": "standardize-unit", "ridge": 1.0, "relax": False}
 """What ``select("skmm", ...)`` and ``skmm-jax select`` use unless told otherwise: chosen by
 ``benchmarks/selection_suite.py`` (best mean validation rank against the label-free
-baselines over 7 real tasks × 5 budgets; the README states the rule and the numbers).
+baselines over 7 real tasks × 5 budgets; docs/selection.md states the rule and the numbers).
 ``skmm()`` itself keeps the theory's inputs (no preprocessing, the relaxation solved)."""
 
 

@@ -100,7 +100,7 @@ class PruneConfig:
       ridge_toward: what the ridge shrinks the refit toward: "current" (default: the
         weights before the refit, so directions the calibration set does not excite keep
         them; ``recover.ridge_path``) or "zero" (classic ridge: erases those directions,
-        which made recovery hurt end to end — README, "Why recovery used to hurt").
+        which made recovery hurt end to end — docs/pruning.md, "Why recovery used to hurt").
       max_block_removal: for "adaptive" / "global": the largest fraction of a block's FFN
         channels removed (None: 0.9 adaptive, 0.5 global — ``allocation.GLOBAL_MAX_REMOVED``).
       damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.

@@ -236,7 +236,7 @@ def _obs_heads(attn, ev: Evidence) -> np.ndarray:
     return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.stats.damp)
 
 
-# dap-obs's default allocation, chosen by benchmarks/prune_llama.py (README: the rule).
+# dap-obs's default allocation, chosen by benchmarks/prune_llama.py (docs/pruning.md: the rule).
 DAP_OBS_ALLOCATION = "global"
 
 SCORES: dict[str, Score] = {
