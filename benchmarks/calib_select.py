@@ -35,14 +35,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from prune_llama import VARIANTS  # noqa: E402
+
 from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents, tokenize_corpus  # noqa: E402
 from prune_jax.data.corpora import PYTHON_DOCS_SOURCE  # noqa: E402
 from prune_jax.evaluate import perplexity  # noqa: E402
 from prune_jax.models.llama import load_model  # noqa: E402
 from prune_jax.pruning import PruneConfig, prune  # noqa: E402
 from prune_jax.pruning.calib_select import REPRESENTATIONS, input_moments, moment_error, select_calibration, window_pool  # noqa: E402
-from prune_llama import VARIANTS  # noqa: E402
-from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEQ_LEN = 128

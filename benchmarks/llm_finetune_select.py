@@ -93,7 +93,7 @@ def main() -> None:
     from prune_jax.finetune import FinetuneConfig, finetune, finetune_gradients
     from prune_jax.lora import init_lora, trainable_size
     from prune_jax.models.llama import load_model
-    from skmm_jax.io import save_json_atomic
+    from skmm_jax.common.io import save_json_atomic
     from skmm_jax.select import select
 
     out_json = Path(args.out)

@@ -64,11 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from skmm_jax.common.io import atomic_write, save_json_atomic  # noqa: E402
+from skmm_jax.common.kernels import project  # noqa: E402
+from skmm_jax.common.pytree import pytree_dataclass  # noqa: E402
 from skmm_jax.gradients import labelled_loss, per_sample_grads, sketch_per_sample_grads  # noqa: E402
-from skmm_jax.kernels import project  # noqa: E402
-from skmm_jax.io import atomic_write, save_json_atomic  # noqa: E402
 from skmm_jax.sketch import make_pytree_sketch  # noqa: E402
-from skmm_jax.sketch.base import pytree_dataclass  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -400,7 +400,7 @@ def main() -> None:
 
     runners = {TORCH: run_torch, **{name: run_ours(sketch) for name, sketch in sketches.items()}}
     # The same Γ_a ⊗ Γ_b as "ours + kronecker", computed from the layers' inputs and
-    # output gradients (skmm_jax.kernels.ProbedKernel): no [B, r] gradient is formed.
+    # output gradients (skmm_jax.common.kernels.ProbedKernel): no [B, r] gradient is formed.
     runners[OURS_FACTORED] = run_ours(sketches[OURS_KRONECKER], factored=True)
     rows = tune_chunk_sizes(runners, args.chunk_sizes)
 

@@ -38,9 +38,8 @@ from prune_jax.data.corpora import PYTHON_DOCS_SOURCE  # noqa: E402
 from prune_jax.evaluate import forward_tokens_per_second, perplexity  # noqa: E402
 from prune_jax.models.llama import load_model, num_parameters  # noqa: E402
 from prune_jax.pruning import PruneConfig, prune  # noqa: E402
-from skmm_jax.io import save_json_atomic  # noqa: E402
-
 from prune_jax.zero_shot.tasks import builtin_task, evaluate_task  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Zero-shot accuracy next to perplexity, for --task-methods only (a few minutes per model on

@@ -113,10 +113,9 @@ def child(args) -> dict:
     if args.child == "load":
         if args.tree:
             sys.path.insert(0, args.tree)
-        from prune_jax.models.llama import load_model
-
         import jax.numpy as jnp
 
+        from prune_jax.models.llama import load_model
         from prune_jax.models.llama.modeling import num_parameters
 
         jnp.ones(4).block_until_ready()  # the runtime is up before the measurement starts
@@ -200,7 +199,7 @@ def main() -> None:
         result["prune"].append(row)
         print("prune", {k: v for k, v in row.items() if k not in ("layer_heads",)}, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from skmm_jax.io import save_json_atomic
+    from skmm_jax.common.io import save_json_atomic
 
     save_json_atomic(out_json, result)
     write_report(result)

@@ -2,7 +2,7 @@
 
 The paper's Tables 2–3 protocol (StanfordCars on CLIP / ResNet18) on what is reachable
 offline: 64-token passages of the shipped Wikipedia sample labelled by article
-(``prune_jax.features.wiki_passage_task``: 96 classes, train pool 2759 / val 574 / test
+(``prune_jax.experiments.llama_features.wiki_passage_task``: 96 classes, train pool 2759 / val 574 / test
 574), features and layer inputs of the frozen SmolLM2-135M (``extract_llama_features``,
 cached in ~/.cache/prune_jax/real_lp_ft/).
 
@@ -52,13 +52,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune_jax.features import mlp_head_from_llama  # noqa: E402
+from prune_jax.experiments.llama_features import mlp_head_from_llama  # noqa: E402
+from skmm_jax.common.io import save_json_atomic, save_npy_atomic  # noqa: E402
+from skmm_jax.experiments.metrics import metrics  # noqa: E402
+from skmm_jax.experiments.mlp_finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_predict  # noqa: E402
 from skmm_jax.gradients import rademacher_weights, sketch_per_sample_grads  # noqa: E402
-from skmm_jax.io import save_json_atomic, save_npy_atomic  # noqa: E402
 from skmm_jax.select import METHODS, select  # noqa: E402
 from skmm_jax.sketch import make_pytree_sketch  # noqa: E402
-from skmm_jax.train.finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_predict  # noqa: E402
-from skmm_jax.train.metrics import metrics  # noqa: E402
 from skmm_jax.train.probe import default_probe_grid, predict, select_hyperparameters  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,7 +124,7 @@ class Data:
 def load_data() -> Data:
     from tqdm import tqdm
 
-    from prune_jax.features import extract_llama_features, wiki_passage_task
+    from prune_jax.experiments.llama_features import extract_llama_features, wiki_passage_task
     from prune_jax.models.llama import load_model
 
     model, tokenizer = load_model(MODEL)

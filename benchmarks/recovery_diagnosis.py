@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from prune_jax.data import calibration_batches, load_documents, split_documents, tokenize_corpus  # noqa: E402
 from prune_jax.models.llama import load_model  # noqa: E402
-from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

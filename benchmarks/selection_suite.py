@@ -55,10 +55,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
+from skmm_jax.experiments.metrics import metrics  # noqa: E402
 from skmm_jax.moments import preprocess_pool  # noqa: E402
 from skmm_jax.select import select  # noqa: E402
-from skmm_jax.train.metrics import metrics  # noqa: E402
 from skmm_jax.train.probe import default_probe_grid, predict, select_hyperparameters  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

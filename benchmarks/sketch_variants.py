@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax.io import save_json_atomic
+from skmm_jax.common.io import save_json_atomic
 from skmm_jax.sketch import make_sketch
 from skmm_jax.sketch.quality import inner_product_error, subspace_distortion
 

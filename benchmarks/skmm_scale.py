@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
 from skmm_jax.select import SkMMConfig, skmm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skmm_jax.baselines import BASELINES  # noqa: E402
-from skmm_jax.io import save_json_atomic  # noqa: E402
+from skmm_jax.common.io import save_json_atomic  # noqa: E402
 from skmm_jax.moments import sketched_spectrum  # noqa: E402
 from skmm_jax.select import SkMMConfig, skmm  # noqa: E402
 from skmm_jax.sketch import make_sketch, sketch_rows  # noqa: E402

@@ -10,8 +10,16 @@ from rich.console import Console
 
 from prune_jax.pruning.scores import METHODS
 from prune_jax.zero_shot.tasks import BUILTIN_TASKS
-from skmm_jax.cli_common import (check_output_dir, check_output_file, check_store, fail, fail_config, flags_of, resume_note,
-                                 run_app)
+from skmm_jax.common.cli import (
+    check_output_dir,
+    check_output_file,
+    check_store,
+    fail,
+    fail_config,
+    flags_of,
+    resume_note,
+    run_app,
+)
 
 BUILTIN_TASK_NAMES = tuple(BUILTIN_TASKS)
 DEMO_TASK = "wiki-last-word"  # the cheapest built-in task (one request per item), chance 0
@@ -505,7 +513,7 @@ def eval_command(
     from prune_jax.data import eval_windows
     from prune_jax.evaluate import perplexity
     from prune_jax.models.llama.modeling import ATTENTION_IMPLEMENTATIONS
-    from skmm_jax.io import save_json_atomic
+    from skmm_jax.common.io import save_json_atomic
 
     split = _resolve_split(split, data, auto="eval")
     if dtype not in DTYPES:
@@ -571,7 +579,7 @@ def _eval_tasks(model: str, tasks: str, *, limit: int | None, dtype: str, attent
 
     from prune_jax.models.llama.modeling import ATTENTION_IMPLEMENTATIONS
     from prune_jax.zero_shot.tasks import evaluate_tasks, resolve_task
-    from skmm_jax.io import save_json_atomic
+    from skmm_jax.common.io import save_json_atomic
 
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skmm_jax.streaming import Progress, chunk_bounds, pad_leading
+from skmm_jax.common.streaming import Progress, chunk_bounds, pad_leading
 
 Array = jax.Array
 

@@ -10,7 +10,7 @@ Checkpoints (``checkpoint=DIR``): every ``checkpoint_every`` updates the trainab
 parameters, the optimizer state and the loss history are written atomically
 (``state.npz`` + ``meta.json``); ``finetune(..., checkpoint=DIR)`` on a directory that
 holds a run with the same configuration continues it. A configuration mismatch is an
-error, never a silent restart. The directory follows the rules of ``skmm_jax.checkpoints``
+error, never a silent restart. The directory follows the rules of ``skmm_jax.common.checkpoints``
 (absent, empty or a finetune checkpoint; only its own files are ever deleted).
 
 Precision: the model's dtype (``load_model(..., dtype="bfloat16")`` for bf16 kernels and
@@ -38,12 +38,12 @@ import optax
 from flax import nnx
 
 from prune_jax.lora import DEFAULT_LORA_TARGETS, TRAINABLE_KINDS, init_lora, last_blocks, lm_loss, lora_state
-from skmm_jax.checks import check_positive_fields
-from skmm_jax.checkpoints import CheckpointKind, CheckpointStore, mismatch
+from skmm_jax.common.checkpoints import CheckpointKind, CheckpointStore, mismatch
+from skmm_jax.common.checks import check_positive_fields
+from skmm_jax.common.io import atomic_write, save_json_atomic
+from skmm_jax.common.kernels import LoraKernel
+from skmm_jax.common.streaming import Progress
 from skmm_jax.gradients import merge_params
-from skmm_jax.io import atomic_write, save_json_atomic
-from skmm_jax.kernels import LoraKernel
-from skmm_jax.streaming import Progress
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "finetune_gradients", "merge_lora"]
 
@@ -137,7 +137,7 @@ FINETUNE_CHECKPOINT = CheckpointKind("finetune", commit="meta.json", files=("sta
 
 
 def checkpoint_store(path: str | Path) -> CheckpointStore:
-    """The checkpoint directory of a finetuning run (``skmm_jax.checkpoints`` rules)."""
+    """The checkpoint directory of a finetuning run (``skmm_jax.common.checkpoints`` rules)."""
     return CheckpointStore(Path(path), FINETUNE_CHECKPOINT)
 
 

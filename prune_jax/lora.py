@@ -4,7 +4,7 @@ Two choices of trainable parameters θ, both as pure pytrees next to the frozen 
 
 * **LoRA** (``init_lora``): every target kernel W [a, b] (read as a matrix by
   ``kernel_inputs``) gets factors A [a, r] ~ N(0, 1/a), B [r, b] = 0 and the layer
-  computes x W + (α/r) · x A B (``skmm_jax.kernels.LoraKernel``). Targets default to
+  computes x W + (α/r) · x A B (``skmm_jax.common.kernels.LoraKernel``). Targets default to
   q, v, o, gate, up, down in every block (k is left out: it shares q's role in the
   scores and is the smallest gain per parameter); ``LORA_TARGETS`` names them.
 * **the last k blocks** (``last_blocks``): every parameter of blocks L−k … L−1.
@@ -29,9 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prune_jax.models.llama.modeling import Llama, kernel_inputs
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.kernels import LoraKernel, lora_factors
+from skmm_jax.common.pytree import Array
 from skmm_jax.gradients import merge_params, partition_params
-from skmm_jax.kernels import LoraKernel, lora_factors
-from skmm_jax.sketch.base import Array, as_key
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 DEFAULT_LORA_TARGETS = ("q", "v", "o", "gate", "up", "down")

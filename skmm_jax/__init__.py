@@ -12,12 +12,12 @@ Pipeline, one module per step:
   ``deepcore``  label-aware baselines on a linear proxy: EL2N, GraNd, forgetting,
                 uncertainty (entropy, margin, least confidence), contextual diversity
 
-Around them: ``sampling`` (draws without replacement, class quotas), ``checks`` (input
-validation), ``streaming`` (the chunked-streaming helper), ``precision``, ``io``; for
-real tasks ``tasks`` (labelled passages, splits), ``features`` (frozen-model features
-through a feature function, cached) and ``train`` (probe, finetune, metrics). The
-package imports nothing from ``prune_jax``: model-specific glue lives there
-(``prune_jax.features``).
+Around them: ``sampling`` (draws without replacement, class quotas) and ``train`` (the
+linear proxy of the label-aware baselines). Below them, the ground floor ``common``
+(streaming, io, checks, precision, gram, checkpoints, kernels, cli) that ``prune_jax``
+builds on too. Above them, never imported by the library: ``experiments`` (task
+builders, cached features, the FT-setting MLP, metrics, the demo). The package imports
+nothing from ``prune_jax``.
 """
 
 from skmm_jax import baselines, deepcore, sketch

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax.checks import check_rows
+from skmm_jax.common.checks import check_rows
+from skmm_jax.common.precision import HIGHEST
 from skmm_jax.methods import SelectionMethod
-from skmm_jax.precision import HIGHEST
 from skmm_jax.sampling import check_subset_size, sample_without_replacement
 
 Array = jax.Array

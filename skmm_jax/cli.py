@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from skmm_jax.cli_common import check_output_file, fail, run_app
+from skmm_jax.common.cli import check_output_file, fail, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sketchy Moment Matching data selection in JAX.")
 console = Console(stderr=True)
@@ -58,7 +58,7 @@ def sketch(
     import jax
     from tqdm import tqdm
 
-    from skmm_jax.io import load_rows, save_npy_atomic
+    from skmm_jax.common.io import load_rows, save_npy_atomic
     from skmm_jax.sketch import KINDS, make_sketch, sketch_rows
     from skmm_jax.sketch.sparse import HASHINGS
 
@@ -182,8 +182,8 @@ def select(
     check_output_file(out, "--out")
     import jax
 
+    from skmm_jax.common.io import load_array, save_json_atomic
     from skmm_jax.draw import DRAWS
-    from skmm_jax.io import load_array, save_json_atomic
     from skmm_jax.moments import PREPROCESSING
     from skmm_jax.select import METHODS
     from skmm_jax.select import select as run_select
@@ -270,8 +270,8 @@ def demo(
 ) -> None:
     """Sketch per-sample gradients of a small MLP with every kind; report what each preserves."""
     check_output_file(json_out, "--json")
-    from skmm_jax.demo import DemoConfig, run_demo
-    from skmm_jax.io import save_json_atomic
+    from skmm_jax.common.io import save_json_atomic
+    from skmm_jax.experiments.demo import DemoConfig, run_demo
 
     try:
         cfg = DemoConfig(samples=samples, sketch_dim=sketch_dim, seed=seed)

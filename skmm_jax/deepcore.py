@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax.checks import check_labels, check_rows
+from skmm_jax.common.checks import check_labels, check_rows
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.sampling import check_subset_size, class_quotas
 from skmm_jax.train.probe import LinearProbe, LinearProbeConfig, fit_linear_softmax, standardize

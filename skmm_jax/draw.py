@@ -42,11 +42,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
+from skmm_jax.common.precision import HIGHEST
 from skmm_jax.moments import Spectrum, direction_weights, shortfall_loss
-from skmm_jax.precision import HIGHEST
 from skmm_jax.sampling import class_quotas, sample_without_replacement
 
 Array = jax.Array

@@ -33,7 +33,7 @@ gradient Σ_c w_c ∇f_c(x) is a random projection of the per-sample Jacobian).
 Conventions (as in ``skmm_jax.sketch.stream``): one module-level jitted per-chunk
 function, taking the sketch, the parameters and the chunk as arguments (never
 closed over), so repeated calls hit the compile cache; the chunks are streamed by
-``skmm_jax.streaming.stream_chunks`` (the last chunk padded to the common size, so
+``skmm_jax.common.streaming.stream_chunks`` (the last chunk padded to the common size, so
 there is exactly one compilation; the next chunk dispatched before the previous
 result is pulled back); non-finite samples are reported by index and nothing
 partial is returned.
@@ -50,11 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skmm_jax.kernels import LoraKernel, ProbedKernel
-from skmm_jax.sketch.base import Array, Sketch, as_key
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.kernels import LoraKernel, ProbedKernel
+from skmm_jax.common.pytree import Array
+from skmm_jax.common.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
+from skmm_jax.sketch.base import Sketch
 from skmm_jax.sketch.kronecker import KroneckerSketch
 from skmm_jax.sketch.pytree import PytreeSketch
-from skmm_jax.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
 
 LOSS_KINDS = ("cross_entropy", "squared")
 
@@ -130,7 +132,7 @@ def _factored_value_and_grads(loss_fn: Callable, sketch: PytreeSketch, params: A
 
     Kernel leaf W_l is replaced by ``ProbedKernel(W_l, Γ_a, E_l = 0, Γ_b)``; the loss is
     differentiated with respect to the cores E_l (whose gradient is the leaf's Kronecker
-    sketch, see ``skmm_jax.kernels``) and the remaining leaves (sketched flat).
+    sketch, see ``skmm_jax.common.kernels``) and the remaining leaves (sketched flat).
     """
     leaves, treedef, kron = _probe_leaves(sketch, params)
     factors = [None if s is None else (s.left.matrix(), s.right.matrix()) for s in kron]
@@ -255,10 +257,10 @@ def sketch_per_sample_grads(
         as done and only samples from ``start_row`` on are evaluated (needs ``out``).
       factored: compute the Kronecker-sketched leaves of a ``make_pytree_sketch(
         "kronecker", ...)`` sketch from the layers' inputs and output gradients
-        (``skmm_jax.kernels.ProbedKernel``), never forming a per-sample kernel
+        (``skmm_jax.common.kernels.ProbedKernel``), never forming a per-sample kernel
         gradient: device memory per sample no longer grows with the kernels' size r,
         only with the activations. The loss must apply every such kernel with
-        ``skmm_jax.kernels.project`` (or ``contract``); the result equals the
+        ``skmm_jax.common.kernels.project`` (or ``contract``); the result equals the
         unfactored call with the same sketch up to float rounding.
 
     Returns:

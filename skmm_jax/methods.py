@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from skmm_jax.streaming import Progress
+from skmm_jax.common.streaming import Progress
 
 Array = jax.Array
 

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from skmm_jax.checks import check_rows
-from skmm_jax.precision import HIGHEST
+from skmm_jax.common.checks import check_rows
+from skmm_jax.common.precision import HIGHEST
 
 Array = jax.Array
 

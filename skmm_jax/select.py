@@ -28,14 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from skmm_jax.baselines import BASELINES
-from skmm_jax.checks import check_labels, scan_rows
+from skmm_jax.common.checks import check_labels, scan_rows
+from skmm_jax.common.streaming import Progress
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, draw, subset_loss
 from skmm_jax.methods import SelectionMethod
-from skmm_jax.moments import PREPROCESSING, Spectrum, direction_weights, preprocess_pool, sketched_spectrum, subset_coverage, subset_matrix_coverage, subset_variance
+from skmm_jax.moments import (
+    PREPROCESSING,
+    Spectrum,
+    direction_weights,
+    preprocess_pool,
+    sketched_spectrum,
+    subset_coverage,
+    subset_matrix_coverage,
+    subset_variance,
+)
 from skmm_jax.sampling import check_subset_size
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
-from skmm_jax.streaming import Progress
 
 Array = jax.Array
 

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from skmm_jax.common.precision import HIGHEST
+from skmm_jax.common.streaming import Progress
 from skmm_jax.moments import Spectrum, direction_coverage, direction_weights, moment_matching_loss
-from skmm_jax.precision import HIGHEST
-from skmm_jax.streaming import Progress
 
 Array = jax.Array
 

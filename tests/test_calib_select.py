@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prune_jax.pruning.calib_select import input_moments, moment_error, select_calibration, window_pool, window_representations
+from prune_jax.pruning.calib_select import (
+    input_moments,
+    moment_error,
+    select_calibration,
+    window_pool,
+    window_representations,
+)
 from skmm_jax.sketch import kronecker_sketch
 
 

@@ -199,13 +199,13 @@ def test_select_warns_on_all_zero_features_for_methods_that_still_run(scratch: P
 
 
 def test_interrupt_prints_one_line_and_exits_130(scratch: Path, monkeypatch: pytest.MonkeyPatch, capsys):
-    import skmm_jax.io
+    import skmm_jax.common.io
     from skmm_jax import cli
 
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(skmm_jax.io, "load_rows", interrupted)
+    monkeypatch.setattr(skmm_jax.common.io, "load_rows", interrupted)
     monkeypatch.setattr(sys, "argv", ["skmm-jax", "sketch", *SKETCH_BASE, "--out", "S.npy"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -218,7 +218,7 @@ def test_interrupt_prints_one_line_and_exits_130(scratch: Path, monkeypatch: pyt
 
 
 def test_loaders_name_empty_and_truncated_files(tmp_path: Path):
-    from skmm_jax.io import load_array, load_rows
+    from skmm_jax.common.io import load_array, load_rows
 
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
@@ -268,7 +268,7 @@ def test_select_reports_each_skmm_solve_and_results_are_unchanged(c_s):
 
 
 def test_demo_config_rejects_non_positive_sizes():
-    from skmm_jax.demo import DemoConfig
+    from skmm_jax.experiments.demo import DemoConfig
 
     for field in ("samples", "sketch_dim", "chunk_size"):
         with pytest.raises(ValueError, match=f"{field} must be a positive int, got 0"):

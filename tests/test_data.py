@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from prune_jax.cli import app
 from prune_jax.data import (
     Document,
+    cache,
     calibration_batches,
     eval_windows,
     fetch_wiki_sample,
@@ -22,9 +23,9 @@ from prune_jax.data import (
     split_documents,
     strip_wiki_markup,
     tokenize_corpus,
+    wiki,
     wiki_documents,
 )
-from prune_jax.data import cache, wiki
 from prune_jax.data import tokens as token_stream
 
 # ------------------------------------------------------------------ strip_wiki_markup

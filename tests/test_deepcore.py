@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from skmm_jax import deepcore
-from skmm_jax.sampling import class_quotas
 from skmm_jax.cli import app as skmm_app
 from skmm_jax.deepcore import (
     DEEPCORE,
@@ -26,6 +25,7 @@ from skmm_jax.deepcore import (
     uncertainty_scores,
 )
 from skmm_jax.methods import SelectionMethod
+from skmm_jax.sampling import class_quotas
 from skmm_jax.select import METHODS, select
 from skmm_jax.train.probe import LinearProbeConfig, standardize
 

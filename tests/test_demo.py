@@ -1,6 +1,6 @@
 """The default job end to end on a tiny configuration."""
 
-from skmm_jax.demo import DemoConfig, run_demo
+from skmm_jax.experiments.demo import DemoConfig, run_demo
 from skmm_jax.sketch import KINDS
 
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from skmm_jax.common.kernels import LoraKernel, ProbedKernel, contract, lora_factors, project
 from skmm_jax.gradients import per_sample_grads, sketch_per_sample_grads
-from skmm_jax.kernels import LoraKernel, ProbedKernel, contract, lora_factors, project
 from skmm_jax.sketch import make_pytree_sketch
 
 D, N, H, F, T = 12, 3, 4, 20, 5

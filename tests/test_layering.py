@@ -34,7 +34,7 @@ def test_the_walk_sees_every_file_of_the_package():
     walked = {path.resolve() for path in skmm_modules().values()}
     on_disk = {path.resolve() for path in Path(skmm_jax.__file__).parent.rglob("*.py")}
     assert walked == on_disk
-    assert any(name == "skmm_jax.train.finetune" for name in skmm_modules())  # subpackages too
+    assert any(name == "skmm_jax.experiments.mlp_finetune" for name in skmm_modules())  # subpackages too
 
 
 def test_skmm_jax_imports_nothing_from_prune_jax():

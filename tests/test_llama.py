@@ -339,7 +339,8 @@ def test_bf16_checkpoint_loads_tensor_by_tensor_onto_a_mesh(tmp_path: Path, tiny
     """A bf16 safetensors directory loads as bf16 (no float32 round trip), each parameter
     placed by the FSDP / tensor-parallel rules, with the values of a one-device load."""
     import ml_dtypes
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
     from safetensors.numpy import load_file, save_file
 
     config = tiny_llama_config(vocab_size=40, hidden_size=32, num_layers=2, heads=(4, 2), intermediate=48)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from prune_jax import cli as prune_cli
 from prune_jax.cli import app
 from prune_jax.pruning.scores import METHODS
-from skmm_jax.checkpoints import MARKER
+from skmm_jax.common.checkpoints import MARKER
 
 runner = CliRunner()
 
@@ -171,7 +171,7 @@ def test_an_interrupt_with_a_checkpoint_says_how_to_resume(tiny, tmp_path: Path,
         monkeypatch.setattr(module, "_save", interrupt_after_first_save)
         args, done = finetune_args, "2 updates done"  # --steps 2: the first checkpoint is the last update's
     monkeypatch.setattr(sys, "argv", ["prune-jax", *args(tiny, "--checkpoint", str(checkpoint), "--out", str(out))])
-    import skmm_jax.cli_common as common
+    import skmm_jax.common.cli as common
 
     monkeypatch.setattr(common, "_interrupt_notes", [])
     with pytest.raises(SystemExit) as exit_:

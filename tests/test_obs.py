@@ -103,8 +103,8 @@ def test_dap_obs_prunes_a_block_to_the_least_squares_optimum_of_its_kept_units(t
     """End to end on one block: the pruned o/down kernels are the least-squares refit of the
     kept units to the block's own unpruned outputs (dampening aside), and no more accurate
     compensation of the kept set exists."""
-    from prune_jax.pruning.stage import HALVES, StageContext, unit_gram
     from prune_jax.pruning.scores import SCORES
+    from prune_jax.pruning.stage import HALVES, StageContext, unit_gram
 
     config = tiny_llama_config(num_layers=1, heads=(4, 2), intermediate=16, hidden_size=16, head_dim=4)
     model = random_llama(config, seed=4, scale=0.3)

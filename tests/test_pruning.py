@@ -401,7 +401,8 @@ def test_data_free_scores_equal_dap_on_white_inputs():
 def test_sharded_parameters_prune_like_one_device(layout):
     """FSDP + tensor-parallel parameters (a 2 × 2 mesh) and a ``jax.make_mesh`` mesh
     (explicit axes) prune to the single-device result: same kept units, same model."""
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     from prune_jax.models.llama.sharding import shard_model
 

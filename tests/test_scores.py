@@ -6,10 +6,10 @@ import json
 import jax
 import numpy as np
 import pytest
+from test_pruning import calib, tiny
 
 from prune_jax.pruning import METHODS, SCORES, PruneConfig, Score, prune
 from prune_jax.pruning.scores import Evidence, ffn_channel_scores, head_scores
-from test_pruning import calib, tiny
 
 
 @pytest.fixture(autouse=True)

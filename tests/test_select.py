@@ -4,21 +4,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAWS, draw, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps, subset_loss
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     PREPROCESSING,
-    preprocess_pool,
     direction_weights,
     moment_matching_loss,
+    preprocess_pool,
     sketched_spectrum,
-    subset_weights,
     subset_coverage,
     subset_matrix_coverage,
     subset_variance,
+    subset_weights,
 )
 from skmm_jax.sampling import class_quotas
 from skmm_jax.select import METHODS, SELECT_DEFAULTS, SkMMConfig, select, skmm, skmm_indices

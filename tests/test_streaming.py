@@ -1,11 +1,11 @@
-"""``skmm_jax.streaming.stream_chunks``: the one chunked-streaming loop of both libraries."""
+"""``skmm_jax.common.streaming.stream_chunks``: the one chunked-streaming loop of both libraries."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skmm_jax.streaming import chunk_bounds, pad_leading, stream_chunks
+from skmm_jax.common.streaming import chunk_bounds, pad_leading, stream_chunks
 
 
 def run(total, chunk_size, apply=None, rows=None):

@@ -1,6 +1,6 @@
 """Tasks (document passages, jsonl) and resumable frozen-model feature extraction, on tiny inputs:
-model-agnostic (``skmm_jax.features`` with a toy feature function) and the LLaMA glue
-(``prune_jax.features``)."""
+model-agnostic (``skmm_jax.experiments.features`` with a toy feature function) and the LLaMA glue
+(``prune_jax.experiments.llama_features``)."""
 
 import json
 from pathlib import Path
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from prune_jax.data import Document
-from prune_jax.features import extract_llama_features, wiki_passage_task
+from prune_jax.experiments.llama_features import extract_llama_features, wiki_passage_task
 from prune_jax.models.llama import LlamaConfig, init_llama
 from prune_jax.models.llama.modeling import rope_inverse_frequencies
-from skmm_jax.features import extract_features
-from skmm_jax.tasks import TextTask, document_passage_task, jsonl_task, stratified_split
+from skmm_jax.experiments.features import extract_features
+from skmm_jax.experiments.tasks import TextTask, document_passage_task, jsonl_task, stratified_split
 
 
 class WordTokenizer:

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prune_jax.features import extract_llama_features, mlp_head_from_llama
+from prune_jax.experiments.llama_features import extract_llama_features, mlp_head_from_llama
 from prune_jax.models.llama import LlamaConfig, init_llama
 from skmm_jax.deepcore import train_proxy
+from skmm_jax.experiments.metrics import metrics
+from skmm_jax.experiments.mlp_finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_logits, ft_predict
 from skmm_jax.gradients import rademacher_weights, sketch_per_sample_grads
 from skmm_jax.sketch import make_pytree_sketch
-from skmm_jax.train.finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_logits, ft_predict
-from skmm_jax.train.metrics import metrics
 from skmm_jax.train.probe import (
     LinearProbeConfig,
     predict,

@@ -5,7 +5,7 @@ installed is enough, e.g. in the manual-download instructions of `fetch_wiki_sam
 """
 
 from prune_jax.cli import data_app
-from skmm_jax.cli_common import run_app
+from skmm_jax.common.cli import run_app
 
 if __name__ == "__main__":
     run_app(data_app)

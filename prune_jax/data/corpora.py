@@ -11,7 +11,7 @@ from typing import Any
 
 from prune_jax.data.documents import Document
 from prune_jax.data.wiki import wiki_documents
-from skmm_jax.io import iter_jsonl
+from skmm_jax.common.io import iter_jsonl
 
 __all__ = ["PYTHON_DOCS_SOURCE", "TXT_CHUNK_CHARS", "WIKI_SAMPLE_SOURCE", "load_documents", "paragraph_chunks"]
 

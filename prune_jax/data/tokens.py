@@ -12,7 +12,7 @@ import numpy as np
 
 from prune_jax.data.cache import default_cache_dir
 from prune_jax.data.documents import Document
-from skmm_jax.io import atomic_write
+from skmm_jax.common.io import atomic_write
 
 __all__ = ["DOCUMENT_SEPARATOR", "tokenize_corpus"]
 

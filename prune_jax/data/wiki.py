@@ -25,7 +25,7 @@ from xml.etree import ElementTree
 from prune_jax.data.cache import default_cache_dir
 from prune_jax.data.documents import Document
 from prune_jax.data.markup import strip_wiki_markup
-from skmm_jax.io import atomic_write
+from skmm_jax.common.io import atomic_write
 
 __all__ = ["WIKI_SAMPLE_GENSIM_VERSION", "fetch_wiki_sample", "wiki_documents"]
 

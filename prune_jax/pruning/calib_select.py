@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.streaming import Progress, chunk_bounds, pad_leading
 from skmm_jax.sketch import kronecker_sketch
-from skmm_jax.streaming import Progress, chunk_bounds, pad_leading
 
 REPRESENTATIONS = ("moments", "hidden")
 CALIB_SELECTIONS = ("random", "skmm", "kcenter", "herding", "uniform", "leverage", "ridge-leverage", "adaptive")

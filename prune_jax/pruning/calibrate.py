@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skmm_jax.streaming import chunk_bounds
+from skmm_jax.common.streaming import chunk_bounds
 
 
 @dataclasses.dataclass(frozen=True)

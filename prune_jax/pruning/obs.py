@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax.precision import HIGHEST
+from skmm_jax.common.precision import HIGHEST
 
 DAMP = 0.01
 

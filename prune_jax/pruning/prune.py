@@ -53,7 +53,7 @@ from prune_jax.pruning.report import LayerReport, PruneReport
 from prune_jax.pruning.scores import SCORES, gradient_scores
 from prune_jax.pruning.slicing import add_zero_biases, record_widths
 from prune_jax.pruning.stage import StageContext, dense_unit_scores, prune_block
-from skmm_jax.streaming import Progress
+from skmm_jax.common.streaming import Progress
 
 HEAD_CRITERIA = ("score", "similarity")
 ALLOCATIONS = ("uniform", "adaptive", "global")

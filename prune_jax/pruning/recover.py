@@ -36,8 +36,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from prune_jax.models.llama.sharding import replace_param
-from skmm_jax.precision import HIGHEST
+from skmm_jax.common.precision import HIGHEST
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 

@@ -18,7 +18,7 @@ then restores the finished blocks' parameters and the streams and continues, so 
 result equals an uninterrupted run's. Disk: the pruned blocks (≤ the model) plus two
 streams of S·T·D values (8B, 128 × 2048 tokens in bf16: 2 × 2 GiB).
 
-The directory follows the rules of ``skmm_jax.checkpoints`` (absent, empty or a prune
+The directory follows the rules of ``skmm_jax.common.checkpoints`` (absent, empty or a prune
 checkpoint; never the output; only its own files are deleted): ``checkpoint_store``.
 
 Single-process runs only (the streams are gathered to the host); a multi-host run
@@ -40,8 +40,8 @@ from flax import nnx
 
 from prune_jax.models.llama.sharding import replace_param, to_host
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
-from skmm_jax.checkpoints import CheckpointKind, CheckpointStore, mismatch
-from skmm_jax.io import atomic_write, save_json_atomic
+from skmm_jax.common.checkpoints import CheckpointKind, CheckpointStore, mismatch
+from skmm_jax.common.io import atomic_write, save_json_atomic
 
 PROGRESS = "progress.json"
 STREAMS = "streams.safetensors"
@@ -50,7 +50,7 @@ PRUNE_CHECKPOINT = CheckpointKind("prune", commit=PROGRESS, files=(PROGRESS, STR
 
 
 def checkpoint_store(path: str | os.PathLike) -> CheckpointStore:
-    """The checkpoint directory of a pruning run (``skmm_jax.checkpoints`` rules)."""
+    """The checkpoint directory of a pruning run (``skmm_jax.common.checkpoints`` rules)."""
     return CheckpointStore(Path(path), PRUNE_CHECKPOINT)
 
 

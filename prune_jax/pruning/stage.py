@@ -43,7 +43,7 @@ from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, prefer_marked, similar_heads
 from prune_jax.pruning.slicing import head_keep_set, heads_of_groups, keep_top, slice_channels, slice_heads
-from skmm_jax.streaming import chunk_bounds
+from skmm_jax.common.streaming import chunk_bounds
 
 Array = jax.Array
 MAX_GREEDY_STEPS = 256  # OBS greedy: at most this many downdates per map (wide FFNs remove several channels per step)

@@ -10,7 +10,16 @@ from prune_jax.zero_shot.requests import (
     loglikelihood_rolling_tokens,
     loglikelihood_tokens,
 )
-from prune_jax.zero_shot.tasks import BUILTIN_TASKS, Item, Task, builtin_task, evaluate_task, evaluate_tasks, load_jsonl_task, resolve_task
+from prune_jax.zero_shot.tasks import (
+    BUILTIN_TASKS,
+    Item,
+    Task,
+    builtin_task,
+    evaluate_task,
+    evaluate_tasks,
+    load_jsonl_task,
+    resolve_task,
+)
 
 __all__ = [
     "BUILTIN_TASKS",

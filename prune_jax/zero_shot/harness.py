@@ -33,7 +33,6 @@ from prune_jax.zero_shot.requests import (
     loglikelihood_tokens,
 )
 
-
 HARNESS_OPTIONS = ("batch_size", "max_batch_size", "device")  # what the harness passes to every model (batching is ours)
 
 

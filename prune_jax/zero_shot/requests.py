@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from prune_jax.evaluate import StagedModel, bucket_length
-from skmm_jax.streaming import Progress
+from skmm_jax.common.streaming import Progress
 
 Array = jax.Array
 TokenPair = tuple[Sequence[int], Sequence[int]]

@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from prune_jax.zero_shot.requests import encode_pair, loglikelihood_tokens
-from skmm_jax.io import iter_jsonl
-from skmm_jax.streaming import Progress
+from skmm_jax.common.io import iter_jsonl
+from skmm_jax.common.streaming import Progress
 
 MULTIPLE_CHOICE, CLOZE = "multiple_choice", "cloze"
 TARGET_DELIMITER = " "

@@ -14,14 +14,12 @@ the same object always applies the same Γ, whatever the batch size or chunking.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from skmm_jax.common.pytree import Array
 
 
 @runtime_checkable
@@ -39,32 +37,6 @@ class Sketch(Protocol):
     def __call__(self, x: Array) -> Array:
         """``x [B, in_dim] → x Γ [B, out_dim]`` in float32. NaN/inf rows stay non-finite."""
         ...
-
-
-def pytree_dataclass(cls: type, *, meta_fields: tuple[str, ...]) -> type:
-    """Freezes ``cls`` as a dataclass and registers it as a pytree node.
-
-    ``meta_fields`` are static (hashed into jit's cache key: sizes, kind names);
-    every other field is a leaf (arrays, PRNG keys, nested sketches).
-    """
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    data_fields = [n for n in names if n not in meta_fields]
-    return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=list(meta_fields))
-
-
-def as_key(key: Any, *, name: str = "key") -> Array:
-    """Accepts a typed PRNG key (``jax.random.key``) or a raw uint32[2] key."""
-    if isinstance(key, int):
-        raise TypeError(f"{name} must be a PRNG key such as jax.random.key({key}), got the int {key}")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
-        return key
-    if key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"{name} must be a PRNG key (jax.random.key(seed)), got dtype {key.dtype} shape {key.shape}")
 
 
 def check_dims(in_dim: int, out_dim: int, *, kind: str) -> None:

@@ -24,7 +24,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from skmm_jax.sketch.base import Array, as_key, check_batch, check_dims, pytree_dataclass
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.pytree import Array, pytree_dataclass
+from skmm_jax.sketch.base import check_batch, check_dims
 from skmm_jax.sketch.dense import DenseSketch, dense_sketch
 
 

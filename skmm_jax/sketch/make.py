@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from skmm_jax.sketch.base import Array, Sketch
+from skmm_jax.common.pytree import Array
+from skmm_jax.sketch.base import Sketch
 from skmm_jax.sketch.dense import dense_sketch
 from skmm_jax.sketch.kronecker import kronecker_sketch, split_dim
 from skmm_jax.sketch.sparse import sparse_sign_sketch

@@ -22,7 +22,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from skmm_jax.sketch.base import Array, Sketch, as_key, check_dims, next_power_of_two, pytree_dataclass
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.pytree import Array, pytree_dataclass
+from skmm_jax.sketch.base import Sketch, check_dims, next_power_of_two
 from skmm_jax.sketch.make import KINDS, make_sketch
 
 

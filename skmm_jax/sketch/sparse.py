@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from skmm_jax.sketch.base import Array, as_key, check_batch, check_dims, pytree_dataclass
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.pytree import Array, pytree_dataclass
+from skmm_jax.sketch.base import check_batch, check_dims
 
 HASHINGS = ("shift", "uniform")
 

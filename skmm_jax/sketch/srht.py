@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from skmm_jax.precision import HIGHEST
-from skmm_jax.sketch.base import Array, as_key, check_batch, check_dims, next_power_of_two, pytree_dataclass
+from skmm_jax.common.checks import as_key
+from skmm_jax.common.precision import HIGHEST
+from skmm_jax.common.pytree import Array, pytree_dataclass
+from skmm_jax.sketch.base import check_batch, check_dims, next_power_of_two
 
 # Butterflies are done radix-8: each stage multiplies a length-8 axis by the 8×8
 # Hadamard matrix, so log₈ n passes over memory instead of log₂ n (measured ~2×

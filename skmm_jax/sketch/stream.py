@@ -2,7 +2,7 @@
 
 The rows of G [N, r] (a NumPy array or a memory-mapped .npy) are moved to the
 device ``chunk_size`` at a time, sketched by one compiled function, and copied back
-into a host [N, m] array (``skmm_jax.streaming.stream_chunks``: the last chunk is
+into a host [N, m] array (``skmm_jax.common.streaming.stream_chunks``: the last chunk is
 padded so nothing recompiles, and the next chunk is dispatched before the previous
 result is pulled back, so host reads, transfers and compute overlap). NaN/inf input
 rows make their sketched rows non-finite (every kind has a non-zero weight on every
@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skmm_jax.checks import check_rows
+from skmm_jax.common.checks import check_rows
+from skmm_jax.common.streaming import Progress, check_chunk_size, stream_chunks
 from skmm_jax.sketch.base import Sketch
-from skmm_jax.streaming import Progress, check_chunk_size, stream_chunks
 
 # One jitted entry point for every call: a sketch is a pytree argument, so the cache
 # key is (sketch type, static sizes, chunk shape) and repeated calls never recompile.

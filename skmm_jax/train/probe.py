@@ -30,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skmm_jax.checks import check_labels, check_rows
+from skmm_jax.common.checks import as_key, check_labels, check_rows
+from skmm_jax.common.precision import HIGHEST
 from skmm_jax.moments import standardization  # the one column-scaling rule, shared with SkMM's preprocessing
-from skmm_jax.precision import HIGHEST
-from skmm_jax.sketch.base import as_key
 from skmm_jax.train.loop import check_training_config, fit, l2_penalty, optimizer
 
 Array = jax.Array

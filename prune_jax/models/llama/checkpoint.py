@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from prune_jax.models.llama.modeling import Llama, LlamaConfig
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
-from skmm_jax.io import OUTPUT_MARKER, is_our_output, marker_payload
+from skmm_jax.common.io import OUTPUT_MARKER, is_our_output, marker_payload
 
 OUR_CONFIG = "prune_jax_config.json"
 NON_UNIFORM_MESSAGE = (

@@ -13,7 +13,7 @@ Every module reads N, K, H, F and D from its kernel shapes (q: [D, N, H], k/v:
 physically sliced heads or channels need no config change. The config keeps only
 what kernels cannot say: RoPE parameters, norm epsilon, tying, dtype.
 
-Every projection goes through ``skmm_jax.kernels.project``: a kernel array gives the
+Every projection goes through ``skmm_jax.common.kernels.project``: a kernel array gives the
 plain einsum, and any kernel may instead be a ``LoraKernel`` (finetuning adapters)
 or a ``ProbedKernel`` (factored per-sample gradient sketches); ``kernel_inputs``
 says how each kernel reads as a matrix.
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skmm_jax.kernels import project
+from skmm_jax.common.kernels import project
 
 Array = jax.Array
 

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from jax.sharding import Mesh
 
 from prune_jax.models.llama.modeling import DTYPES, Llama, LlamaConfig, abstract_llama

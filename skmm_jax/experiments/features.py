@@ -6,10 +6,10 @@ Model-agnostic: the model is a *feature function* (`FeatureFn`)
 
 that returns the linear-probe feature of each passage and, optionally, a per-token
 tensor (for a LLaMA: the residual stream entering the last block's MLP, which is all
-that finetuning that MLP needs, see ``skmm_jax.train.finetune``). Which model, which
-layer and which dtype are the caller's business; ``prune_jax.features`` builds the
+that finetuning that MLP needs, see ``skmm_jax.experiments.mlp_finetune``). Which model, which
+layer and which dtype are the caller's business; ``prune_jax.experiments.llama_features`` builds the
 function for its LLaMA. `extract_features` streams the passages through it in
-fixed-shape batches (``skmm_jax.streaming.stream_chunks``: one compile, the last batch
+fixed-shape batches (``skmm_jax.common.streaming.stream_chunks``: one compile, the last batch
 padded, one batch in flight) and keeps every output row.
 
 Cache (``cache=`` a directory): ``pooled.npy`` [N, D] and ``layer_inputs.npy`` are
@@ -34,8 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from skmm_jax.io import save_json_atomic
-from skmm_jax.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
+from skmm_jax.common.io import save_json_atomic
+from skmm_jax.common.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
 
 __all__ = ["LAYER_INPUT_DTYPES", "ExtractedFeatures", "FeatureFn", "extract_features"]
 
@@ -46,8 +46,8 @@ jitted over the model's split state, so every batch shares one compilation."""
 LAYER_INPUT_DTYPES = {"float16": np.float16, "float32": np.float32}
 """Dtypes a feature function may store its per-token output in (float16 halves the cache)."""
 
-# Unchanged since the cache lived in skmm_jax.tasks, so existing caches stay valid.
-_FEATURE_CACHE_FORMAT = "skmm_jax.tasks.features/v1"
+# Unchanged since the cache lived in skmm_jax.experiments.tasks, so existing caches stay valid.
+_FEATURE_CACHE_FORMAT = "skmm_jax.experiments.tasks.features/v1"
 _CACHE_ARRAYS = ("pooled", "layer_inputs")
 
 

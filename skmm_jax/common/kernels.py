@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from skmm_jax.sketch.base import Array, pytree_dataclass
+from skmm_jax.common.pytree import Array, pytree_dataclass
 
 
 def _matrix(x: Array, n_in: int, a: int) -> tuple[Array, tuple[int, ...]]:

@@ -17,7 +17,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-from skmm_jax.io import is_our_output
+from skmm_jax.common.io import is_our_output
 
 _stderr = Console(stderr=True)
 
@@ -44,7 +44,7 @@ def flags_of(fields, **renames: str) -> dict[str, str]:
 
 
 def check_store(store, *, outputs=(), resume: bool | None = None, flag: str = "--checkpoint") -> bool:
-    """A checkpoint store's rules (``skmm_jax.checkpoints``) as a CLI check: one line, exit 2."""
+    """A checkpoint store's rules (``skmm_jax.common.checkpoints``) as a CLI check: one line, exit 2."""
     try:
         return store.check(outputs=outputs, resume=resume, flag=flag)
     except ValueError as err:

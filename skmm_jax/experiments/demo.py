@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from skmm_jax.checks import check_positive_fields
+from skmm_jax.common.checks import check_positive_fields
+from skmm_jax.common.streaming import stream_chunks
 from skmm_jax.sketch import KINDS, make_pytree_sketch
 from skmm_jax.sketch.quality import inner_product_error, norm_ratios, subspace_distortion
-from skmm_jax.streaming import stream_chunks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_labels", "check_positive_fields", "check_rows", "scan_rows"]
+__all__ = ["as_key", "check_labels", "check_positive_fields", "check_rows", "scan_rows"]
 
 
 def check_positive_fields(config: Any, names: tuple[str, ...]) -> None:
@@ -110,3 +110,17 @@ def check_labels(
     if labels.max() + 1 < min_classes:
         raise ValueError(f"{name} must name at least {min_classes} classes (max label + 1 >= {min_classes}), got max label {labels.max()}")
     return labels.astype(np.int32)
+
+
+def as_key(key: Any, *, name: str = "key") -> jax.Array:
+    """Accepts a typed PRNG key (``jax.random.key``) or a raw uint32[2] key."""
+    if isinstance(key, int):
+        raise TypeError(f"{name} must be a PRNG key such as jax.random.key({key}), got the int {key}")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
+        return key
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"{name} must be a PRNG key (jax.random.key(seed)), got dtype {key.dtype} shape {key.shape}")

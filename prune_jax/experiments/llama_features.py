@@ -1,9 +1,9 @@
 """The LLaMA glue of the data-selection pipeline (``skmm_jax`` stays model-agnostic).
 
-- `wiki_passage_task`: ``skmm_jax.tasks.document_passage_task`` on the shipped
+- `wiki_passage_task`: ``skmm_jax.experiments.tasks.document_passage_task`` on the shipped
   Wikipedia sample (label = the article).
 - `llama_feature_fn` / `extract_llama_features`: the model's feature function for
-  ``skmm_jax.features.extract_features``, built from the model hooks. For tokens x_i
+  ``skmm_jax.experiments.features.extract_features``, built from the model hooks. For tokens x_i
   it returns
 
       pooled_i = (1/T) Σ_t Norm_final(x^{(L)}_{i,t})                        [B, D]
@@ -15,7 +15,7 @@
 
   which is all that finetuning the last MLP (+ a head) needs: the frozen layers
   below it never run again.
-- `mlp_head_from_llama`: ``skmm_jax.train.finetune.mlp_head`` on the last block and
+- `mlp_head_from_llama`: ``skmm_jax.experiments.mlp_finetune.mlp_head`` on the last block and
   the final norm.
 """
 
@@ -31,10 +31,10 @@ import numpy as np
 from flax import nnx
 
 from prune_jax.models.llama.modeling import Llama
-from skmm_jax.features import LAYER_INPUT_DTYPES, ExtractedFeatures, FeatureFn, extract_features
-from skmm_jax.streaming import Progress
-from skmm_jax.tasks import TextTask, document_passage_task
-from skmm_jax.train.finetune import MLPHead, mlp_head
+from skmm_jax.common.streaming import Progress
+from skmm_jax.experiments.features import LAYER_INPUT_DTYPES, ExtractedFeatures, FeatureFn, extract_features
+from skmm_jax.experiments.mlp_finetune import MLPHead, mlp_head
+from skmm_jax.experiments.tasks import TextTask, document_passage_task
 from skmm_jax.train.probe import LinearProbe
 
 __all__ = ["extract_llama_features", "llama_feature_fn", "mlp_head_from_llama", "model_fingerprint", "wiki_passage_task"]
@@ -103,7 +103,7 @@ def extract_llama_features(
     layer_input: str | None = None,
     progress: Progress | None = None,
 ) -> ExtractedFeatures:
-    """``skmm_jax.features.extract_features`` with the model's feature function (see the
+    """``skmm_jax.experiments.features.extract_features`` with the model's feature function (see the
     module docstring) and its fingerprint; token ids are checked against the vocabulary.
 
     ``layer_input`` "float16" halves the disk/RAM cost of h (N·T·D·2 bytes: ~290 MB for

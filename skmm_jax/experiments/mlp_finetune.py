@@ -1,7 +1,7 @@
 """Finetuning the last decoder block's MLP and a linear head on a coreset (FT).
 
 The model sees the cached residual stream h ∈ R^{T×D} entering the last block's MLP
-(``skmm_jax.features.extract_features``, whose ``layer_input`` output it is):
+(``skmm_jax.experiments.features.extract_features``, whose ``layer_input`` output it is):
 
     y = h + MLP(Norm_post(h)),   z = (1/T) Σ_t Norm_final(y)_t,   f = Wᵀ z + b,
 
@@ -26,10 +26,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skmm_jax.checks import check_labels
+from skmm_jax.common.checks import as_key, check_labels
+from skmm_jax.common.streaming import check_chunk_size, stream_chunks
 from skmm_jax.gradients import jacobian_sketch_loss, nnx_apply
-from skmm_jax.sketch.base import as_key
-from skmm_jax.streaming import check_chunk_size, stream_chunks
 from skmm_jax.train.loop import check_positive_int, check_training_config, fit, l2_penalty, optimizer
 from skmm_jax.train.probe import LinearProbe
 

@@ -1,6 +1,6 @@
 """Labelled text tasks for data selection: token passages, labels, a stratified split.
 
-Pipeline position: *task* (this module) → *features* (``skmm_jax.features``: one
+Pipeline position: *task* (this module) → *features* (``skmm_jax.experiments.features``: one
 forward pass of a frozen model per passage, cached on disk) → selection on the training
 pool (``skmm_jax.select``) → linear probing / finetuning on the coreset
 (``skmm_jax.train``) → metrics on the test split.
@@ -9,7 +9,7 @@ Two task builders, both model- and corpus-agnostic (a tokenizer is anything with
 ``encode(text, add_special_tokens=False, verbose=False) -> list[int]``):
 
 - `document_passage_task`: documents cut into fixed-length passages, each labelled by
-  its document (``prune_jax.features.wiki_passage_task`` applies it to the shipped
+  its document (``prune_jax.experiments.llama_features.wiki_passage_task`` applies it to the shipped
   Wikipedia sample: ~100 imbalanced classes).
 - `jsonl_task`: any ``{"text": ..., "label": ...}`` per line file.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from skmm_jax.io import iter_jsonl
-from skmm_jax.streaming import Progress
+from skmm_jax.common.io import iter_jsonl
+from skmm_jax.common.streaming import Progress
 
 __all__ = [
     "TextTask",

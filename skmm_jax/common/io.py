@@ -46,7 +46,7 @@ def load_rows(path: str | os.PathLike) -> np.ndarray:
     _check_input_file(path)
     if path.suffix != ".npy":
         raise ValueError(f"{path}: expected a .npy file, got suffix {path.suffix!r}")
-    from skmm_jax.checks import check_rows  # here: the checks import jax, which the CLIs load late
+    from skmm_jax.common.checks import check_rows  # here: the checks import jax, which the CLIs load late
 
     return check_rows(_load_npy(path), name=str(path), width="r")
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from skmm_jax.io import save_json_atomic, temporary_target
+from skmm_jax.common.io import save_json_atomic, temporary_target
 
 MARKER = ".checkpoint-of-skmm-prune-jax.json"
 
