@@ -9,8 +9,9 @@ program did not write itself is never replaced unless the user says ``--overwrit
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -125,6 +126,30 @@ def check_output_dir(path: Path, *, overwrite: bool, flag: str = "--out") -> Non
     if path.exists() and not os.access(path.parent.absolute(), os.W_OK | os.X_OK):
         fail(f"{flag} {path}: its directory {path.parent} is not writable")
     _check_parent_writable(resolved, flag)
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, *, unit: str = "it", total: int | None = None, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """The one adapter from the libraries' ``progress(done, total)`` callbacks to a tqdm bar.
+
+    Yields the callback; the bar takes its total from the first call when none is
+    given (a library that learns its total while it works, e.g. a task's request
+    count), follows later changes of it, and closes on exit, also on an error.
+    """
+    from tqdm import tqdm  # here: importing tqdm costs the CLIs' --help nothing
+
+    bar = tqdm(total=total, unit=unit, desc=desc, disable=disable)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def run_app(app: typer.Typer) -> None:
