@@ -15,16 +15,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_key", "check_labels", "check_positive_fields", "check_rows", "scan_rows"]
+__all__ = ["as_key", "check_labels", "check_positive_fields", "check_positive_int", "check_rows", "scan_rows"]
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    """The one positive-integer rule of both libraries: ``value`` as an int, or ValueError.
+
+    Python ints and numpy integers are accepted (a size read from an array's shape or a
+    numpy computation is an ``np.int64``); bools, floats (even 3.0) and strings are not.
+    The message names the argument: "{name} must be a positive int, got {value!r}".
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        suffix = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive int{suffix}, got {value!r}")
+    return int(value)
 
 
 def check_positive_fields(config: Any, names: tuple[str, ...]) -> None:
-    """ValueError naming the first of a config's ``names`` that is not a positive int
-    (bools refused). For frozen dataclass configs' ``__post_init__``."""
+    """`check_positive_int` on each of a config's ``names`` (for frozen dataclass configs'
+    ``__post_init__``); the error names the first field that fails."""
     for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(getattr(config, name), name)
 
 
 def check_rows(rows: Any, *, name: str = "features", width: str = "d") -> Any:
