@@ -439,3 +439,35 @@ def test_sharded_greedy_draw_equals_single_device():
     hlo = draw_greedy.lower(spectrum, sharded_p, jnp.float32(0.2), 12).compile().as_text()
     gathers = [line for line in hlo.splitlines() if "all-gather" in line and "=" in line]
     assert not [g for g in gathers if "[128," in g or "[128]" in g], gathers
+
+
+def test_a_registered_draw_rule_runs_through_skmm_and_select():
+    """A new draw rule is one DrawRule and one registration; what it declares (uses the
+    relaxed p, needs labels) decides the relax default and the label check."""
+    from skmm_jax.draw import DRAW_RULES, DrawRule, register_draw_rule
+
+    def first_rows(key, spectrum, p, coverage, n, **_):
+        return jnp.arange(n, dtype=jnp.int32), jnp.int32(0)
+
+    def heaviest(key, spectrum, p, coverage, n, *, labels, **_):
+        return jax.lax.top_k(p + 1e-3 * jnp.asarray(labels, jnp.float32), n)[1].astype(jnp.int32), jnp.int32(0)
+
+    register_draw_rule(DrawRule("first-rows", first_rows, uses_relaxation=False))
+    register_draw_rule(DrawRule("heaviest", heaviest, needs_labels=True))
+    try:
+        x, labels = clusters()
+        chosen = select("skmm", jax.random.key(0), x, 6, draw="first-rows")
+        assert chosen.indices.tolist() == list(range(6)) and "c_s" not in chosen.diagnostics
+        assert chosen.diagnostics["draw"] == "first-rows"
+        assert not SkMMConfig(draw="first-rows").solves_relaxation and SkMMConfig(draw="heaviest").solves_relaxation
+        with pytest.raises(ValueError, match="needs labels"):
+            select("skmm", jax.random.key(0), x, 6, draw="heaviest", bisection_steps=1)
+        relaxed = select("skmm", jax.random.key(0), x, 6, draw="heaviest", labels=labels, bisection_steps=1)
+        assert "c_s" in relaxed.diagnostics and len(set(relaxed.indices.tolist())) == 6
+        with pytest.raises(ValueError, match="already registered"):
+            register_draw_rule(DrawRule("first-rows", first_rows))
+    finally:
+        DRAW_RULES.pop("first-rows", None)
+        DRAW_RULES.pop("heaviest", None)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        SkMMConfig(draw="first-rows")

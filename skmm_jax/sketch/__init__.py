@@ -1,9 +1,10 @@
 """Johnson–Lindenstrauss sketches of per-sample gradients (SkMM step 1).
 
-Every kind is registered in ``SKETCH_KINDS`` (name → ``SketchKind``: constructor,
-options, how it sketches a pytree leaf), is a pytree built from an explicit key, applied as ``sketch(x)`` to a
-batch ``[B, r] → [B, m]``; ``make_pytree_sketch`` sketches a pytree of per-sample
-gradients leaf by leaf; ``sketch_rows`` streams a host matrix through a sketch.
+Every kind is an entry of ``SKETCH_KINDS`` (name → ``SketchKind``: constructor,
+options, how it sketches a pytree leaf) and a pytree built from an explicit key,
+applied as ``sketch(x)`` to a batch ``[B, r] → [B, m]``; ``make_pytree_sketch``
+sketches a pytree of per-sample gradients leaf by leaf; ``sketch_rows`` streams a host
+matrix through a sketch.
 """
 
 from skmm_jax.sketch.base import Sketch, SketchKind, sketch_matrix
