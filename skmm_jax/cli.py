@@ -23,6 +23,7 @@ from rich.table import Table
 from skmm_jax.common.cli import check_output_file, fail, fail_config, flags_of, progress_bar, run_app
 from skmm_jax.draw import DRAW_RULES
 from skmm_jax.moments import PREPROCESSING
+from skmm_jax.select import SkMMConfig
 from skmm_jax.sketch.make import SKETCH_KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sketchy Moment Matching data selection in JAX.")
@@ -31,6 +32,7 @@ console = Console(stderr=True)
 SEED_MAX = 2**32 - 1  # jax.random.key(seed) keeps only the low 32 bits: 2**32 would be seed 0 again
 INPUT_ERRORS = (TypeError, FileNotFoundError)  # ValueErrors go through fail_config
 SKETCH_FLAGS = flags_of(("kind", "nnz", "hashing", "chunk_size"))
+DEFAULT = SkMMConfig()  # the library's SkMM defaults, quoted in the help
 SKMM_FLAGS = ("c_s", "draw", "preprocess", "ridge", "relax", "candidates")
 DEMO_FLAGS = flags_of(("samples", "sketch_dim", "seed"))
 SELECT_FLAGS = flags_of((*SKMM_FLAGS, "n", "method", "labels", "sketch_kind", "sketch_dim"), **{"relax=False": "--no-relax"})
@@ -155,11 +157,11 @@ def select(
     sketch_kind: Optional[str] = typer.Option(None, help=f"Sketch the features first with this kind: {' | '.join(SKETCH_KINDS)}."),
     sketch_dim: Optional[int] = typer.Option(None, min=1, help="Sketch dimension m, 0 < m < d (default 256 when --sketch-kind is given)."),
     c_s: Optional[float] = typer.Option(None, "--c-s", help="SkMM: moment-matching constant c_S > 0 (default: smallest feasible, by bisection)."),
-    draw: Optional[str] = typer.Option(None, help=f"SkMM: {' | '.join(DRAW_RULES)} (default greedy; balanced needs --labels)."),
+    draw: Optional[str] = typer.Option(None, help=f"SkMM: {' | '.join(DRAW_RULES)} (default {DEFAULT.draw}; balanced needs --labels)."),
     preprocess: Optional[str] = typer.Option(
         None, help=f"SkMM: the geometry moments are matched in: {' | '.join(PREPROCESSING)} "
-        "(default: standardize-unit, chosen on 7 real tasks; see docs/selection.md)."),
-    ridge: Optional[float] = typer.Option(None, help="SkMM: ρ of the greedy draw, in units of one sample's top-direction moment (default 1.0)."),
+        f"(default: {DEFAULT.preprocess}, chosen on 7 real tasks; see docs/selection.md)."),
+    ridge: Optional[float] = typer.Option(None, help=f"SkMM: ρ of the greedy draw, in units of one sample's top-direction moment (default {DEFAULT.ridge})."),
     relax: Optional[bool] = typer.Option(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
         "the greedy draw does not)."),

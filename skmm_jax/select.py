@@ -1,9 +1,11 @@
 """SkMM end to end, the registry of every selection method, and the one ``select`` entry point.
 
 ``skmm(key, sketched, n)`` runs steps 2–4 on sketched gradients G̃ [N, m]:
-spectrum → c_S (default: the most demanding feasible one, by bisection) → relaxed
-weights p (optax, exact capped-simplex projections) → discrete coreset (greedy moment
-matching by default, ``draw.draw``) → diagnostics of the subset actually returned.
+preprocessing → spectrum → [c_S (default: the most demanding feasible one, by
+bisection) → relaxed weights p (optax, exact capped-simplex projections), when the
+draw uses them] → discrete coreset (a ``draw.DRAW_RULES`` entry, greedy moment matching
+by default) → diagnostics of the subset actually returned. ``SkMMConfig`` holds the one
+set of defaults, which ``select("skmm", ...)`` and the command line use too.
 
 ``METHODS`` maps every method name to a ``SelectionMethod`` (``skmm_jax.methods``: one
 signature, ``(indices, diagnostics)`` out, ``needs_labels`` declared): SkMM, the
@@ -165,6 +167,8 @@ def skmm(
     Args:
       key: PRNG key (used by the random draw rules).
       sketched: [N, m] sketched per-sample gradients G̃ (or features); may be sharded over N.
+        ``config.preprocess`` is applied first (default "standardize-unit"; "none" takes
+        them as given).
       n: coreset size, 0 < n ≤ N.
       config: see ``SkMMConfig``.
       labels: [N] int classes, only for draw="balanced".
