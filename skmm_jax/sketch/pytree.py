@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from skmm_jax.common.checks import as_key
 from skmm_jax.common.pytree import Array, pytree_dataclass
 from skmm_jax.sketch.base import Sketch, check_dims
-from skmm_jax.sketch.make import check_options, sketch_kind
+from skmm_jax.sketch.make import SKETCH_KINDS, check_options, sketch_kind
 
 
 class PytreeSketch:
@@ -103,7 +103,8 @@ def make_pytree_sketch(
     leaves = [leaf for _, leaf in path_leaves]
     paths = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in path_leaves]
     if split is not None and not entry.factored:
-        raise ValueError(f"split= applies to the factored (Kronecker) kinds only, not {kind!r}")
+        factored = " or ".join(name for name, other in SKETCH_KINDS.items() if other.factored)
+        raise ValueError(f"split= applies to the {factored} kind only (a factored sketch), not {kind!r}")
     if not leaves:
         raise ValueError("pytree sketch: the example tree has no leaves")
     if not entry.factored:  # a factored kind's leaf takes the shape from the leaf itself
