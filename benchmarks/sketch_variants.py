@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from skmm_jax.common.io import save_json_atomic
-from skmm_jax.sketch import make_sketch
+from skmm_jax.sketch import SKETCH_KINDS, make_sketch
 from skmm_jax.sketch.quality import inner_product_error, subspace_distortion
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,17 +49,18 @@ SHAPES = [(4096, 10_000, 512), (4096, 100_000, 512), (1024, 1_000_000, 512), (10
 QUICK_SHAPES = [(512, 10_000, 128), (256, 100_000, 128)]
 RANK = 32
 SJLT_NNZ = 4
-JAX_METHODS = [
-    ("gaussian", {}),
-    ("rademacher", {}),
-    ("sjlt", {"nnz": SJLT_NNZ}),
-    ("countsketch", {}),
-    ("sjlt-uniform", {"nnz": SJLT_NNZ, "hashing": "uniform"}),
-    ("countsketch-uniform", {"hashing": "uniform"}),
-    ("srht", {}),
-    ("kronecker", {}),
-]
-SPARSE = {"sjlt", "countsketch", "sjlt-uniform", "countsketch-uniform"}
+
+
+def _jax_methods() -> list[tuple[str, str, dict]]:
+    """(row name, kind, options): every registered kind with its default options (sjlt
+    with SJLT_NNZ), then the textbook-hash variant of each kind that takes ``hashing``."""
+    base = [(name, name, {"nnz": SJLT_NNZ} if "nnz" in entry.options else {}) for name, entry in SKETCH_KINDS.items()]
+    hashed = [(f"{name}-uniform", name, {**options, "hashing": "uniform"}) for name, _, options in base if "hashing" in SKETCH_KINDS[name].options]
+    last_hashed = max((i for i, (name, _, _) in enumerate(base) if "hashing" in SKETCH_KINDS[name].options), default=len(base) - 1)
+    return base[: last_hashed + 1] + hashed + base[last_hashed + 1 :]
+
+
+JAX_METHODS = _jax_methods()
 
 
 def timed(fn, repeats: int) -> tuple[float, int]:
@@ -103,8 +104,7 @@ def quality(draws: list[tuple[np.ndarray, np.ndarray]], g_probe: np.ndarray) -> 
     return {"subspace_eps": float(np.mean(eps)), "inner_product_error": float(np.mean(ip)), "draws": len(draws)}
 
 
-def bench_jax(name, options, key, g, q, m, repeats):
-    kind = name.split("-")[0]
+def bench_jax(name, kind, options, key, g, q, m, repeats):
     r = g.shape[1]
     build = lambda k: make_sketch(kind, k, r, m, **options)  # noqa: E731
     sketch = build(key)
@@ -282,8 +282,8 @@ def main() -> None:
         entry = {"N": n, "r": r, "m": m, "floor_seconds": floor, "rows": []}
         payload["shapes"].append(entry)
         print(f"\nN={n} r={r} m={m}: floor {floor:.3f} s", flush=True)
-        for name, options in JAX_METHODS:
-            row = bench_jax(name, options, jax.random.fold_in(key, 1), g, q, m, args.repeats)
+        for name, kind, options in JAX_METHODS:
+            row = bench_jax(name, kind, options, jax.random.fold_in(key, 1), g, q, m, args.repeats)
             entry["rows"].append(row)
             print(f"  {name:24s} {row['seconds']:8.3f} s  ×{row['seconds'] / floor:6.1f}  eps {row['subspace_eps']:.3f}  ip {row['inner_product_error']:.3f}", flush=True)
             write_outputs(payload)

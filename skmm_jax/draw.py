@@ -25,8 +25,10 @@ Rules:
   - "swap": draw ∝ p, then local search on D: exchange the member whose removal
     costs least with the non-member that then helps most, while D(S) decreases.
 
-``draw(rule, ...)`` dispatches on the rule name (``SkMMConfig.draw``); every rule
-scores subsets with ``subset_loss``, the relaxation's own objective
+``DRAW_RULES`` maps every rule name (``SkMMConfig.draw``) to a ``DrawRule``: the
+function and what it needs (the relaxed p, labels); ``draw(rule, ...)`` runs an entry,
+and a new rule is one function plus one ``register_draw_rule``. The moment-matching
+rules score subsets with ``subset_loss``, the relaxation's own objective
 (``moments.shortfall_loss``) at p = 1_S/n.
 
 Why the discrete rules: solving the relaxation exactly and sampling ∝ p does not make
@@ -38,7 +40,9 @@ runs inside one jitted ``lax`` loop (so a greedy draw is O(n N m) in total).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +53,6 @@ from skmm_jax.moments import Spectrum, direction_weights, shortfall_loss
 from skmm_jax.sampling import class_quotas, sample_without_replacement
 
 Array = jax.Array
-
-DRAWS = ("greedy", "greedy-diagonal", "swap", "sample", "top", "balanced")
-
 
 def subset_loss(total: Array, target: Array, weights: Array, n: int) -> Array:
     """D(S) for coreset moment sums ``total`` [..., m] (members weigh 1/n): the
@@ -181,6 +182,89 @@ def refine_swaps(spectrum: Spectrum, indices: Array, coverage: Array, weights: A
     return indices, swaps
 
 
+@dataclasses.dataclass(frozen=True)
+class DrawRule:
+    """One entry of ``DRAW_RULES``: how the relaxed weights p become n indices.
+
+    Attributes:
+      name: the name ``SkMMConfig.draw`` and ``--draw`` use.
+      run: ``run(key, spectrum, p, coverage, n, *, ridge, weighting, max_swaps, labels)
+        -> (indices [n] int32, swaps made)``; a rule takes what it uses and ignores the
+        rest (``**_``).
+      uses_relaxation: it draws from (or starts at) the relaxed p, so SkMM solves the
+        relaxation for it. False: p only breaks exact ties (uniform p will do).
+      needs_labels: it needs [N] int classes (then it is not jittable).
+      summary: one line for help texts and docs.
+    """
+
+    name: str
+    run: Callable[..., tuple[Array, Array]]
+    uses_relaxation: bool = True
+    needs_labels: bool = False
+    summary: str = ""
+
+
+_NO_SWAPS = jnp.int32(0)
+
+
+def _greedy(key, spectrum, p, coverage, n, *, ridge, **_):
+    return draw_greedy(spectrum, p, jnp.float32(ridge), n), _NO_SWAPS
+
+
+def _greedy_diagonal(key, spectrum, p, coverage, n, *, weighting, **_):
+    return draw_greedy_diagonal(spectrum, p, coverage, direction_weights(spectrum, weighting), n), _NO_SWAPS
+
+
+def _swap(key, spectrum, p, coverage, n, *, weighting, max_swaps, **_):
+    start = draw_sample(key, p, n)
+    return refine_swaps(spectrum, start, coverage, direction_weights(spectrum, weighting), n, max_swaps or n)
+
+
+def _sample(key, spectrum, p, coverage, n, **_):
+    return draw_sample(key, p, n), _NO_SWAPS
+
+
+def _top(key, spectrum, p, coverage, n, **_):
+    return draw_top(p, n), _NO_SWAPS
+
+
+def _balanced(key, spectrum, p, coverage, n, *, labels, **_):
+    labels = jnp.asarray(labels, jnp.int32)
+    return draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1), _NO_SWAPS
+
+
+DRAW_RULES: dict[str, DrawRule] = {
+    rule.name: rule
+    for rule in (
+        DrawRule("greedy", _greedy, uses_relaxation=False, summary="full-matrix moment matching, min tr(Λ(Z_SᵀZ_S + ρI)⁻¹)"),
+        DrawRule("greedy-diagonal", _greedy_diagonal, summary="greedy on the relaxation's diagonal objective D(S)"),
+        DrawRule("swap", _swap, summary="a draw ∝ p, then exchanges while D(S) decreases"),
+        DrawRule("sample", _sample, summary="n draws without replacement ∝ p"),
+        DrawRule("top", _top, summary="the n largest p"),
+        DrawRule("balanced", _balanced, needs_labels=True, summary="per-class shares ∝ class p-mass, drawn ∝ p"),
+    )
+}
+"""Every draw rule by name (see the module docstring)."""
+
+# The names, in registry order (a view: rules registered later appear here too).
+DRAWS = DRAW_RULES.keys()
+
+
+def register_draw_rule(rule: DrawRule) -> DrawRule:
+    """Adds ``rule`` to ``DRAW_RULES`` (ValueError if the name is taken); returns it."""
+    if rule.name in DRAW_RULES:
+        raise ValueError(f"draw rule {rule.name!r} is already registered")
+    DRAW_RULES[rule.name] = rule
+    return rule
+
+
+def draw_rule(name: str) -> DrawRule:
+    """The registry entry of ``name``; ValueError "draw must be one of ..., got 'x'" otherwise."""
+    if not isinstance(name, str) or name not in DRAW_RULES:
+        raise ValueError(f"draw must be one of {', '.join(DRAW_RULES)}, got {name!r}")
+    return DRAW_RULES[name]
+
+
 def draw(
     rule: str,
     key: Array,
@@ -194,7 +278,7 @@ def draw(
     max_swaps: int | None = None,
     labels: Array | None = None,
 ) -> tuple[Array, Array]:
-    """p → n indices by ``rule`` (one of ``DRAWS``); returns (indices [n] int32, swaps made).
+    """p → n indices by ``rule`` (a name from ``DRAW_RULES``); returns (indices [n] int32, swaps made).
 
     Args:
       rule: see the module docstring.
@@ -204,24 +288,10 @@ def draw(
       ridge: ρ of "greedy".
       weighting: the objective's direction weights ω ("greedy-diagonal", "swap").
       max_swaps: cap on exchanges of "swap" (None: n).
-      labels: [N] int classes, "balanced" only (it is then not jittable).
+      labels: [N] int classes, for the rules with ``needs_labels`` ("balanced", which
+        is then not jittable).
     """
-    swaps = jnp.int32(0)
-    if rule == "sample":
-        return draw_sample(key, p, n), swaps
-    if rule == "top":
-        return draw_top(p, n), swaps
-    if rule == "balanced":
-        if labels is None:
-            raise ValueError('draw="balanced" needs labels (one int class per sample)')
-        labels = jnp.asarray(labels, jnp.int32)
-        return draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1), swaps
-    if rule == "greedy":
-        return draw_greedy(spectrum, p, jnp.float32(ridge), n), swaps
-    weights = direction_weights(spectrum, weighting)
-    if rule == "greedy-diagonal":
-        return draw_greedy_diagonal(spectrum, p, coverage, weights, n), swaps
-    if rule == "swap":
-        start = draw_sample(key, p, n)
-        return refine_swaps(spectrum, start, coverage, weights, n, max_swaps or n)
-    raise ValueError(f"draw must be one of {DRAWS}, got {rule!r}")
+    entry = draw_rule(rule)
+    if entry.needs_labels and labels is None:
+        raise ValueError(f"draw {rule!r} needs labels (one int class per sample)")
+    return entry.run(key, spectrum, p, coverage, n, ridge=ridge, weighting=weighting, max_swaps=max_swaps, labels=labels)

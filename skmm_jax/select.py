@@ -1,9 +1,11 @@
 """SkMM end to end, the registry of every selection method, and the one ``select`` entry point.
 
 ``skmm(key, sketched, n)`` runs steps 2–4 on sketched gradients G̃ [N, m]:
-spectrum → c_S (default: the most demanding feasible one, by bisection) → relaxed
-weights p (optax, exact capped-simplex projections) → discrete coreset (greedy moment
-matching by default, ``draw.draw``) → diagnostics of the subset actually returned.
+preprocessing → spectrum → [c_S (default: the most demanding feasible one, by
+bisection) → relaxed weights p (optax, exact capped-simplex projections), when the
+draw uses them] → discrete coreset (a ``draw.DRAW_RULES`` entry, greedy moment matching
+by default) → diagnostics of the subset actually returned. ``SkMMConfig`` holds the one
+set of defaults, which ``select("skmm", ...)`` and the command line use too.
 
 ``METHODS`` maps every method name to a ``SelectionMethod`` (``skmm_jax.methods``: one
 signature, ``(indices, diagnostics)`` out, ``needs_labels`` declared): SkMM, the
@@ -28,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from skmm_jax.baselines import BASELINES
-from skmm_jax.common.checks import check_labels, scan_rows
+from skmm_jax.common.checks import check_labels, check_positive_int, scan_rows
 from skmm_jax.common.streaming import Progress
 from skmm_jax.deepcore import DEEPCORE
-from skmm_jax.draw import DRAWS, draw, subset_loss
+from skmm_jax.draw import DRAW_RULES, draw, draw_rule, subset_loss
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     PREPROCESSING,
@@ -59,29 +61,46 @@ ZERO_FEATURES = (
 class SkMMConfig:
     """Settings of SkMM steps 2–4 (hashable, so it can be a static jit argument).
 
+    The one set of SkMM defaults: ``skmm()``, ``select("skmm", ...)`` and ``skmm-jax
+    select`` all start from ``SkMMConfig()``. They were chosen by
+    ``benchmarks/selection_suite.py`` (best mean validation rank against the label-free
+    baselines over 7 real tasks × 5 budgets; docs/selection.md states the rule and the
+    numbers): rows standardized then scaled to unit length, the greedy draw with
+    ρ = 1.0, no relaxation. The theory's own inputs (as in the paper and
+    ``benchmarks/synthetic_regression.py``) are ``SkMMConfig(preprocess="none",
+    ridge=0.2, relax=True)``.
+
     Attributes:
+      preprocess: the geometry moments are matched in (``moments.PREPROCESSING``,
+        applied by ``moments.preprocess_pool``): "standardize-unit" (default), "none"
+        (the sketched gradients as given), "center", "standardize", "unit", "center-unit".
       c_s: the moment-matching constant (1/c_S of every eigenvalue is required of the
         coreset). None: c_S = 1/κ*, the smallest value the pool can satisfy with n
         samples, found by bisection (see ``solve.max_feasible_coverage``).
-      draw: how p becomes n indices: "greedy" (default, full-matrix discrete moment
-        matching), "greedy-diagonal", "swap", "sample", "top", "balanced" (needs
-        labels). See ``skmm_jax.draw``.
+      draw: how p becomes n indices, a name from ``draw.DRAW_RULES``: "greedy"
+        (default, full-matrix discrete moment matching), "greedy-diagonal", "swap",
+        "sample", "top", "balanced" (needs labels). See ``skmm_jax.draw``.
       ridge: ρ of the greedy draw, in units of one sample's moment along the top
-        eigenvector (Z_SᵀZ_S + ρI). 0.2 was chosen on synthetic seeds 0–3 and held on
-        seeds 4–7 (benchmarks/synthetic_regression.py); smaller values weigh
-        unexplored low-variance directions more.
+        eigenvector (Z_SᵀZ_S + ρI). 1.0 was chosen with the default preprocessing on
+        real tasks (above); on raw sketched gradients 0.2 was chosen on synthetic seeds
+        0–3 and held on seeds 4–7 (benchmarks/synthetic_regression.py). Smaller values
+        weigh unexplored low-variance directions more.
       solver: optimiser settings; the default Adam on centred gradients with the
         "relative" weighting reached the requested coverage in every direction in
         our measurements where projected gradient stalled on small eigenvalues.
       rank_tol: eigenvalues below rank_tol·λ_max are ignored.
       max_swaps: cap on exchanges for draw="swap" (None: n).
       bisection_steps: solves used to find the default c_S.
-      relax: solve the relaxation (and, with c_s None, its c_S bisection). The default
-        greedy draw minimises the sketched variance on the subset itself and uses p only
-        to break exact ties, so relax=False (draw="greedy" only) skips every solve —
-        most of SkMM's time on large pools — and draws with uniform p; the relaxation's
-        diagnostics (c_s, relaxed_coverage, loss curve, ...) are then absent.
-      candidates: the candidate pre-filter for very large pools (relax=False only): the
+      relax: solve the relaxation (and, with c_s None, its c_S bisection). None
+        (default): only when it is used, i.e. for a draw rule with
+        ``uses_relaxation`` (every rule but "greedy") or a given c_s; see
+        ``solves_relaxation``. The greedy draw minimises the sketched variance on the
+        subset itself and uses p only to break exact ties, so without the relaxation
+        it skips every solve — most of SkMM's time on large pools — and draws with
+        uniform p; the relaxation's diagnostics (c_s, relaxed_coverage, loss curve,
+        ...) are then absent. False needs a rule without ``uses_relaxation``.
+      candidates: the candidate pre-filter for very large pools (without the
+        relaxation only): the
         greedy picks among a uniform random subset C of this many rows (drawn from the
         key) while Σ̃, its eigenbasis and Λ still come from all N rows, so every pick is
         scored against the full pool's moments. A step then costs O(|C| m) instead of
@@ -90,30 +109,41 @@ class SkMMConfig:
         keeps every region in proportion (a top-k by a score would not).
     """
 
+    preprocess: str = "standardize-unit"
     c_s: float | None = None
     draw: str = "greedy"
-    ridge: float = 0.2
+    ridge: float = 1.0
     solver: SolverConfig = SolverConfig(optimizer="adam", weighting="relative", max_steps=1000)
     rank_tol: float = 1e-6
     max_swaps: int | None = None
     bisection_steps: int = 10
-    relax: bool = True
+    relax: bool | None = None
     candidates: int | None = None
 
     def __post_init__(self):
-        if self.draw not in DRAWS:
-            raise ValueError(f"draw must be one of {DRAWS}, got {self.draw!r}")
-        if not self.relax and self.draw != "greedy":
-            raise ValueError(f'relax=False needs draw="greedy" (draw={self.draw!r} uses the relaxed weights p)')
+        if self.preprocess not in PREPROCESSING:
+            raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {self.preprocess!r}")
+        rule = draw_rule(self.draw)
+        if self.relax is False and rule.uses_relaxation:
+            without = " or ".join(f'draw="{r.name}"' for r in DRAW_RULES.values() if not r.uses_relaxation)
+            raise ValueError(f"relax=False needs {without} (draw={self.draw!r} uses the relaxed weights p)")
         if self.c_s is not None and not (isinstance(self.c_s, (int, float)) and math.isfinite(self.c_s) and self.c_s > 0):
-            raise ValueError(f"c_s must be a positive finite number or None, got {self.c_s!r}")
+            raise ValueError(f"c_s must be a positive finite number or None (the smallest feasible c_S), got {self.c_s!r}")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge > 0):
             raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
-        if self.candidates is not None:
-            if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
-                raise ValueError(f"candidates must be a positive int or None, got {self.candidates!r}")
-            if self.relax:
-                raise ValueError("candidates (the pre-filter) needs relax=False: the relaxation weighs every row")
+        check_positive_int(self.candidates, "candidates", allow_none=True)
+        if self.candidates is not None and self.solves_relaxation:
+            raise ValueError(
+                "candidates (the pre-filter) needs relax=False, the greedy draw and no c_s: the relaxation weighs every row"
+            )
+
+    @property
+    def solves_relaxation(self) -> bool:
+        """Whether SkMM solves the relaxation: ``relax``, or when None, whether the draw
+        rule uses p or a c_S is given."""
+        if self.relax is not None:
+            return bool(self.relax)
+        return draw_rule(self.draw).uses_relaxation or self.c_s is not None
 
 
 def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
@@ -137,6 +167,8 @@ def skmm(
     Args:
       key: PRNG key (used by the random draw rules).
       sketched: [N, m] sketched per-sample gradients G̃ (or features); may be sharded over N.
+        ``config.preprocess`` is applied first (default "standardize-unit"; "none" takes
+        them as given).
       n: coreset size, 0 < n ≤ N.
       config: see ``SkMMConfig``.
       labels: [N] int classes, only for draw="balanced".
@@ -156,19 +188,19 @@ def skmm(
       ValueError: n out of range, or ``sketched`` all zero (no direction carries
         moment, so there is nothing to match).
     """
-    check_subset_size(n, sketched.shape[0])
-    spectrum = sketched_spectrum(sketched, rank_tol=config.rank_tol)
+    num = sketched.shape[0]
+    check_subset_size(n, num)
+    if config.candidates is not None and config.candidates < n:
+        raise ValueError(f"candidates {config.candidates} is smaller than the coreset size n = {n}: the greedy picks the coreset among the candidates")
+    spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     if not bool(jnp.any(spectrum.active)):
         raise ValueError(f"sketched gradients {ZERO_FEATURES}")
     solver = config.solver
-    if not config.relax:
-        num = sketched.shape[0]
+    if not config.solves_relaxation:
         if config.candidates is None or config.candidates >= num:
             indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
             extra = {} if config.candidates is None else {"candidates": num, "candidates_requested": config.candidates}  # ≥ N: every row
             return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **extra}
-        if config.candidates < n:
-            raise ValueError(f"candidates={config.candidates} is smaller than the coreset size n={n}")
         # Uniform candidate rows (sorted: the draw's ties then still go to the lower index);
         # the spectrum's eigenbasis and Λ stay the full pool's.
         rows = jnp.sort(jax.random.permutation(jax.random.fold_in(key, 1), num)[: config.candidates]).astype(jnp.int32)
@@ -224,58 +256,44 @@ def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: S
     """The jittable core of SkMM for a given coverage κ = 1/c_S: G̃ → n indices.
 
     Composes under ``jit``/``vmap`` over keys (n and config static); ``skmm`` adds
-    the default-c_S bisection and the diagnostics around the same steps. Not for
-    draw="balanced" (labels).
+    the default-c_S bisection and the diagnostics around the same steps (it always
+    solves the relaxation, at the given κ). Not for the draw rules that need labels.
     """
-    spectrum = sketched_spectrum(sketched, rank_tol=config.rank_tol)
+    spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     solved = solve_moment_matching(spectrum, coverage, n, config.solver)
     return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
 
 
-def _skmm_config(options: dict[str, Any]) -> SkMMConfig:
-    """``SkMMConfig`` from flat ``SkMMConfig`` and ``SolverConfig`` fields (ValueError/TypeError when bad)."""
+def skmm_config(options: dict[str, Any]) -> SkMMConfig:
+    """``SkMMConfig`` from flat ``SkMMConfig`` and ``SolverConfig`` fields (what ``select``'s
+    ``**options`` and the command line give); unset fields keep ``SkMMConfig``'s defaults.
+
+    Raises:
+      ValueError: a field's value is bad (the message starts with the field's name).
+      TypeError: an unknown field.
+    """
     options = dict(options)
     solver_fields = {f.name for f in dataclasses.fields(SolverConfig)}
     solver_options = {k: options.pop(k) for k in list(options) if k in solver_fields}
-    base = SkMMConfig()
-    return SkMMConfig(**options, solver=dataclasses.replace(base.solver, **solver_options)) if (options or solver_options) else base
-
-
-SELECT_DEFAULTS: dict[str, Any] = {"preprocess": "standardize-unit", "ridge": 1.0, "relax": False}
-"""What ``select("skmm", ...)`` and ``skmm-jax select`` use unless told otherwise: chosen by
-``benchmarks/selection_suite.py`` (best mean validation rank against the label-free
-baselines over 7 real tasks × 5 budgets; docs/selection.md states the rule and the numbers).
-``skmm()`` itself keeps the theory's inputs (no preprocessing, the relaxation solved)."""
-
-
-def _select_options(options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(preprocess, SkMMConfig options) with ``SELECT_DEFAULTS`` filled in. The relaxation
-    is switched back on (unless ``relax`` is given) for the draw rules that use its p and
-    when a c_S is asked for."""
-    given = options
-    options = {**SELECT_DEFAULTS, **given}
-    if (options.get("draw", "greedy") != "greedy" or options.get("c_s") is not None) and "relax" not in given:
-        options["relax"] = True
-    preprocess = options.pop("preprocess")
-    if preprocess not in PREPROCESSING:
-        raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {preprocess!r}")
-    return preprocess, options
+    if not (options or solver_options):
+        return SkMMConfig()
+    solver = dataclasses.replace(SkMMConfig.__dataclass_fields__["solver"].default, **solver_options)
+    return SkMMConfig(**options, solver=solver)
 
 
 def _skmm_run(
     key: Array, features: Array, n: int, *, labels: Any = None, progress: Progress | None = None, **options: Any
 ) -> tuple[Array, dict]:
-    """SkMM as a registry entry: ``preprocess`` (``moments.PREPROCESSING``) plus flat
-    ``SkMMConfig`` / ``SolverConfig`` fields, over ``SELECT_DEFAULTS``."""
-    preprocess, options = _select_options(options)
-    indices, diagnostics = skmm(key, preprocess_pool(features, preprocess), n, config=_skmm_config(options), labels=labels, progress=progress)
-    return indices, {**diagnostics, "preprocess": preprocess}
+    """SkMM as a registry entry: flat ``SkMMConfig`` / ``SolverConfig`` fields over its defaults."""
+    config = skmm_config(options)
+    indices, diagnostics = skmm(key, features, n, config=config, labels=labels, progress=progress)
+    return indices, {**diagnostics, "preprocess": config.preprocess}
 
 
 def _skmm_check(options: dict, labels: Any) -> None:
-    _, options = _select_options(options)
-    if _skmm_config(options).draw == "balanced" and labels is None:
-        raise ValueError('draw="balanced" needs labels (one int class per sample)')
+    config = skmm_config(options)
+    if draw_rule(config.draw).needs_labels and labels is None:
+        raise ValueError(f"draw {config.draw!r} needs labels (one int class per sample)")
 
 
 METHODS: dict[str, SelectionMethod] = {
@@ -334,8 +352,8 @@ def select(
         reports ``(solves_done, solves_total)`` between the solves of the relaxation
         (the default c_S takes 1 + bisection_steps solves; each can take minutes on a
         large pool). Ignored by the other built-in methods.
-      **options: passed to the selector (for "skmm": ``preprocess`` and ``SkMMConfig``
-        / ``SolverConfig`` fields over ``SELECT_DEFAULTS``, e.g. ``preprocess="none",
+      **options: passed to the selector (for "skmm": ``SkMMConfig`` / ``SolverConfig``
+        fields over ``SkMMConfig``'s defaults, e.g. ``preprocess="none",
         c_s=0.8, draw="swap", optimizer="nesterov"``).
 
     Returns:
@@ -350,7 +368,8 @@ def select(
         for the other methods: they still return a subset (chosen arbitrarily), with
         ``subset_coverage`` inf.
     """
-    from skmm_jax.sketch import KINDS, make_sketch, sketch_rows
+    from skmm_jax.sketch import make_sketch, sketch_rows
+    from skmm_jax.sketch.make import sketch_kind as registered_kind
 
     if isinstance(method, SelectionMethod):
         entry = method
@@ -368,10 +387,11 @@ def select(
     check_subset_size(n, num)
     if entry.needs_labels and labels is None:
         raise ValueError(f"method {entry.name!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
-    if (sketch_kind is None) != (sketch_dim is None):
-        raise ValueError("sketch_kind and sketch_dim go together: give both or neither")
-    if sketch_kind is not None and sketch_kind not in KINDS:
-        raise ValueError(f"unknown sketch kind {sketch_kind!r}; choose one of {KINDS}")
+    if sketch_kind is None and sketch_dim is not None:
+        raise ValueError("sketch_dim needs sketch_kind (which sketch to apply), e.g. sketch_kind='sjlt'")
+    if sketch_kind is not None:
+        registered_kind(sketch_kind, name="sketch_kind")  # an unknown kind fails before any work
+        check_positive_int(sketch_dim, "sketch_dim")
     if labels is not None:
         labels = check_labels(labels, num)
     if entry.check_options is not None:  # bad options fail here, before the sketching pass

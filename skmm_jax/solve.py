@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.precision import HIGHEST
 from skmm_jax.common.streaming import Progress
 from skmm_jax.moments import Spectrum, direction_coverage, direction_weights, moment_matching_loss
@@ -102,8 +103,7 @@ class SolverConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
+        check_positive_int(self.max_steps, "max_steps")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not self.tol >= 0:

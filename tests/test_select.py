@@ -22,8 +22,13 @@ from skmm_jax.moments import (
     subset_weights,
 )
 from skmm_jax.sampling import class_quotas
-from skmm_jax.select import METHODS, SELECT_DEFAULTS, SkMMConfig, select, skmm, skmm_indices
+from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
+
+
+# The theory's inputs (the sketched gradients as given, ρ = 0.2): what these tests check
+# skmm() on; SkMMConfig()'s defaults are select's (standardize-unit, ρ = 1.0, no relaxation).
+THEORY = {"preprocess": "none", "ridge": 0.2}
 
 
 def clusters(seed=0, sizes=(120, 60, 30, 8, 3), dim=16, spread=0.3):
@@ -189,10 +194,10 @@ def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_s
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((600, 6)) @ rng.standard_normal((6, 24)) + 0.05 * rng.standard_normal((600, 24))).astype(np.float32)
     key, n = jax.random.key(4), 20
-    full, _ = skmm(key, x, n, config=SkMMConfig(relax=False))
-    same, _ = skmm(key, x, n, config=SkMMConfig(relax=False, candidates=600))  # c ≥ N: no pre-filter
+    full, _ = skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False))
+    same, _ = skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False, candidates=600))  # c ≥ N: no pre-filter
     np.testing.assert_array_equal(np.asarray(same), np.asarray(full))
-    idx, diag = skmm(key, x, n, config=SkMMConfig(relax=False, candidates=150))
+    idx, diag = skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False, candidates=150))
     idx = np.asarray(idx)
     rows = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), 600))[:150])
     assert diag["candidates"] == 150 and len(set(idx.tolist())) == n and set(idx.tolist()) <= set(rows.tolist())
@@ -205,9 +210,10 @@ def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_s
     variance, best = float(subset_variance(idx, spectrum, 0.2)), float(subset_variance(full, spectrum, 0.2))
     assert best <= variance < min(uniform)
     with pytest.raises(ValueError, match="smaller than the coreset size"):
-        skmm(key, x, n, config=SkMMConfig(relax=False, candidates=10))
-    with pytest.raises(ValueError, match="needs relax=False"):
-        SkMMConfig(candidates=100)
+        skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False, candidates=10))
+    for relaxed in ({"relax": True}, {"c_s": 0.5}, {"draw": "sample"}):  # each solves the relaxation
+        with pytest.raises(ValueError, match="needs relax=False"):
+            SkMMConfig(candidates=100, **relaxed)
     with pytest.raises(ValueError, match="positive int"):
         SkMMConfig(relax=False, candidates=0)
 
@@ -226,7 +232,7 @@ def test_draw_dispatch_names_the_rule_and_needs_labels_for_balanced():
     x, _ = clusters()
     spec = sketched_spectrum(x)
     p = jnp.full((len(x),), 1 / len(x), jnp.float32)
-    for rule in DRAWS[:-1]:
+    for rule in tuple(DRAWS)[:-1]:
         indices, _ = draw(rule, jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
         assert len(set(np.asarray(indices).tolist())) == 8, rule
     with pytest.raises(ValueError, match="needs labels"):
@@ -274,7 +280,7 @@ def test_sharded_solver_equals_single_device():
 
 def test_skmm_diagnostics_and_subset():
     x, labels = clusters()
-    idx, diag = skmm(jax.random.key(0), x, 15, config=SkMMConfig(bisection_steps=6))
+    idx, diag = skmm(jax.random.key(0), x, 15, config=SkMMConfig(**THEORY, relax=True, bisection_steps=6))
     idx = np.asarray(idx)
     assert len(set(idx.tolist())) == 15
     assert set(labels[idx].tolist()) == set(range(5))
@@ -285,8 +291,8 @@ def test_skmm_diagnostics_and_subset():
 def test_skmm_without_the_relaxation_draws_the_same_greedy_subset():
     """The greedy draw uses p only for exact ties, so skipping the solves changes nothing."""
     x = np.asarray(jax.random.normal(jax.random.key(3), (120, 6)) * jnp.arange(1, 7, dtype=jnp.float32)[None, :])
-    relaxed, _ = skmm(jax.random.key(0), x, 12, config=SkMMConfig(bisection_steps=3))
-    direct, diag = skmm(jax.random.key(0), x, 12, config=SkMMConfig(relax=False))
+    relaxed, _ = skmm(jax.random.key(0), x, 12, config=SkMMConfig(**THEORY, relax=True, bisection_steps=3))
+    direct, diag = skmm(jax.random.key(0), x, 12, config=SkMMConfig(**THEORY, relax=False))
     np.testing.assert_array_equal(np.asarray(direct), np.asarray(relaxed))
     assert diag["relax"] is False and "c_s" not in diag and diag["subset_coverage"] > 0
     with pytest.raises(ValueError, match='relax=False needs draw="greedy"'):
@@ -294,13 +300,18 @@ def test_skmm_without_the_relaxation_draws_the_same_greedy_subset():
 
 
 def test_skmm_core_composes_under_jit_and_vmap():
+    """vmap over keys of the jitted core gives, key by key, what skmm() draws at the same
+    c_S (κ = 1/c_S = 2 exactly), and different keys give different subsets."""
     x, _ = clusters()
     keys = jax.random.split(jax.random.key(0), 3)
-    cfg = SkMMConfig(draw="sample")
-    out = jax.vmap(lambda k: skmm_indices(k, jnp.asarray(x), 10, jnp.float32(1.1), cfg))(keys)
+    cfg = SkMMConfig(**THEORY, draw="sample", c_s=0.5)
+    out = np.asarray(jax.vmap(lambda k: skmm_indices(k, jnp.asarray(x), 10, jnp.float32(2.0), cfg))(keys))
     assert out.shape == (3, 10)
-    for row in np.asarray(out):
-        assert len(set(row.tolist())) == 10
+    for key, row in zip(keys, out):
+        alone, diag = skmm(key, x, 10, config=cfg)
+        assert diag["coverage_required"] == 2.0
+        np.testing.assert_array_equal(row, np.asarray(alone))
+    assert len({tuple(row) for row in out.tolist()}) == 3
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -338,9 +349,13 @@ def test_preprocess_pool_matches_numpy(kind):
 def test_select_skmm_defaults_preprocess_then_greedy_without_the_relaxation():
     x = np.random.default_rng(5).standard_normal((80, 6)).astype(np.float32) * np.arange(1, 7, dtype=np.float32) + 3
     chosen = select("skmm", jax.random.key(0), x, 10)
-    direct, _ = skmm(jax.random.key(0), preprocess_pool(jnp.asarray(x), SELECT_DEFAULTS["preprocess"]), 10, config=SkMMConfig(relax=False, ridge=SELECT_DEFAULTS["ridge"]))
+    direct, diag = skmm(jax.random.key(0), x, 10)  # one set of defaults: SkMMConfig()
+    by_hand, _ = skmm(jax.random.key(0), preprocess_pool(jnp.asarray(x), "standardize-unit"), 10, config=SkMMConfig(preprocess="none", relax=False, ridge=1.0))
     np.testing.assert_array_equal(chosen.indices, np.asarray(direct))
-    assert chosen.diagnostics["preprocess"] == SELECT_DEFAULTS["preprocess"] and "c_s" not in chosen.diagnostics
+    np.testing.assert_array_equal(chosen.indices, np.asarray(by_hand))
+    assert chosen.diagnostics["preprocess"] == SkMMConfig().preprocess == "standardize-unit" and "c_s" not in chosen.diagnostics
+    assert {k: v for k, v in chosen.diagnostics.items() if k != "preprocess"} == diag
+    assert not SkMMConfig().solves_relaxation
     # a draw that needs p, or a given c_S, brings the relaxation back
     assert "c_s" in select("skmm", jax.random.key(0), x, 10, draw="sample", bisection_steps=2).diagnostics
     assert select("skmm", jax.random.key(0), x, 10, c_s=2.0).diagnostics["c_s"] == 2.0
@@ -424,3 +439,35 @@ def test_sharded_greedy_draw_equals_single_device():
     hlo = draw_greedy.lower(spectrum, sharded_p, jnp.float32(0.2), 12).compile().as_text()
     gathers = [line for line in hlo.splitlines() if "all-gather" in line and "=" in line]
     assert not [g for g in gathers if "[128," in g or "[128]" in g], gathers
+
+
+def test_a_registered_draw_rule_runs_through_skmm_and_select():
+    """A new draw rule is one DrawRule and one registration; what it declares (uses the
+    relaxed p, needs labels) decides the relax default and the label check."""
+    from skmm_jax.draw import DRAW_RULES, DrawRule, register_draw_rule
+
+    def first_rows(key, spectrum, p, coverage, n, **_):
+        return jnp.arange(n, dtype=jnp.int32), jnp.int32(0)
+
+    def heaviest(key, spectrum, p, coverage, n, *, labels, **_):
+        return jax.lax.top_k(p + 1e-3 * jnp.asarray(labels, jnp.float32), n)[1].astype(jnp.int32), jnp.int32(0)
+
+    register_draw_rule(DrawRule("first-rows", first_rows, uses_relaxation=False))
+    register_draw_rule(DrawRule("heaviest", heaviest, needs_labels=True))
+    try:
+        x, labels = clusters()
+        chosen = select("skmm", jax.random.key(0), x, 6, draw="first-rows")
+        assert chosen.indices.tolist() == list(range(6)) and "c_s" not in chosen.diagnostics
+        assert chosen.diagnostics["draw"] == "first-rows"
+        assert not SkMMConfig(draw="first-rows").solves_relaxation and SkMMConfig(draw="heaviest").solves_relaxation
+        with pytest.raises(ValueError, match="needs labels"):
+            select("skmm", jax.random.key(0), x, 6, draw="heaviest", bisection_steps=1)
+        relaxed = select("skmm", jax.random.key(0), x, 6, draw="heaviest", labels=labels, bisection_steps=1)
+        assert "c_s" in relaxed.diagnostics and len(set(relaxed.indices.tolist())) == 6
+        with pytest.raises(ValueError, match="already registered"):
+            register_draw_rule(DrawRule("first-rows", first_rows))
+    finally:
+        DRAW_RULES.pop("first-rows", None)
+        DRAW_RULES.pop("heaviest", None)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        SkMMConfig(draw="first-rows")

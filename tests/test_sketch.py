@@ -215,3 +215,40 @@ def test_nan_rows_are_named(kind):
     sketch = make_sketch(kind, jax.random.key(0), 256, 16)
     with pytest.raises(ValueError, match=r"rows \[9, 14\] contain NaN or inf"):
         sketch_rows(sketch, x, chunk_size=8)
+
+
+def test_a_registered_kind_reaches_every_entry_point():
+    """A new kind is one SketchKind and one registration: make_sketch, make_pytree_sketch,
+    select(sketch_kind=...) and KINDS take it, with its options checked."""
+    from skmm_jax.select import select
+    from skmm_jax.sketch import SKETCH_KINDS, SketchKind, dense_sketch, register_sketch_kind
+
+    def build(key, in_dim, out_dim, *, block_size=None):  # the gaussian kind under another name
+        return dense_sketch(key, in_dim, out_dim, block_size=block_size)
+
+    register_sketch_kind(SketchKind("test-dense", build, options=("block_size",)))
+    try:
+        assert "test-dense" in KINDS
+        key = jax.random.key(3)
+        np.testing.assert_array_equal(
+            np.asarray(sketch_matrix(make_sketch("test-dense", key, 100, 8, block_size=16))),
+            np.asarray(sketch_matrix(make_sketch("gaussian", key, 100, 8, block_size=16))),
+        )
+        with pytest.raises(ValueError, match="nnz applies to kind sjlt only"):
+            make_sketch("test-dense", key, 100, 8, nnz=2)
+        with pytest.raises(ValueError, match="already registered"):
+            register_sketch_kind(SketchKind("test-dense", build))
+        example = {"w": jnp.zeros((6, 5)), "b": jnp.zeros((5,))}
+        tree = make_pytree_sketch("test-dense", key, example, 8)
+        for index, (leaf, size) in enumerate(zip(tree.leaves, (5, 30))):  # leaves in jax.tree order: b, w
+            np.testing.assert_array_equal(np.asarray(sketch_matrix(leaf)), np.asarray(sketch_matrix(dense_sketch(jax.random.fold_in(key, index), size, 8))))
+        x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+        mine = select("herding", key, x, 5, sketch_kind="test-dense", sketch_dim=8)
+        gaussian = select("herding", key, x, 5, sketch_kind="gaussian", sketch_dim=8)
+        np.testing.assert_array_equal(mine.indices, gaussian.indices)
+        assert mine.diagnostics["sketch"] == {"kind": "test-dense", "dim": 8}
+    finally:
+        SKETCH_KINDS.pop("test-dense", None)
+    assert "test-dense" not in KINDS
+    with pytest.raises(ValueError, match="unknown sketch kind"):
+        make_sketch("test-dense", jax.random.key(0), 100, 8)

@@ -14,11 +14,14 @@ the same object always applies the same Γ, whatever the batch size or chunking.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import jax.numpy as jnp
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.pytree import Array
 
 
@@ -39,11 +42,37 @@ class Sketch(Protocol):
         ...
 
 
-def check_dims(in_dim: int, out_dim: int, *, kind: str) -> None:
-    """Raises a ValueError naming the argument when r or m is not a positive int."""
-    for arg, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{kind} sketch: {arg} must be a positive int, got {value!r}")
+@dataclasses.dataclass(frozen=True)
+class SketchKind:
+    """One sketch kind of the registry (``skmm_jax.sketch.make.SKETCH_KINDS``).
+
+    Adding a kind is a module with its sketch class and one ``SketchKind`` entry, then
+    ``register_sketch_kind(entry)`` (or one line in ``SKETCH_KINDS``): ``make_sketch``,
+    ``make_pytree_sketch``, ``select(sketch_kind=...)`` and the CLI read the registry.
+
+    Attributes:
+      name: the name configs and the command line use ("sjlt").
+      build: ``build(key, in_dim, out_dim, **options) -> Sketch``, r → m.
+      options: the keyword options ``build`` takes (``make_sketch`` refuses others).
+      leaf: how the kind sketches one leaf of a per-sample gradient pytree,
+        ``leaf(key, shape, out_dim, n_in=..., **options) -> Sketch`` on the leaf
+        flattened to prod(shape); None: ``build`` on the flattened leaf.
+      factored: it reads a leaf as a matrix [prod(shape[:n_in]), prod(shape[n_in:])]
+        (a Kronecker sketch), so ``make_pytree_sketch``'s ``split=`` applies to it.
+      summary: one line for help texts and docs.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    options: tuple[str, ...] = ()
+    leaf: Callable[..., Any] | None = None
+    factored: bool = False
+    summary: str = ""
+
+
+def check_dims(in_dim: int, out_dim: int, *, kind: str) -> tuple[int, int]:
+    """(r, m) as ints; a ValueError naming the argument when either is not a positive int."""
+    return (check_positive_int(in_dim, f"{kind} sketch: in_dim"), check_positive_int(out_dim, f"{kind} sketch: out_dim"))
 
 
 def check_batch(x: Array, in_dim: int, *, kind: str) -> Array:

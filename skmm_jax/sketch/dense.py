@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from skmm_jax.common.checks import as_key
+from skmm_jax.common.checks import as_key, check_positive_int
 from skmm_jax.common.pytree import Array, pytree_dataclass
-from skmm_jax.sketch.base import check_batch, check_dims
+from skmm_jax.sketch.base import SketchKind, check_batch, check_dims
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
 
@@ -111,11 +111,24 @@ def dense_sketch(
       block_size: rows of Γ regenerated at once; default keeps a block near 8 MiB.
         Changing it changes Γ (blocks are keyed by their index).
     """
-    check_dims(in_dim, out_dim, kind=distribution)
+    in_dim, out_dim = check_dims(in_dim, out_dim, kind=distribution)
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if block_size is None:
         block_size = max(1, min(in_dim, _BLOCK_ELEMENTS // out_dim))
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    block_size = check_positive_int(block_size, "block_size")
     return DenseSketch(as_key(key), in_dim, out_dim, distribution, block_size)
+
+
+GAUSSIAN = SketchKind(
+    "gaussian",
+    lambda key, in_dim, out_dim, **options: dense_sketch(key, in_dim, out_dim, distribution="gaussian", **options),
+    options=("block_size",),
+    summary="dense N(0, 1/m) entries, regenerated block by block; O(B r m)",
+)
+RADEMACHER = SketchKind(
+    "rademacher",
+    lambda key, in_dim, out_dim, **options: dense_sketch(key, in_dim, out_dim, distribution="rademacher", **options),
+    options=("block_size",),
+    summary="dense ±1/√m entries, regenerated block by block; O(B r m)",
+)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from skmm_jax.common.checks import as_key
 from skmm_jax.common.pytree import Array, pytree_dataclass
-from skmm_jax.sketch.base import check_batch, check_dims
+from skmm_jax.sketch.base import SketchKind, check_batch, check_dims
 from skmm_jax.sketch.dense import DenseSketch, dense_sketch
 
 
@@ -132,3 +132,32 @@ def kronecker_sketch(
         dense_sketch(jax.random.fold_in(key, 0), a, ma),
         dense_sketch(jax.random.fold_in(key, 1), b, mb),
     )
+
+
+def kronecker_flat(key: Array, in_dim: int, out_dim: int, *, shape: tuple[int, int] | None = None) -> KroneckerSketch:
+    """A Kronecker sketch of flattened [a, b] rows, r = a·b (default: the most square a, b)."""
+    shape = shape or split_dim(in_dim)
+    if shape[0] * shape[1] != in_dim:
+        raise ValueError(f"kronecker sketch: shape {tuple(shape)} has {shape[0] * shape[1]} entries, in_dim is {in_dim}")
+    return kronecker_sketch(key, tuple(shape), out_dim)
+
+
+def kronecker_leaf(key: Array, shape: tuple[int, ...], out_dim: int, *, n_in: int = 1, **options) -> KroneckerSketch | DenseSketch:
+    """A pytree leaf's sketch: a kernel [*in, *out] (n_in leading axes contracted with the
+    layer input) gets Γ_a ⊗ Γ_b on [prod(in), prod(out)]; a 1-D leaf (bias, norm scale) a
+    dense Gaussian one."""
+    if options:
+        raise ValueError(f"kronecker sketch of a pytree takes no options (each leaf's matrix shape comes from the leaf and split=), got {sorted(options)}")
+    if len(shape) < 2:
+        return dense_sketch(key, math.prod(shape), out_dim)
+    return kronecker_flat(key, math.prod(shape), out_dim, shape=(math.prod(shape[:n_in]), math.prod(shape[n_in:])))
+
+
+KRONECKER = SketchKind(
+    "kronecker",
+    kronecker_flat,
+    options=("shape",),
+    leaf=kronecker_leaf,
+    factored=True,
+    summary="Γ_a ⊗ Γ_b of two dense Gaussians on [a, b] matrices (a linear layer's gradient, never formed)",
+)

@@ -1,53 +1,71 @@
-"""One constructor for every sketch kind, by name (what configs and the CLI use)."""
+"""The registry of sketch kinds, and one constructor for every kind by name.
+
+``SKETCH_KINDS`` maps a name to its ``SketchKind`` (base.py): constructor, options, how
+it sketches a pytree leaf. ``make_sketch``, ``make_pytree_sketch``,
+``select(sketch_kind=...)``, the command line's choices and the benchmarks read it, so a
+new kind is one module (its sketch class, constructor and ``SketchKind``) plus one
+``register_sketch_kind`` call (or one line below).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from skmm_jax.common.pytree import Array
-from skmm_jax.sketch.base import Sketch
-from skmm_jax.sketch.dense import dense_sketch
-from skmm_jax.sketch.kronecker import kronecker_sketch, split_dim
-from skmm_jax.sketch.sparse import sparse_sign_sketch
-from skmm_jax.sketch.srht import srht_sketch
+from skmm_jax.sketch.base import Sketch, SketchKind
+from skmm_jax.sketch.dense import GAUSSIAN, RADEMACHER
+from skmm_jax.sketch.kronecker import KRONECKER
+from skmm_jax.sketch.sparse import COUNTSKETCH, SJLT
+from skmm_jax.sketch.srht import SRHT
 
-KINDS = ("gaussian", "rademacher", "sjlt", "countsketch", "srht", "kronecker")
+SKETCH_KINDS: dict[str, SketchKind] = {entry.name: entry for entry in (GAUSSIAN, RADEMACHER, SJLT, COUNTSKETCH, SRHT, KRONECKER)}
+"""Every sketch kind by name, in the order tables and help texts list them."""
+
+# The names, in registry order (a view: kinds registered later appear here too).
+KINDS = SKETCH_KINDS.keys()
+
+
+def register_sketch_kind(entry: SketchKind) -> SketchKind:
+    """Adds ``entry`` to ``SKETCH_KINDS`` (ValueError if the name is taken); returns it."""
+    if entry.name in SKETCH_KINDS:
+        raise ValueError(f"sketch kind {entry.name!r} is already registered")
+    SKETCH_KINDS[entry.name] = entry
+    return entry
+
+
+def sketch_kind(kind: str, *, name: str = "kind") -> SketchKind:
+    """The registry entry of ``kind``; ValueError "<name> 'x': unknown sketch kind; choose one of ..."."""
+    if not isinstance(kind, str) or kind not in SKETCH_KINDS:
+        raise ValueError(f"{name} {kind!r}: unknown sketch kind; choose one of {', '.join(SKETCH_KINDS)}")
+    return SKETCH_KINDS[kind]
+
+
+def check_options(entry: SketchKind, options: dict[str, Any]) -> None:
+    """ValueError naming the first option ``entry`` does not take, and the kinds that take it."""
+    for option in sorted(set(options) - set(entry.options)):
+        takers = [k.name for k in SKETCH_KINDS.values() if option in k.options]
+        where = f"applies to kind {' or '.join(takers)} only" if takers else "is not an option of any sketch kind"
+        raise ValueError(
+            f"{option} {where}: the {entry.name} sketch does not take it (it takes {', '.join(entry.options) or 'no options'})"
+        )
 
 
 def make_sketch(kind: str, key: Array, in_dim: int, out_dim: int, **options: Any) -> Sketch:
     """Builds a sketch r → m of the given kind.
 
     Args:
-      kind: one of ``KINDS``.
+      kind: a name from ``SKETCH_KINDS`` (``KINDS``).
       key: PRNG key (``jax.random.key(seed)``); same key, same Γ.
       in_dim: r.
       out_dim: m.
-      **options: per kind — gaussian/rademacher: ``block_size``; sjlt: ``nnz``
-        (default 4), ``hashing``; countsketch: ``hashing``; kronecker: ``shape``
-        (a, b) with a·b = r (default: the most square factorisation of r).
+      **options: per kind (``SKETCH_KINDS[kind].options``) — gaussian/rademacher:
+        ``block_size``; sjlt: ``nnz`` (default 4), ``hashing``; countsketch:
+        ``hashing``; kronecker: ``shape`` (a, b) with a·b = r (default: the most
+        square factorisation of r).
 
     Raises:
       ValueError: unknown kind, bad sizes, or options the kind does not take.
     """
-
-    def take(*allowed: str) -> dict[str, Any]:
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(f"{kind} sketch does not take option(s) {unknown}; it takes {sorted(allowed) or 'none'}")
-        return options
-
-    if kind in ("gaussian", "rademacher"):
-        return dense_sketch(key, in_dim, out_dim, distribution=kind, **take("block_size"))
-    if kind == "sjlt":
-        return sparse_sign_sketch(key, in_dim, out_dim, **take("nnz", "hashing"))
-    if kind == "countsketch":
-        return sparse_sign_sketch(key, in_dim, out_dim, nnz=1, **take("hashing"))
-    if kind == "srht":
-        take()
-        return srht_sketch(key, in_dim, out_dim)
-    if kind == "kronecker":
-        shape = take("shape").get("shape") or split_dim(in_dim)
-        if shape[0] * shape[1] != in_dim:
-            raise ValueError(f"kronecker sketch: shape {tuple(shape)} has {shape[0] * shape[1]} entries, in_dim is {in_dim}")
-        return kronecker_sketch(key, tuple(shape), out_dim)
-    raise ValueError(f"unknown sketch kind {kind!r}; choose one of {KINDS}")
+    entry = sketch_kind(kind)
+    check_options(entry, options)
+    return entry.build(key, in_dim, out_dim, **options)

@@ -7,7 +7,8 @@ flattened concatenation, computed without concatenating:
     g_i Γ = Σ_l vec(g_i^{(l)}) Γ_l ,    Γ_l drawn from fold_in(key, l).
 
 Each Γ_l is a JL map of its own leaf, so E‖gΓ‖² = Σ_l ‖g^{(l)}‖² = ‖g‖², and for the
-dense kinds the stacked Γ has exactly the distribution of one r×m draw. With
+dense kinds the stacked Γ has exactly the distribution of one r×m draw. How a kind
+sketches one leaf is its registry entry's ``leaf`` (``SketchKind``): with
 kind="kronecker", 2-D leaves (linear kernels) get a Kronecker-factored sketch and
 the other leaves (biases, norms) a dense Gaussian one; with kind="srht", leaves
 shorter than m (whose Hadamard transform has fewer than m rows) get a dense
@@ -24,8 +25,8 @@ import jax.numpy as jnp
 
 from skmm_jax.common.checks import as_key
 from skmm_jax.common.pytree import Array, pytree_dataclass
-from skmm_jax.sketch.base import Sketch, check_dims, next_power_of_two
-from skmm_jax.sketch.make import KINDS, make_sketch
+from skmm_jax.sketch.base import Sketch, check_dims
+from skmm_jax.sketch.make import SKETCH_KINDS, check_options, sketch_kind
 
 
 class PytreeSketch:
@@ -84,50 +85,46 @@ def make_pytree_sketch(
     """Builds a leaf-by-leaf sketch for pytrees shaped like ``example`` (one sample).
 
     Args:
-      kind: a kind from ``KINDS``.
+      kind: a kind from ``SKETCH_KINDS``.
       key: PRNG key; leaf l uses ``fold_in(key, l)`` (leaves in ``jax.tree`` order).
       example: a pytree of arrays or ``jax.ShapeDtypeStruct`` giving ONE sample's
         gradient shapes (e.g. the parameters themselves).
       out_dim: m, shared by all leaves.
-      split: kronecker only: ``split(path, shape) -> n_in``, the number of leading
+      split: factored kinds (kronecker) only: ``split(path, shape) -> n_in``, the number of leading
         axes of a kernel leaf contracted with the layer input (path as in
         ``gradients.partition_params``). Default 1: [a, *rest] is read as
         [a, prod(rest)]. An output projection [N, H, D] needs 2.
-      **options: passed to ``make_sketch`` (not used for kronecker's 2-D leaves).
+      **options: the kind's options (``SKETCH_KINDS[kind].options``), for every leaf.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown sketch kind {kind!r}; choose one of {KINDS}")
-    check_dims(1, out_dim, kind=kind)
+    entry = sketch_kind(kind)
+    out_dim = check_dims(1, out_dim, kind=kind)[1]
     key = as_key(key)
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(example)
     leaves = [leaf for _, leaf in path_leaves]
     paths = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in path_leaves]
-    if split is not None and kind != "kronecker":
-        raise ValueError(f"split= applies to the kronecker kind only, not {kind!r}")
+    if split is not None and not entry.factored:
+        factored = " or ".join(name for name, other in SKETCH_KINDS.items() if other.factored)
+        raise ValueError(f"split= applies to the {factored} kind only (a factored sketch), not {kind!r}")
     if not leaves:
         raise ValueError("pytree sketch: the example tree has no leaves")
+    if not entry.factored:  # a factored kind's leaf takes the shape from the leaf itself
+        check_options(entry, options)
     shapes = tuple(tuple(int(d) for d in jnp.shape(leaf)) for leaf in leaves)
     sketches: list[Sketch] = []
     for index, shape in enumerate(shapes):
         leaf_key = jax.random.fold_in(key, index)
-        size = math.prod(shape)
-        if kind == "kronecker":
-            if len(shape) >= 2:
-                n_in = 1 if split is None else int(split(paths[index], shape))
-                if not 1 <= n_in < len(shape):
-                    raise ValueError(f"split gave n_in = {n_in} for leaf {paths[index]!r} of shape {shape}; it must lie in [1, {len(shape) - 1}]")
-                matrix = (math.prod(shape[:n_in]), math.prod(shape[n_in:]))
-                sketches.append(make_sketch("kronecker", leaf_key, size, out_dim, shape=matrix))
-            else:
-                sketches.append(make_sketch("gaussian", leaf_key, size, out_dim))
-            continue
-        if kind == "srht" and next_power_of_two(size) < out_dim:
-            # An SRHT cannot sample m rows of a shorter transform; a leaf this small
-            # (a bias, a norm scale) costs nothing to sketch densely.
-            sketches.append(make_sketch("gaussian", leaf_key, size, out_dim))
-            continue
+        if entry.factored and len(shape) >= 2:
+            n_in = 1 if split is None else int(split(paths[index], shape))
+            if not 1 <= n_in < len(shape):
+                raise ValueError(f"split gave n_in = {n_in} for leaf {paths[index]!r} of shape {shape}; it must lie in [1, {len(shape) - 1}]")
+            options_of_leaf = {**options, "n_in": n_in}
+        else:
+            options_of_leaf = options
         try:
-            sketches.append(make_sketch(kind, leaf_key, size, out_dim, **options))
+            if entry.leaf is None:
+                sketches.append(entry.build(leaf_key, math.prod(shape), out_dim, **options_of_leaf))
+            else:
+                sketches.append(entry.leaf(leaf_key, shape, out_dim, **options_of_leaf))
         except ValueError as err:
             raise ValueError(f"leaf {index} of shape {shape}: {err}") from None
     return PytreeSketch(tuple(sketches), treedef, shapes, out_dim)

@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from skmm_jax.common.checks import as_key
+from skmm_jax.common.checks import as_key, check_positive_int
 from skmm_jax.common.pytree import Array, pytree_dataclass
-from skmm_jax.sketch.base import check_batch, check_dims
+from skmm_jax.sketch.base import SketchKind, check_batch, check_dims
 
 HASHINGS = ("shift", "uniform")
 
@@ -163,13 +163,12 @@ def sparse_sign_sketch(
       hashing: "shift" (fast streaming, pairwise-independent buckets) or "uniform".
     """
     kind = "countsketch" if nnz == 1 else "sjlt"
-    check_dims(in_dim, out_dim, kind=kind)
-    if not isinstance(nnz, int) or nnz < 1:
-        raise ValueError(f"{kind} sketch: nnz must be a positive int, got {nnz!r}")
+    in_dim, out_dim = check_dims(in_dim, out_dim, kind=kind)
+    nnz = check_positive_int(nnz, f"{kind} sketch: nnz")
     if out_dim % nnz:
         raise ValueError(f"{kind} sketch: out_dim={out_dim} must be a multiple of nnz={nnz} (s blocks of m/s buckets)")
     if hashing not in HASHINGS:
-        raise ValueError(f"{kind} sketch: hashing must be one of {HASHINGS}, got {hashing!r}")
+        raise ValueError(f"hashing {hashing!r} is not one of {', '.join(HASHINGS)} ({kind} sketch)")
     width = out_dim // nnz
     sign_key, table_key = jax.random.split(as_key(key))
     signs = jax.random.rademacher(sign_key, (nnz, in_dim), jnp.float32)
@@ -181,3 +180,17 @@ def sparse_sign_sketch(
 def count_sketch(key: Array, in_dim: int, out_dim: int, *, hashing: str = "shift") -> SparseSignSketch:
     """CountSketch: one ±1 per input coordinate (an SJLT with nnz = 1)."""
     return sparse_sign_sketch(key, in_dim, out_dim, nnz=1, hashing=hashing)
+
+
+SJLT = SketchKind(
+    "sjlt",
+    sparse_sign_sketch,
+    options=("nnz", "hashing"),
+    summary="sparse JL transform, nnz (default 4) entries ±1/√nnz per input coordinate; O(B r nnz)",
+)
+COUNTSKETCH = SketchKind(
+    "countsketch",
+    count_sketch,
+    options=("hashing",),
+    summary="CountSketch, one ±1 per input coordinate; O(B r)",
+)

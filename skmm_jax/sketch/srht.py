@@ -25,7 +25,8 @@ from jax import lax
 from skmm_jax.common.checks import as_key
 from skmm_jax.common.precision import HIGHEST
 from skmm_jax.common.pytree import Array, pytree_dataclass
-from skmm_jax.sketch.base import check_batch, check_dims, next_power_of_two
+from skmm_jax.sketch.base import SketchKind, check_batch, check_dims, next_power_of_two
+from skmm_jax.sketch.dense import DenseSketch, dense_sketch
 
 # Butterflies are done radix-8: each stage multiplies a length-8 axis by the 8×8
 # Hadamard matrix, so log₈ n passes over memory instead of log₂ n (measured ~2×
@@ -111,7 +112,7 @@ def srht_sketch(key: Array, in_dim: int, out_dim: int) -> SRHTSketch:
       in_dim: r (padded internally to a power of two n).
       out_dim: m, number of sampled rows; at most n (sampling without replacement).
     """
-    check_dims(in_dim, out_dim, kind="srht")
+    in_dim, out_dim = check_dims(in_dim, out_dim, kind="srht")
     n = next_power_of_two(in_dim)
     if out_dim > n:
         raise ValueError(
@@ -122,3 +123,20 @@ def srht_sketch(key: Array, in_dim: int, out_dim: int) -> SRHTSketch:
     signs = jax.random.rademacher(sign_key, (in_dim,), jnp.float32)
     rows = jax.random.choice(row_key, n, (out_dim,), replace=False).astype(jnp.int32)
     return SRHTSketch(signs, rows, in_dim, out_dim)
+
+
+def srht_leaf(key: Array, shape: tuple[int, ...], out_dim: int, **options) -> SRHTSketch | DenseSketch:
+    """A pytree leaf's sketch: an SRHT, or a dense Gaussian one for a leaf whose Hadamard
+    transform has fewer than m rows (a bias, a norm scale: it costs nothing densely)."""
+    size = math.prod(shape)
+    if next_power_of_two(size) < out_dim:
+        return dense_sketch(key, size, out_dim)
+    return srht_sketch(key, size, out_dim, **options)
+
+
+SRHT = SketchKind(
+    "srht",
+    srht_sketch,
+    leaf=srht_leaf,
+    summary="subsampled randomised Hadamard transform, m ≤ next power of two of r; O(B n log n)",
+)
