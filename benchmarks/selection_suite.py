@@ -67,7 +67,7 @@ FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.25)
 TASKS = ("wiki-passages", "digits", "mnist-5k", "mnist-rff", "breast-cancer", "digits-zero", "diabetes")
 BASELINES = ("uniform", "kcenter", "herding", "leverage", "ridge-leverage", "adaptive")
 LABELLED = ("el2n", "grand", "forgetting", "entropy", "margin", "least-confidence", "contextual-diversity")
-SHIPPED = "skmm (shipped default)"  # select("skmm", key, X, n) as a user calls it: SELECT_DEFAULTS
+SHIPPED = "skmm (shipped default)"  # select("skmm", key, X, n) as a user calls it: SkMMConfig()
 PROBE_GRID = default_probe_grid()
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 

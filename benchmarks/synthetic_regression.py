@@ -134,7 +134,7 @@ def run_risk(seeds: int, out_json: Path, resume: bool) -> dict:
                     if (kind, dim) not in sketched:
                         sketch = make_sketch(kind, jax.random.fold_in(jax.random.key(seed), 10_000), DIM, dim)
                         sketched[kind, dim] = sketch_rows(sketch, x)
-                    indices, diag = skmm(key, sketched[kind, dim], n, config=SkMMConfig(draw=draw, c_s=c_s))
+                    indices, diag = skmm(key, sketched[kind, dim], n, config=SkMMConfig(draw=draw, c_s=c_s, preprocess="none", ridge=0.2, relax=True))
                     indices = np.asarray(indices)
                 seconds = time.perf_counter() - start
                 assert len(set(indices.tolist())) == n
