@@ -68,13 +68,15 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     from prune_jax.pruning import prune
     from prune_jax.zero_shot.tasks import builtin_task, evaluate_task
 
-    def scores(net, which: str, parameters: int) -> DemoModelScores:
+    def scores(net, which: str) -> tuple[float, dict, float]:
+        """(perplexity, task accuracy, tokens/s) of ``net``."""
         with reporter.bar(f"{which} perplexity", unit="window", total=len(windows)) as progress:
             ppl = perplexity(net, windows, progress=progress).perplexity
-        speed = forward_tokens_per_second(net, np.asarray(eval_tokens[: SPEED_BATCH[0] * SPEED_BATCH[1]]).reshape(SPEED_BATCH), repeats=3)
+        speed_tokens = np.asarray(eval_tokens[: SPEED_BATCH[0] * SPEED_BATCH[1]]).reshape(SPEED_BATCH)
+        speed = forward_tokens_per_second(net, speed_tokens, repeats=3)
         with reporter.bar(f"{which} {DEMO_TASK}", unit="item", total=len(task.items)) as progress:
             accuracy = evaluate_task(net, tok, task, progress=progress)
-        return DemoModelScores(parameters, ppl, accuracy, speed)
+        return ppl, accuracy, speed
 
     config = run.pruning
     net, tok = load_model_for_run(DEMO_MODEL, reporter=reporter)
@@ -83,17 +85,17 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     eval_tokens = tokenize(evaluation_docs, tok, reporter)
     windows = eval_windows(eval_tokens, SEQ_LEN, run.eval_windows)
     task = builtin_task(DEMO_TASK, max_items=run.task_items)
-    dense = scores(net, "dense", None)
+    dense = scores(net, "dense")
     start = time.perf_counter()
     desc = (f"prune {config.sparsity:.0%} {config.method}{' + recovery' if config.recover else ''}, "
             f"{calib.shape[0]}×{SEQ_LEN} calibration tokens")
     with reporter.bar(desc, unit="block", total=net.config.num_layers) as progress:
         net, report = prune(net, calib, config, progress=progress)
     prune_seconds = time.perf_counter() - start
-    pruned = scores(net, "pruned", report.parameters_after)
-    dense = dataclasses.replace(dense, parameters=report.parameters_before)
+    pruned = scores(net, "pruned")
     record = report.to_json()
     record["calibration"] = calibration_record("wiki-sample", "calibration", calibration_docs, calib, samples=run.calib_samples,
                                                seq_len=SEQ_LEN, seed=0)
     note = save_hf(net, tok, run.out, extra_files={"pruning.json": record}, overwrite=run.overwrite)
-    return DemoOutcome(dense, pruned, report, len(windows), len(task.items), tuple(calib.shape), prune_seconds, note)
+    return DemoOutcome(DemoModelScores(report.parameters_before, *dense), DemoModelScores(report.parameters_after, *pruned), report,
+                       len(windows), len(task.items), tuple(calib.shape), prune_seconds, note)

@@ -81,7 +81,7 @@ class PruneRun:
             raise ValueError("calib_pool applies to a `calib_select` other than random")
 
     @property
-    def split(self) -> str:
+    def resolved_split(self) -> str:
         """``calib_split`` with auto resolved."""
         return resolve_split(self.calib_split, self.calib, auto="calibration", name="calib_split")
 
@@ -110,7 +110,7 @@ def pruning_record(report, run: PruneRun, docs: list, windows, selection: dict, 
     """``pruning.json``: the pruning report, then dtype, mesh, calibration, model and total_seconds."""
     record = report.to_json()
     record["dtype"], record["mesh"] = run.dtype, None if run.mesh is None else dict(run.mesh.shape)
-    record["calibration"] = calibration_record(run.calib, run.split, docs, windows, samples=run.calib_samples,
+    record["calibration"] = calibration_record(run.calib, run.resolved_split, docs, windows, samples=run.calib_samples,
                                                seq_len=run.calib_seq_len, seed=run.seed, selection=selection)
     record["model"] = str(run.model)
     record["total_seconds"] = seconds
@@ -143,7 +143,7 @@ def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutc
     from prune_jax.pruning import prune
 
     start = time.perf_counter()
-    docs = read_documents(run.calib, run.split, run.seed)  # before the model: a bad corpus costs no load
+    docs = read_documents(run.calib, run.resolved_split, run.seed)  # before the model: a bad corpus costs no load
     net, tok = load_model_for_run(run.model, run.dtype, run.mesh, reporter)
     net.config.check_sequence_length(run.calib_seq_len, name="calib_seq_len")
     windows, selection = _calibration_windows(net, tokenize(docs, tok, reporter), run, reporter)
