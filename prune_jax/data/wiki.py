@@ -107,7 +107,7 @@ def _wiki_sample_from_pip() -> bytes:
         command = _pip_download_command(download_dir)
         manual = (
             f"run by hand on a machine with PyPI access:\n  python {' '.join(_pip_download_command('DIR')[1:])}\n"
-            "then copy the wheel here and run:\n  python -m prune_jax.data fetch --wheel DIR/gensim-*.whl"
+            "then copy the wheel here and run:\n  python -m prune_jax.cli data fetch --wheel DIR/gensim-*.whl"
         )
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)

@@ -24,7 +24,6 @@ from typing import Any
 import lm_eval.models  # noqa: F401  (the harness's own models register on this import, and only while the registry is empty)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from tqdm import tqdm
 
 from prune_jax.zero_shot.requests import (
     BATCH_TOKENS,
@@ -32,17 +31,13 @@ from prune_jax.zero_shot.requests import (
     loglikelihood_rolling_tokens,
     loglikelihood_tokens,
 )
+from skmm_jax.common.cli import progress_bar
 
 HARNESS_OPTIONS = ("batch_size", "max_batch_size", "device")  # what the harness passes to every model (batching is ours)
 
 
 class ModelArgsError(ValueError):
     """A bad ``--model_args`` value: ``prune-jax-lm-eval`` prints it as one line (exit 2)."""
-
-
-def _bar(total: int, desc: str, disable: bool):
-    bar = tqdm(total=total, desc=desc, disable=disable)
-    return bar, (lambda done, _total: bar.update(done - bar.n))
 
 
 @register_model("prune-jax", "prune_jax")
@@ -116,10 +111,9 @@ class PruneJaxLM(TemplateLM):
         return self.tokenizer.decode(tokens)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        bar, progress = _bar(len(requests), "prune-jax loglikelihood", disable_tqdm)
-        results = loglikelihood_tokens(self.model, [(context, continuation) for _, context, continuation in requests],
-                                       max_length=self.max_length, batch_tokens=self.batch_tokens, progress=progress)
-        bar.close()
+        with progress_bar("prune-jax loglikelihood", total=len(requests), disable=disable_tqdm) as progress:
+            results = loglikelihood_tokens(self.model, [(context, continuation) for _, context, continuation in requests],
+                                           max_length=self.max_length, batch_tokens=self.batch_tokens, progress=progress)
         for (key, _, _), result in zip(requests, results):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, result)
@@ -127,45 +121,47 @@ class PruneJaxLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         documents = [self.tok_encode(request.args[0]) for request in requests]
-        bar, progress = _bar(len(documents), "prune-jax loglikelihood_rolling", disable_tqdm)
-        totals = loglikelihood_rolling_tokens(self.model, documents, prefix_token=self.prefix_token_id,
-                                              max_length=self.max_length, batch_tokens=self.batch_tokens)
-        progress(len(documents), len(documents))
-        bar.close()
+        with progress_bar("prune-jax loglikelihood_rolling", total=len(documents), disable=disable_tqdm) as progress:
+            totals = loglikelihood_rolling_tokens(self.model, documents, prefix_token=self.prefix_token_id,
+                                                  max_length=self.max_length, batch_tokens=self.batch_tokens)
+            progress(len(documents), len(documents))
         for request, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), total)
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy only (zero-shot tasks decode greedily; sampling options are refused)."""
-        outputs: list[str] = []
-        for request in tqdm(requests, desc="prune-jax generate_until", disable=disable_tqdm):
-            context, options = request.args
-            options = dict(options or {})
-            if options.get("do_sample") or options.get("temperature", 0.0) not in (0, 0.0):
-                raise ValueError("prune-jax generates greedily; do_sample / temperature > 0 are not supported")
-            until = options.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            eos_text = self.tok_decode([self.eot_token_id]) if self.eot_token_id is not None else None
-            if eos_text and eos_text not in until:
-                until.append(eos_text)
-            budget = int(options.get("max_gen_toks", self.max_gen_toks))
-            context_ids = self.tok_encode(context) if context else [self.prefix_token_id]
+        with progress_bar("prune-jax generate_until", total=len(requests), disable=disable_tqdm) as progress:
+            return [self._generate_one(request, done, len(requests), progress) for done, request in enumerate(requests, 1)]
 
-            def stopped(_index: int, new: list[int]) -> bool:
-                text = self.tok_decode(new)
-                return any(s and s in text for s in until)
+    def _generate_one(self, request, done: int, total: int, progress) -> str:
+        """The greedy continuation of one ``generate_until`` request (then ``progress(done, total)``)."""
+        context, options = request.args
+        options = dict(options or {})
+        if options.get("do_sample") or options.get("temperature", 0.0) not in (0, 0.0):
+            raise ValueError("prune-jax generates greedily; do_sample / temperature > 0 are not supported")
+        until = options.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        eos_text = self.tok_decode([self.eot_token_id]) if self.eot_token_id is not None else None
+        if eos_text and eos_text not in until:
+            until.append(eos_text)
+        budget = int(options.get("max_gen_toks", self.max_gen_toks))
+        context_ids = self.tok_encode(context) if context else [self.prefix_token_id]
 
-            tokens = generate_greedy_tokens(self.model, [context_ids], max_new_tokens=budget, stop=stopped,
-                                            eos_token=self.eot_token_id, max_length=self.max_length,
-                                            batch_tokens=self.batch_tokens)[0]
-            text = self.tok_decode(tokens)
-            for s in until:
-                if s:
-                    text = text.split(s)[0]
-            self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
-            outputs.append(text)
-        return outputs
+        def stopped(_index: int, new: list[int]) -> bool:
+            text = self.tok_decode(new)
+            return any(s and s in text for s in until)
+
+        tokens = generate_greedy_tokens(self.model, [context_ids], max_new_tokens=budget, stop=stopped,
+                                        eos_token=self.eot_token_id, max_length=self.max_length,
+                                        batch_tokens=self.batch_tokens)[0]
+        text = self.tok_decode(tokens)
+        for s in until:
+            if s:
+                text = text.split(s)[0]
+        self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
+        progress(done, total)
+        return text
 
 
 def main() -> None:
