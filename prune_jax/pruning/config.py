@@ -232,7 +232,8 @@ class PruneConfig:
 
         Raises:
           ValueError: a key that is neither a setting nor an option of the method (naming
-            the methods that have it), or an invalid value.
+            the methods that have it; the message starts with the key, so a CLI can put
+            its flag there), or an invalid value.
         """
         method = record.get("method", cls.method)
         if method not in SCORES:
@@ -249,8 +250,8 @@ class PruneConfig:
             else:
                 owners = [m for m in SCORES if key in option_fields(m)]
                 if not owners:
-                    raise ValueError(f"{key!r} is not a prune setting (settings: {tuple(_RECORD)}; method options: see scores.SCORES)")
-                raise ValueError(f"{key!r} is an option of method {' / '.join(map(repr, owners))}, not of {method!r} "
+                    raise ValueError(f"{key} is not a prune setting (settings: {tuple(_RECORD)}; method options: see scores.SCORES)")
+                raise ValueError(f"{key} is an option of method {' / '.join(map(repr, owners))}, not of {method!r} "
                                  f"(its options: {', '.join(own_options) or 'none'})")
         top = groups.pop(None)
         return cls(**top, budget=Budget(**groups["budget"]), heads=HeadCriterion(**groups["heads"]),
