@@ -108,7 +108,7 @@ def main() -> None:
                         continue
                     model, _ = load_model("smollm2-135m", tokenizer=False)
                     start = time.perf_counter()
-                    model, _ = prune(model, calib, PruneConfig(sparsity=args.sparsity, **VARIANTS[method]))
+                    model, _ = prune(model, calib, PruneConfig.from_json({"sparsity": args.sparsity, **VARIANTS[method]}))
                     row = {"method": method, "n": n, "selection": selection, "seed": seed, "sparsity": args.sparsity,
                            "prune_seconds": time.perf_counter() - start, "selection_seconds": record["seconds"],
                            "moment_error": record["moment_error"], "representation": record.get("representation"),

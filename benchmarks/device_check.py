@@ -891,7 +891,7 @@ def prune_run(run: Run, method: str) -> None:
     from flax import nnx
 
     from prune_jax.models.llama.modeling import LlamaConfig, num_parameters
-    from prune_jax.pruning import PruneConfig, prune
+    from prune_jax.pruning import Budget, PruneConfig, prune
 
     sizes = run.sizes
     layers = sizes.prune_layers
@@ -925,7 +925,7 @@ def prune_run(run: Run, method: str) -> None:
         run.save()
         log(f"{method}: block {done}/{total} after {stamps[-1] - begin:.1f} s")
 
-    prune_config = PruneConfig(method=method, sparsity=0.2, layer_range=(0, layers), batch_size=sizes.prune_batch)
+    prune_config = PruneConfig(method=method, budget=Budget(sparsity=0.2, layer_range=(0, layers)), batch_size=sizes.prune_batch)
     run.record["config"] = dataclasses.asdict(prune_config)
     begin = time.perf_counter()
     model, report = prune(model, tokens, prune_config, progress=progress)

@@ -37,7 +37,7 @@ from prune_jax.data import calibration_batches, eval_windows, load_documents, sp
 from prune_jax.data.corpora import PYTHON_DOCS_SOURCE  # noqa: E402
 from prune_jax.evaluate import forward_tokens_per_second, perplexity  # noqa: E402
 from prune_jax.models.llama import load_model, num_parameters  # noqa: E402
-from prune_jax.pruning import PruneConfig, prune  # noqa: E402
+from prune_jax.pruning import Budget, PruneConfig, Recovery, prune  # noqa: E402
 from prune_jax.zero_shot.tasks import builtin_task, evaluate_task  # noqa: E402
 from skmm_jax.common.io import save_json_atomic  # noqa: E402
 
@@ -98,7 +98,8 @@ def check_export(calib: np.ndarray, windows: np.ndarray) -> dict:
     from prune_jax.models.llama import save_hf
 
     model, tokenizer = load_model("smollm2-135m")
-    model, report = prune(model, calib, PruneConfig(method="dap", sparsity=0.2, recover=True, layer_range=(0, model.config.num_layers)))
+    model, report = prune(model, calib, PruneConfig(method="dap", budget=Budget(sparsity=0.2, layer_range=(0, model.config.num_layers)),
+                                                    recovery=Recovery(enabled=True)))
     ours = perplexity(model, windows).perplexity
     with tempfile.TemporaryDirectory() as tmp:
         assert save_hf(model, tokenizer, tmp) is None, "uniform widths must export to a stock checkpoint"
@@ -205,7 +206,7 @@ def main() -> None:
                 continue
             model, _ = load_model("smollm2-135m", tokenizer=False)
             start = time.perf_counter()
-            model, report = prune(model, calib, PruneConfig(sparsity=sparsity, **VARIANTS[name]))
+            model, report = prune(model, calib, PruneConfig.from_json({"sparsity": sparsity, **VARIANTS[name]}))
             seconds = time.perf_counter() - start
             row = {
                 "method": name, "sparsity": sparsity, "calib_samples": args.calib_samples, "calib_seed": args.calib_seed,

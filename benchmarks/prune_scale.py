@@ -129,7 +129,7 @@ def child(args) -> dict:
     import jax
 
     from prune_jax.models.llama import load_model
-    from prune_jax.pruning import PruneConfig, prune
+    from prune_jax.pruning import Budget, PruneConfig, Recovery, prune
 
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -140,7 +140,8 @@ def child(args) -> dict:
     stamps = []
     with PeakRSS() as rss:
         start = time.perf_counter()
-        model, report = prune(model, tokens, PruneConfig(method="dap", sparsity=0.2, recover=True, layer_range=(0, layers), batch_size=args.batch),
+        model, report = prune(model, tokens, PruneConfig(method="dap", budget=Budget(sparsity=0.2, layer_range=(0, layers)),
+                                                          recovery=Recovery(enabled=True), batch_size=args.batch),
                               progress=lambda done, total: stamps.append(time.perf_counter()))
         seconds = time.perf_counter() - start
     blocks = np.diff([start] + stamps).tolist()

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prune_jax.pruning import PruneConfig, prune
+from prune_jax.pruning import Budget, ObsOptions, PruneConfig, prune
 from prune_jax.pruning.obs import greedy_remove, single_errors
 
 
@@ -95,7 +95,7 @@ def test_greedy_input_errors():
     with pytest.raises(ValueError, match="per_step"):
         greedy_remove(jnp.asarray(gram), jnp.asarray(weights), np.arange(4)[:, None], [1, 1], unit_group=np.array([0, 0, 1, 1]), per_step=2)
     with pytest.raises(ValueError, match="damp"):
-        PruneConfig(method="dap-obs", damp=0.0)
+        PruneConfig(method="dap-obs", options=ObsOptions(damp=0.0))
 
 
 @pytest.mark.parametrize("head_mode", ["per-group", "kv-groups"])
@@ -109,7 +109,8 @@ def test_dap_obs_prunes_a_block_to_the_least_squares_optimum_of_its_kept_units(t
     config = tiny_llama_config(num_layers=1, heads=(4, 2), intermediate=16, hidden_size=16, head_dim=4)
     model = random_llama(config, seed=4, scale=0.3)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(6, 12))
-    prune_config = PruneConfig(method="dap-obs", attention_ratio=0.5, ffn_ratio=0.25, layer_range=(0, 1), head_mode=head_mode, damp=1e-7)
+    prune_config = PruneConfig(method="dap-obs", budget=Budget(attention_ratio=0.5, ffn_ratio=0.25, layer_range=(0, 1), head_mode=head_mode),
+                                options=ObsOptions(damp=1e-7))
     block = model.layers[0]
     ctx = StageContext(config=prune_config, score=SCORES["dap-obs"], positions=model.default_positions(jnp.asarray(tokens)),
                        inv_freq=model.rope_frequencies(), chunk=4, key=None)  # fmt: skip

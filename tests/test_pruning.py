@@ -9,7 +9,7 @@ import pytest
 
 from prune_jax.models.llama import LlamaConfig, init_llama, load_hf_dir, save_hf
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
-from prune_jax.pruning import METHODS, PruneConfig, prune, slice_channels
+from prune_jax.pruning import METHODS, Budget, HeadCriterion, PruneConfig, Recovery, prune, slice_channels
 from prune_jax.pruning.recover import refit_linear
 
 
@@ -37,7 +37,7 @@ def test_pruning_nothing_is_the_identity():
     model = tiny()
     tokens = jnp.asarray(calib(1, (2, 10)))
     before = np.asarray(model(tokens))
-    pruned, report = prune(model, calib(), PruneConfig(attention_ratio=0.0, ffn_ratio=0.0))
+    pruned, report = prune(model, calib(), PruneConfig(budget=Budget(attention_ratio=0.0, ffn_ratio=0.0)))
     np.testing.assert_allclose(np.asarray(pruned(tokens)), before, atol=1e-6)
     assert report.parameters_before == report.parameters_after
 
@@ -58,8 +58,16 @@ def test_removing_a_channel_equals_zeroing_its_down_projection_row():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("head_mode", ["per-group", "kv-groups"])
 def test_every_method_gives_valid_gqa_shapes_and_a_runnable_model(method, head_mode):
-    model = tiny()
-    config = PruneConfig(method=method, attention_ratio=0.34, ffn_ratio=0.25, head_mode=head_mode, layer_range=(1, 3))
+    """GQA-valid widths, and values: the kept units' first-map weights (q columns, gate/up
+    columns) are the dense ones; without a score's own compensation the second maps' kept
+    rows are too, and without any compensation the pruned model computes exactly the dense
+    model with the removed units' o / down rows zeroed (a removed unit contributes nothing)."""
+    from flax import nnx
+
+    from prune_jax.pruning import SCORES
+
+    model, dense = tiny(), tiny()
+    config = PruneConfig(method=method, budget=Budget(attention_ratio=0.34, ffn_ratio=0.25, head_mode=head_mode, layer_range=(1, 3)))
     pruned, report = prune(model, calib(), config)
     for layer, (heads, kv) in enumerate(report.layer_heads):
         assert heads % kv == 0
@@ -68,13 +76,32 @@ def test_every_method_gives_valid_gqa_shapes_and_a_runnable_model(method, head_m
             assert report.layer_intermediate[layer] == 36
         else:
             assert (heads, kv) == (6, 2) and report.layer_intermediate[layer] == 48
-    logits = np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))
+    score = SCORES[method]
+    zeroed = tiny()  # the dense model with the removed units' second-map rows zeroed
+    for layer in (1, 2):
+        heads = np.asarray(report.layers[layer].attention.kept)
+        channels = np.asarray(report.layers[layer].mlp.kept)
+        attn, mlp, dense_attn, dense_mlp = pruned.layers[layer].attn, pruned.layers[layer].mlp, dense.layers[layer].attn, dense.layers[layer].mlp
+        np.testing.assert_array_equal(np.asarray(attn.q_kernel[...]), np.asarray(dense_attn.q_kernel[...])[:, heads])
+        for name in ("gate_kernel", "up_kernel"):
+            np.testing.assert_array_equal(np.asarray(getattr(mlp, name)[...]), np.asarray(getattr(dense_mlp, name)[...])[:, channels])
+        if not score.removes:
+            np.testing.assert_array_equal(np.asarray(attn.o_kernel[...]), np.asarray(dense_attn.o_kernel[...])[heads])
+            np.testing.assert_array_equal(np.asarray(mlp.down_kernel[...]), np.asarray(dense_mlp.down_kernel[...])[channels])
+        block = zeroed.layers[layer]
+        removed_heads, removed_channels = np.setdiff1d(np.arange(6), heads), np.setdiff1d(np.arange(48), channels)
+        block.attn.o_kernel = nnx.Param(block.attn.o_kernel[...].at[removed_heads].set(0.0))
+        block.mlp.down_kernel = nnx.Param(block.mlp.down_kernel[...].at[removed_channels].set(0.0))
+    probe = jnp.asarray(calib(2, (1, 9)))
+    logits = np.asarray(pruned(probe))
     assert np.isfinite(logits).all()
+    if not (score.removes or config.compensate):
+        np.testing.assert_allclose(logits, np.asarray(zeroed(probe)), atol=1e-5, rtol=1e-5)
 
 
 def test_budget_reaches_the_requested_sparsity_of_prunable_parameters():
     for sparsity in (0.1, 0.3):
-        _, report = prune(tiny(), calib(), PruneConfig(method="magnitude", sparsity=sparsity, layer_range=(0, 4)))
+        _, report = prune(tiny(), calib(), PruneConfig(method="magnitude", budget=Budget(sparsity=sparsity, layer_range=(0, 4))))
         assert sparsity <= report.fraction_of_prunable_removed < sparsity + 0.12
         assert report.parameters_before - report.parameters_after == report.prunable_before - report.prunable_after
 
@@ -151,7 +178,7 @@ def test_recovery_lowers_the_block_reconstruction_error(refit):
     reference = np.asarray(dense(probe))
     errors = {}
     for recover in (False, True):
-        config = PruneConfig(method="dap", sparsity=0.3, recover=recover, refit=refit, layer_range=(1, 3))
+        config = PruneConfig(method="dap", budget=Budget(sparsity=0.3, layer_range=(1, 3)), recovery=Recovery(enabled=recover, refit=refit))
         pruned, report = prune(tiny(seed=1), tokens, config)
         errors[recover] = float(np.mean((np.asarray(pruned(probe)) - reference) ** 2))
     assert errors[True] < errors[False]
@@ -231,7 +258,8 @@ def test_similarity_criterion_removes_a_duplicated_head():
     # Head 1 copies head 0 (same KV group, same queries): identical attention maps, D = 0.
     attn.q_kernel = nnx.Param(q.at[:, 1].set(q[:, 0]))
     attn.o_kernel = nnx.Param(o.at[1].set(o[0] * 3.0))  # a large output norm: the score alone would keep both
-    config = PruneConfig(method="dap", attention_ratio=0.34, ffn_ratio=0.0, layer_range=(1, 2), head_criterion="similarity", similarity_tau=1e-4)
+    config = PruneConfig(method="dap", budget=Budget(attention_ratio=0.34, ffn_ratio=0.0, layer_range=(1, 2)),
+                         heads=HeadCriterion("similarity", similarity_tau=1e-4))
     _, report = prune(model, calib(), config)
     kept = report.layers[1].attention.kept
     assert len(kept) == 4 and (0 in kept) != (1 in kept)
@@ -252,7 +280,7 @@ def test_adaptive_allocation_meets_the_budget_with_a_global_threshold():
     removed = sum(h * 2 * (2 * 32 * 8) + c * 3 * 32 for h, c in cuts.values())
     assert removed >= 0.05 * prunable_parameters(model)
     for sparsity in (0.1, 0.25):  # end to end: the exact fraction is reached, widths may differ per layer
-        pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", sparsity=sparsity, allocation="adaptive", layer_range=(0, 4)))
+        pruned, report = prune(tiny(), calib(), PruneConfig(method="flap", budget=Budget(sparsity=sparsity, allocation="adaptive", layer_range=(0, 4))))
         assert sparsity <= report.fraction_of_prunable_removed < sparsity + 0.12
         assert all(h % kv == 0 for h, kv in report.layer_heads)
         assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
@@ -273,8 +301,8 @@ def test_global_allocation_removes_the_cheapest_error_per_parameter_first():
     assert capped[2][1] == 24 and capped[1][0] + capped[2][0] + capped[1][1] > 0  # the rest: heads or layer 1
     assert adaptive_cuts(model, scores, sparsity=0.12, head_mode="per-group", standardise=False, max_removed=0.9)[2][1] > 24
     with pytest.raises(ValueError, match="max_block_removal"):
-        PruneConfig(max_block_removal=1.0)
-    pruned, report = prune(tiny(), calib(), PruneConfig(method="dap-obs", sparsity=0.2, allocation="global", layer_range=(0, 4)))
+        Budget(max_block_removal=1.0)
+    pruned, report = prune(tiny(), calib(), PruneConfig(method="dap-obs", budget=Budget(sparsity=0.2, allocation="global", layer_range=(0, 4))))
     assert 0.2 <= report.fraction_of_prunable_removed < 0.32
     assert all(h % kv == 0 for h, kv in report.layer_heads)
     assert np.isfinite(np.asarray(pruned(jnp.asarray(calib(2, (1, 9)))))).all()
@@ -287,7 +315,8 @@ def test_bias_compensation_exports_with_biases(tmp_path: Path, method, recover):
     transformers = pytest.importorskip("transformers")
     # With recovery, every bias is refit jointly with its kernel (intercept column); dap-obs moves
     # the biases as the intercept rows of its compensation.
-    config = PruneConfig(method=method, sparsity=0.25, layer_range=(0, 4), recover=recover, bias_compensation=True, allocation="uniform")
+    config = PruneConfig(method=method, budget=Budget(sparsity=0.25, layer_range=(0, 4), allocation="uniform"),
+                         recovery=Recovery(enabled=recover, bias_compensation=True))
     pruned, report = prune(tiny(), calib(), config)
     if recover:
         assert all(layer.mlp.second_refit.held_out_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
@@ -305,15 +334,15 @@ def test_bias_compensation_exports_with_biases(tmp_path: Path, method, recover):
 def test_prune_errors():
     model = tiny()
     with pytest.raises(ValueError, match=r"sparsity must lie in \(0, 1\)"):
-        PruneConfig(sparsity=1.0)
+        Budget(sparsity=1.0)
     with pytest.raises(ValueError, match=r"sparsity must lie in \(0, 1\)"):
-        PruneConfig(sparsity=0.0)
+        Budget(sparsity=0.0)
     with pytest.raises(ValueError, match="method must be one of"):
         PruneConfig(method="sparsegpt")
     with pytest.raises(ValueError, match="allocation must be one of"):
-        PruneConfig(allocation="greedy")
+        Budget(allocation="greedy")
     with pytest.raises(ValueError, match="head_criterion must be one of"):
-        PruneConfig(head_criterion="entropy")
+        HeadCriterion("entropy")
     with pytest.raises(ValueError, match="calibration must be"):
         prune(model, np.zeros((0, 16), np.int64))
     with pytest.raises(ValueError, match="calibration must be"):
@@ -328,8 +357,8 @@ def test_sharded_calibration_equals_single_device(method):
 
     tokens = calib(7, (8, 16))
     # two of four blocks carry 30 % of all prunable parameters: the global rule needs its cap raised
-    config = PruneConfig(method=method, sparsity=0.3, recover=True, layer_range=(1, 3), batch_size=8,
-                         max_block_removal=0.9 if method == "dap-obs" else None)
+    config = PruneConfig(method=method, budget=Budget(sparsity=0.3, layer_range=(1, 3), max_block_removal=0.9 if method == "dap-obs" else None),
+                         recovery=Recovery(enabled=True), batch_size=8)
     single, report_single = prune(tiny(seed=2), tokens, config)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded, report_sharded = prune(tiny(seed=2), tokens, config, mesh=mesh)
@@ -407,7 +436,7 @@ def test_sharded_parameters_prune_like_one_device(layout):
     from prune_jax.models.llama.sharding import shard_model
 
     tokens = calib(7, (8, 16))
-    config = PruneConfig(method="dap", attention_ratio=0.34, ffn_ratio=0.25, recover=True, layer_range=(2, 3), batch_size=8)
+    config = PruneConfig(method="dap", budget=Budget(attention_ratio=0.34, ffn_ratio=0.25, layer_range=(2, 3)), recovery=Recovery(enabled=True), batch_size=8)
     single, report_single = prune(tiny(seed=2), tokens, config)
     if layout == "fsdp+tp":
         mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
@@ -433,7 +462,7 @@ def test_an_interrupted_prune_resumes_from_its_checkpoint_with_the_same_result(t
     it, with the dense stream of the recovery), a resumed run on a freshly loaded dense
     model ends with the uninterrupted run's kept units, weights and reports."""
     tokens = calib(5, (8, 16))
-    config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(2, 4), batch_size=4)
+    config = PruneConfig(method="dap", budget=Budget(sparsity=0.3, layer_range=(2, 4)), recovery=Recovery(enabled=True), batch_size=4)
     reference, report_ref = prune(tiny(seed=3), tokens, config)
 
     class Interrupt(Exception):
@@ -480,7 +509,7 @@ def test_compilations_do_not_grow_with_the_number_of_blocks():
 
         model = tiny(seed=1, num_layers=num_layers, hidden_size=hidden_size, layer_heads=((6, 2),) * num_layers,
                      layer_intermediate=(48,) * num_layers)
-        config = PruneConfig(method="dap", sparsity=0.3, recover=True, layer_range=(0, num_layers), batch_size=4)
+        config = PruneConfig(method="dap", budget=Budget(sparsity=0.3, layer_range=(0, num_layers)), recovery=Recovery(enabled=True), batch_size=4)
         jax.monitoring.register_event_duration_secs_listener(listen)
         try:
             prune(model, calib(1, (8, 16)), config)

@@ -1,6 +1,9 @@
 """Sparsity allocation: a parameter budget → how many units each layer loses.
 
-A layer's cut is (heads or KV groups to remove, FFN channels to remove). Three ways:
+A layer's cut is (heads or KV groups to remove, FFN channels to remove). Fixed ratios,
+or one of the allocation modes of the registry ``ALLOCATIONS`` (name → ``AllocationMode``:
+a budget and the dense scores → per-layer cuts; a mode registered there is valid in
+``config.Budget``):
   - fixed per-module ratios r_attn, r_ffn: every layer of the range loses
     round(r · units) (``layer_cuts``);
   - uniform: one ratio r for both modules and every layer, the smallest whose removal
@@ -17,7 +20,7 @@ Every layer keeps at least one query head per KV group (one KV group) and one ch
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -187,19 +190,64 @@ class Allocation:
     ffn_ratio: float | None
 
 
-def allocate(model, layers: range, config, dense_scores: Callable[[], dict[int, tuple[np.ndarray, np.ndarray]]]) -> Allocation:
-    """The cuts ``config`` (a ``PruneConfig``) asks for over ``layers``.
+# layer → (head scores [N], channel scores [F]) of the dense model; computed on demand
+# (a first pass over the model), only by the modes that read scores.
+DenseScores = Callable[[], dict[int, tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationMode:
+    """One way to turn a parameter budget into per-layer cuts (an ``ALLOCATIONS`` entry).
+
+    Attributes:
+      description: what the mode does, in a sentence (for docs and ``--help``).
+      allocate: ``allocate(model, layers, budget, dense_scores)`` → ``Allocation``: the
+        cuts over ``layers`` (a range) that remove ``budget.sparsity`` of the prunable
+        parameters (``budget``: a ``config.Budget``); ``dense_scores()`` only when the
+        mode reads scores.
+    """
+
+    description: str
+    allocate: Callable[[Any, range, Any, DenseScores], Allocation]
+
+
+def _uniform(model, layers: range, budget, dense_scores: DenseScores) -> Allocation:
+    ratio = solve_ratio(model, layers, budget.sparsity, budget.head_mode)
+    return Allocation(_ratio_cuts(model, layers, ratio, ratio, budget.head_mode), ratio, ratio)
+
+
+def _thresholded(standardise: bool):
+    def allocate_by_threshold(model, layers: range, budget, dense_scores: DenseScores) -> Allocation:
+        cuts = adaptive_cuts(model, dense_scores(), budget.sparsity, budget.head_mode, standardise=standardise,
+                             max_removed=budget.max_block_removal)
+        return Allocation(cuts, None, None)
+
+    return allocate_by_threshold
+
+
+ALLOCATIONS: dict[str, AllocationMode] = {
+    "uniform": AllocationMode("one ratio for both modules and every layer of the range, the smallest that meets the budget "
+                              "(solve_ratio)", _uniform),
+    "adaptive": AllocationMode("FLAP: unit scores standardised within their layer and module, one global threshold over all "
+                               "units weighted by their parameter cost (adaptive_cuts); non-uniform widths",
+                               _thresholded(standardise=True)),
+    "global": AllocationMode("raw scores per parameter freed, one global threshold: for scores on one scale across layers "
+                             "(dap-obs's relative output errors); at most max_block_removal of a block's channels",
+                             _thresholded(standardise=False)),
+}
+
+
+def allocate(model, layers: range, budget, mode: str, dense_scores: DenseScores) -> Allocation:
+    """The cuts ``budget`` (a ``config.Budget``) asks for over ``layers``: its fixed module
+    ratios when given, else those of the allocation ``mode`` (a key of ``ALLOCATIONS``).
 
     Args:
-      dense_scores: called only for the adaptive allocation: layer → (head scores,
+      dense_scores: called only by modes that read scores: layer → (head scores,
         channel scores) of the dense model.
     """
-    if config.attention_ratio is not None or config.ffn_ratio is not None:
-        attention_ratio, ffn_ratio = config.attention_ratio or 0.0, config.ffn_ratio or 0.0
-    elif config.allocation_mode in ("adaptive", "global"):
-        cuts = adaptive_cuts(model, dense_scores(), config.sparsity, config.head_mode, standardise=config.allocation_mode == "adaptive",
-                             max_removed=config.max_block_removal)
-        return Allocation(cuts, None, None)
-    else:
-        attention_ratio = ffn_ratio = solve_ratio(model, layers, config.sparsity, config.head_mode)
-    return Allocation(_ratio_cuts(model, layers, attention_ratio, ffn_ratio, config.head_mode), attention_ratio, ffn_ratio)
+    if budget.fixed_ratios:
+        attention_ratio, ffn_ratio = budget.attention_ratio or 0.0, budget.ffn_ratio or 0.0
+        return Allocation(_ratio_cuts(model, layers, attention_ratio, ffn_ratio, budget.head_mode), attention_ratio, ffn_ratio)
+    if mode not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {tuple(ALLOCATIONS)}, got {mode!r}")
+    return ALLOCATIONS[mode].allocate(model, layers, budget, dense_scores)

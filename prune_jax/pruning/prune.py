@@ -5,7 +5,7 @@ one block's activations for the calibration set are held):
   - dense stream: the original blocks on the original inputs — the targets Y;
   - pruned stream: the already pruned (and refit) blocks — the inputs X̂ the pruned
     model really sees, from which the unit statistics are taken.
-Within a block, with recovery (``refit="full"``, the paper's order):
+Within a block, with recovery (``Recovery(refit="full")``, the paper's order):
   refit q,k,v (one shared Gram) → score and remove query heads (or whole KV groups)
   → refit o → refit gate,up → score and remove FFN channels → refit down
   → run the pruned block (its output is the next block's pruned-stream input).
@@ -17,17 +17,18 @@ error is never larger, since the unrefit map competes). ``refit="second"`` refit
 and down only (cheaper). Recovery runs from the first pruned block to the last
 block: every later block sees a changed input stream.
 
-Allocation: one ratio for every block of the layer range (``allocation="uniform"``,
-the smallest that meets the parameter budget), fixed per-module ratios, or FLAP's
-adaptive structure (``allocation="adaptive"``): every unit's score standardised
-within its layer and module, one global threshold over all units weighted by their
-parameter cost (scores from a first pass over the dense model).
+Allocation (``config.Budget``; the modes are the registry ``allocation.ALLOCATIONS``):
+one ratio for every block of the layer range ("uniform", the smallest that meets the
+parameter budget), fixed per-module ratios, or FLAP's adaptive structure ("adaptive"):
+every unit's score standardised within its layer and module, one global threshold over
+all units weighted by their parameter cost (scores from a first pass over the dense
+model); "global" thresholds raw scores on one scale across layers (dap-obs).
 
 Kernels are physically sliced: the result is a smaller model whose modules read their
 new sizes from their kernels; ``model.config`` is updated with the per-layer widths
 so the model exports (stock-transformers-loadable when widths are uniform).
 
-Where each step lives: ``allocation`` (budget → per-layer cuts), ``stage`` (the one
+Where each step lives: ``config`` (the ``PruneConfig`` groups), ``allocation`` (budget → per-layer cuts), ``stage`` (the one
 calibrate → score → keep → slice → refit step both halves of a block share),
 ``scores`` (the score registry), ``calibrate`` (statistics, gradients), ``slicing``
 (keep sets, kernels), ``recover`` (ridge refits), ``report`` (the typed report).
@@ -35,7 +36,6 @@ calibrate → score → keep → slice → refit step both halves of a block sha
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -46,123 +46,13 @@ import numpy as np
 from prune_jax.models.llama.modeling import Llama, num_parameters
 from prune_jax.models.llama.sharding import auto_mesh
 from prune_jax.pruning import resume
-from prune_jax.pruning.allocation import HEAD_MODES, allocate, default_layer_range, prunable_parameters
-from prune_jax.pruning.obs import DAMP
-from prune_jax.pruning.recover import RIDGE_GRID
+from prune_jax.pruning.allocation import allocate, default_layer_range, prunable_parameters
+from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.report import LayerReport, PruneReport
 from prune_jax.pruning.scores import SCORES, gradient_scores
 from prune_jax.pruning.slicing import add_zero_biases, record_widths
 from prune_jax.pruning.stage import StageContext, dense_unit_scores, prune_block
 from skmm_jax.common.streaming import Progress
-
-HEAD_CRITERIA = ("score", "similarity")
-ALLOCATIONS = ("uniform", "adaptive", "global")
-REFITS = ("full", "second")
-RIDGE_TOWARD = ("zero", "current")
-
-
-@dataclasses.dataclass(frozen=True)
-class PruneConfig:
-    """What to prune and how.
-
-    Attributes:
-      method: unit score, a key of ``scores.SCORES``: "dap-obs" (default; the greedy
-        output approximation with optimal compensation, best in ``benchmarks/prune_llama``),
-        "dap" (the paper's distribution-aware scores), the baselines.
-      sparsity: target fraction of the prunable parameters (attention + MLP weights
-        of all blocks) to remove, in (0, 1); met by one per-layer ratio r over the
-        layer range, the smallest r that reaches it (heads are coarse units, so the
-        exact fraction is reported).
-      attention_ratio, ffn_ratio: fixed per-layer ratios instead of the budget
-        (0 disables that module).
-      layer_range: blocks [start, stop) to prune; default the paper's [4, L − 2)
-        (first and last blocks kept), clipped to the model.
-      head_mode: "per-group" (the same number of query heads leaves every KV group;
-        k/v untouched) or "kv-groups" (whole KV groups with their query heads).
-      head_criterion: "score" (the method's head score) or "similarity" (paper §3.2:
-        heads whose attention maps are within Jensen–Shannon divergence τ of another
-        head go first, the score fills the rest of the budget).
-      similarity_tau: τ for the similarity criterion (paper: 0.2, in nats).
-      allocation: None (the method's own: ``Score.allocation``, "global" for dap-obs,
-        "uniform" otherwise), "uniform" (one ratio over the layer range), "adaptive" (FLAP:
-        per-layer standardised scores, one global threshold meeting the budget;
-        non-uniform widths) or "global" (raw scores per parameter freed, one threshold: for
-        scores on one scale across layers, dap-obs's relative output errors). Ignored when
-        fixed module ratios are given.
-      norm: "l2" or "l1" for the magnitude score.
-      recover: layer-wise recovery by ridge least squares to the dense outputs.
-      refit: "full" (q,k,v, o, gate,up, down — the paper's order) or "second" (o and
-        down only).
-      bias_compensation: add W[:, pruned] · mean(x_pruned) to the output bias (FLAP);
-        default: the score's ``compensates_biases`` (on for "flap" only). Adds zero biases where the model has none; with
-        recovery, every bias is then refit jointly with its kernel (an intercept).
-      ridge_grid: λ candidates for recovery.
-      ridge_toward: what the ridge shrinks the refit toward: "current" (default: the
-        weights before the refit, so directions the calibration set does not excite keep
-        them; ``recover.ridge_path``) or "zero" (classic ridge: erases those directions,
-        which made recovery hurt end to end — docs/pruning.md, "Why recovery used to hurt").
-      max_block_removal: for "adaptive" / "global": the largest fraction of a block's FFN
-        channels removed (None: 0.9 adaptive, 0.5 global — ``allocation.GLOBAL_MAX_REMOVED``).
-      damp: relative dampening of the Gram for "dap-obs" (``obs``): H + damp·mean(diag H)·I.
-      batch_size: calibration sequences per forward step.
-      seed: for "random" and nothing else.
-    """
-
-    method: str = "dap-obs"
-    sparsity: float = 0.2
-    attention_ratio: float | None = None
-    ffn_ratio: float | None = None
-    layer_range: tuple[int, int] | None = None
-    head_mode: str = "per-group"
-    head_criterion: str = "score"
-    similarity_tau: float = 0.2
-    allocation: str | None = None
-    norm: str = "l2"
-    recover: bool = False
-    refit: str = "full"
-    bias_compensation: bool | None = None
-    ridge_grid: tuple[float, ...] = RIDGE_GRID
-    ridge_toward: str = "current"
-    max_block_removal: float | None = None
-    damp: float = DAMP
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in SCORES:  # the registry, so an entry registered at run time is valid too
-            raise ValueError(f"method must be one of {tuple(SCORES)}, got {self.method!r}")
-        if not (isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0):
-            raise ValueError(f"sparsity must lie in (0, 1), got {self.sparsity!r}")
-        for name in ("attention_ratio", "ffn_ratio"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
-        if self.head_mode not in HEAD_MODES:
-            raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {self.head_mode!r}")
-        for name, allowed in (("head_criterion", HEAD_CRITERIA), ("allocation", ALLOCATIONS + (None,)), ("refit", REFITS),
-                              ("ridge_toward", RIDGE_TOWARD)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not self.similarity_tau > 0:
-            raise ValueError(f"similarity_tau must be > 0, got {self.similarity_tau!r}")
-        if self.norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
-        if self.max_block_removal is not None and not 0.0 < self.max_block_removal < 1.0:
-            raise ValueError(f"max_block_removal must lie in (0, 1), got {self.max_block_removal!r}")
-        if not self.damp > 0:
-            raise ValueError(f"damp must be > 0, got {self.damp!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    @property
-    def allocation_mode(self) -> str:
-        """The allocation used: ``allocation``, or the method's own when it is None."""
-        return SCORES[self.method].allocation if self.allocation is None else self.allocation
-
-    @property
-    def compensate(self) -> bool:
-        return SCORES[self.method].compensates_biases if self.bias_compensation is None else self.bias_compensation
-
 
 def _check_calibration(model: Llama, calibration) -> np.ndarray:
     calibration = np.asarray(calibration)
@@ -175,7 +65,7 @@ def _check_calibration(model: Llama, calibration) -> np.ndarray:
 
 def _layer_range(model: Llama, config: PruneConfig) -> range:
     num_layers = model.config.num_layers
-    start, stop = config.layer_range or default_layer_range(num_layers)
+    start, stop = config.budget.layer_range or default_layer_range(num_layers)
     if not 0 <= start < stop <= num_layers:
         raise ValueError(f"layer_range must satisfy 0 <= start < stop <= {num_layers}, got ({start}, {stop})")
     return range(start, stop)
@@ -197,7 +87,7 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
         tokens, positions = jax.device_put(tokens, sharding), jax.device_put(positions, sharding)
         chunk = max(chunk, tokens.shape[0])  # one step over all sequences: every device works on its shard
     key, score = jax.random.key(config.seed), SCORES[config.method]
-    given = gradient_scores(model, tokens, config.method, batch_size=chunk, key=key, norm=config.norm) if score.needs == "gradients" else None
+    given = gradient_scores(model, tokens, config.method, batch_size=chunk, key=key, options=config.options) if score.needs == "gradients" else None
     return tokens, StageContext(config=config, score=score, positions=positions, inv_freq=model.rope_frequencies(), chunk=chunk,
                                 key=key, given_scores=given)
 
@@ -253,7 +143,7 @@ def prune(
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
     tokens, ctx = _context(model, calibration, config, mesh, axis)
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
-    allocation = allocate(model, layers, config, lambda: dense_unit_scores(model, h, layers, ctx))
+    allocation = allocate(model, layers, config.budget, config.allocation_mode, lambda: dense_unit_scores(model, h, layers, ctx))
 
     h_dense, layer_reports, first = None, [], 0  # the dense stream, from the first refit block on
     if resumed is not None:  # blocks [0, first) are done: their parameters, the streams into `first`
@@ -267,7 +157,7 @@ def prune(
     for layer, block in enumerate(model.layers):
         if layer < first:
             continue
-        if config.recover and layer == layers.start:
+        if config.recovery.enabled and layer == layers.start:
             h_dense = jnp.copy(h)  # until here both streams ran the same unchanged blocks (a copy: each is advanced in place)
         if layer < layers.stop or h_dense is not None:  # else no later block reads the streams
             h, h_dense, record = prune_block(block, layer, h, h_dense, allocation.cuts.get(layer, (0, 0)), ctx)

@@ -7,10 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from prune_jax.pruning.prune import PruneConfig
+from prune_jax.pruning.config import PruneConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +76,7 @@ class PruneReport:
     and timing of one ``prune`` run.
 
     Attributes:
-      config: the ``PruneConfig`` used.
+      config: the ``PruneConfig`` used (recorded flat: ``PruneConfig.to_json``).
       layer_range: blocks [start, stop) pruned.
       attention_ratio, ffn_ratio: the common per-layer ratios (None for the adaptive
         allocation).
@@ -126,7 +124,7 @@ class PruneReport:
         """The ``pruning.json`` record (JSON-serialisable; a fresh dict the caller may extend)."""
         return {
             "method": self.method,
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.to_json(),
             "allocation": self.config.allocation_mode,
             "layer_range": list(self.layer_range),
             "attention_ratio": self.attention_ratio,

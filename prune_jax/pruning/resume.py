@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from prune_jax.models.llama.sharding import replace_param, to_host
+from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from skmm_jax.common.checkpoints import CheckpointKind, CheckpointStore, mismatch
 from skmm_jax.common.io import atomic_write, save_json_atomic
@@ -54,18 +55,20 @@ def checkpoint_store(path: str | os.PathLike) -> CheckpointStore:
     return CheckpointStore(Path(path), PRUNE_CHECKPOINT)
 
 
-def settings(config, calibration: np.ndarray, model_config) -> dict:
-    """What a resume must share with the run it continues, readable (for mismatch messages)."""
+def settings(config: PruneConfig, calibration: np.ndarray, model_config) -> dict:
+    """What a resume must share with the run it continues, readable (for mismatch messages):
+    every setting of the config (``PruneConfig.to_json``, the method's options included),
+    the calibration tokens' shape and hash, the dense model's config."""
     calibration = np.ascontiguousarray(calibration, np.int64)
-    return {"config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+    return {"config": json.loads(json.dumps(config.to_json(), default=str)),
             "calibration": {"shape": list(calibration.shape), "sha256": hashlib.sha256(calibration.tobytes()).hexdigest()[:16]},
             "model": json.loads(json.dumps(dataclasses.asdict(model_config), default=str))}
 
 
-def fingerprint(config, calibration: np.ndarray, model_config) -> str:
-    """SHA-256 of what a resume must share with the run it continues."""
+def fingerprint(config: PruneConfig, calibration: np.ndarray, model_config) -> str:
+    """SHA-256 of what a resume must share with the run it continues (``settings``)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(config.to_json(), sort_keys=True, default=str).encode())
     digest.update(str(calibration.shape).encode() + np.ascontiguousarray(calibration, np.int64).tobytes())
     digest.update(json.dumps(dataclasses.asdict(model_config), sort_keys=True, default=str).encode())
     return digest.hexdigest()

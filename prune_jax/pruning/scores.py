@@ -23,8 +23,8 @@ Statistics are over calibration tokens of the block's input (see ``calibrate``):
   dap-obs       err({j}) = ‖W_D[j]‖² / (H⁻¹)_jj   err({n}) = tr(W_O[n]ᵀ [(H⁻¹)_nn]⁻¹ W_O[n])
                 (H = E[x̂x̂ᵀ] of the second map's input on the pruned stream; ``obs``): the
                 output error of removing the unit with optimal compensation. This entry
-                *removes* units itself (``Score.removes``): greedy, with the compensation
-                applied after each removal; the scores serve the adaptive allocation.
+                *removes* units itself (``Score.remove``: the OBS greedy, with the
+                compensation applied after each removal); the scores serve the allocation.
 
 The paper's FFN score multiplies the depth-2 metrics of the (W_D, W_U) and (W_D, W_G)
 pairs, E‖B_j σ(a_jᵀx)‖² ∝ ‖B_j‖² a_jᵀΣa_j, where a_jᵀΣa_j = E[(a_jᵀx)²] is the second
@@ -33,9 +33,12 @@ head score treats (attention output, W_O) as the depth-2 unit: a query head's sh
 the block output has energy Σ_c ‖W_O[c]‖² E[z_c²].
 
 Every method is one ``Score`` entry of ``SCORES``: its channel and head functions
-(one signature, ``fn(module, evidence) -> [units]``), what evidence it needs and whether
-it compensates biases. The pipeline reads those declarations; it never branches on a
-method's name. Adding a score = one entry here plus a test.
+(one signature, ``fn(module, evidence) -> [units]``), what evidence it needs, whether
+it compensates biases, its own options (a frozen dataclass with defaults, e.g.
+``ObsOptions(damp)``: ``PruneConfig.options`` holds an instance) and, for a score that
+chooses and compensates the removed units itself, its ``remove`` hook. The pipeline
+reads those declarations; it never branches on a method's name. Adding a score = one
+entry here plus a test.
 
 Head similarity (paper §3.2, ``similar_heads``): with D_ab the mean Jensen–Shannon
 divergence between the attention maps of heads a and b, pairs are visited in
@@ -48,16 +51,48 @@ truncating) by the score (``prefer_marked``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 
 from prune_jax.models.llama.sharding import to_host
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
-from prune_jax.pruning.obs import UnitGram, single_errors, stacked_weights
+from prune_jax.pruning.obs import DAMP, UnitGram, greedy_remove, single_errors, stacked_weights
 
 NEEDS = ("statistics", "gradients", "gram", "nothing")
+MAX_GREEDY_STEPS = 256  # OBS greedy: at most this many downdates per map (wide FFNs remove several channels per step)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormOptions:
+    """Options of the magnitude score.
+
+    Attributes:
+      norm: "l2" or "l1", the norm of a unit's first-map weights.
+    """
+
+    norm: str = "l2"
+
+    def __post_init__(self):
+        if self.norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObsOptions:
+    """Options of dap-obs (``obs``).
+
+    Attributes:
+      damp: relative dampening λ of the second map's input Gram: H + λ·mean(diag H)·I, so
+        H⁻¹ exists when the calibration tokens do not span every direction; > 0.
+    """
+
+    damp: float = DAMP
+
+    def __post_init__(self):
+        if not self.damp > 0:
+            raise ValueError(f"damp must be > 0, got {self.damp!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +101,8 @@ class Evidence:
 
     Attributes:
       key: PRNG key of this layer and module (random scores).
-      norm: "l1" or "l2" (``PruneConfig.norm``, for the magnitude score).
+      options: the method's options (``Score.options``; ``PruneConfig.options``), None
+        for a method without options.
       stats: calibration statistics of the pruned stream (``MLPStats`` or
         ``AttentionStats``) when the score needs "statistics", ``UnitGram`` for "gram".
       gradients: the module's mean gradients on the dense model (same structure as the
@@ -74,12 +110,35 @@ class Evidence:
     """
 
     key: jax.Array
-    norm: str = "l2"
+    options: Any = None
     stats: MLPStats | AttentionStats | UnitGram | None = None
     gradients: Any = None
 
 
 ScoreFn = Callable[[Any, Evidence], np.ndarray]
+
+
+class UnitRemoval(NamedTuple):
+    """What a score that removes units itself decides over: the second map of a half and
+    its input units (query heads or whole KV groups; FFN channels).
+
+    Attributes:
+      weights: [C, D] the second map's kernel flattened over its inputs (o: N·H rows;
+        down: F rows), with the bias as a last row when the map has one (the intercept).
+      unit_rows: [U, g] the rows of each unit (rows not listed — the intercept — stay).
+      unit_group: [U] the group of each unit (per-group heads: its KV group; else 0).
+      quota: [G] units to remove per group.
+    """
+
+    weights: jax.Array
+    unit_rows: np.ndarray
+    unit_group: np.ndarray
+    quota: np.ndarray
+
+
+# (units to remove, evidence) → (the compensated weights [C, D], removed [U] booleans):
+# the stage writes the weights back and slices the kept units.
+RemoveFn = Callable[[UnitRemoval, Evidence], tuple[jax.Array, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,25 +154,43 @@ class Score:
         input Gram on the pruned stream, ``obs.UnitGram``) or "nothing" (weights only).
       compensates_biases: bias compensation is on by default (FLAP):
         b += W[:, pruned] · mean(x_pruned); for a removing score, the bias is the
-        intercept row of the greedy's compensation.
-      removes: the units are chosen and compensated by ``obs.greedy_remove`` on the
-        "gram" evidence (the score functions then only serve the allocation).
-      allocation: the allocation ``PruneConfig(allocation=None)`` uses for this score
-        ("uniform" unless the scores are on one scale across layers: "global").
+        intercept row of its compensation.
+      remove: None, or the hook that chooses the removed units and compensates the kept
+        ones itself (``RemoveFn``, given the "gram" evidence; dap-obs: the OBS greedy),
+        which the stage calls instead of keeping the top scores (the score functions
+        then only serve the allocation).
+      allocation: the allocation mode ``Budget(allocation=None)`` uses for this score (a
+        key of ``allocation.ALLOCATIONS``: "uniform" unless the scores are on one scale
+        across layers: "global").
+      options: None, or the frozen dataclass (every field with a default) of the
+        method's own knobs; ``PruneConfig.options`` holds an instance, the score
+        functions read it as ``Evidence.options``.
     """
 
     channels: ScoreFn
     heads: ScoreFn
     needs: str = "statistics"
     compensates_biases: bool = False
-    removes: bool = False
+    remove: RemoveFn | None = None
     allocation: str = "uniform"
+    options: type | None = None
 
     def __post_init__(self):
         if self.needs not in NEEDS:
             raise ValueError(f"needs must be one of {NEEDS}, got {self.needs!r}")
-        if self.removes and self.needs != "gram":
+        if self.remove is not None and self.needs != "gram":
             raise ValueError("a score that removes units needs the 'gram' evidence")
+        if self.options is not None and not (dataclasses.is_dataclass(self.options) and isinstance(self.options, type)):
+            raise ValueError(f"options must be a dataclass type (or None), got {self.options!r}")
+
+    @property
+    def removes(self) -> bool:
+        """The score chooses and compensates the removed units itself (``remove``)."""
+        return self.remove is not None
+
+    def default_options(self):
+        """The method's options with their defaults (None when it has none)."""
+        return None if self.options is None else self.options()
 
 
 def _norm(x: np.ndarray, axis, p: str) -> np.ndarray:
@@ -226,14 +303,27 @@ def _depth2_l1_heads(attn, ev: Evidence) -> np.ndarray:
 def _obs_channels(mlp, ev: Evidence) -> np.ndarray:
     bias = mlp.down_bias[...] if ev.stats.intercept else None
     weights = stacked_weights(mlp.down_kernel[...], bias)
-    return single_errors(ev.stats.gram, weights, np.arange(mlp.down_kernel[...].shape[0])[:, None], ev.stats.damp)
+    return single_errors(ev.stats.gram, weights, np.arange(mlp.down_kernel[...].shape[0])[:, None], ev.options.damp)
 
 
 def _obs_heads(attn, ev: Evidence) -> np.ndarray:
     heads, head_dim = attn.o_kernel[...].shape[:2]
     bias = attn.o_bias[...] if ev.stats.intercept else None
     weights = stacked_weights(attn.o_kernel[...], bias)
-    return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.stats.damp)
+    return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.options.damp)
+
+
+def _obs_remove(units: UnitRemoval, ev: Evidence) -> tuple[jax.Array, np.ndarray]:
+    """dap-obs's removal: the OBS greedy on the second map's input Gram (``obs.greedy_remove``):
+    each step removes the unit whose removal, with the optimal compensation of the kept rows
+    (and of the bias, the intercept row), adds the least output error, and applies that
+    compensation. One group (channels, KV groups): several units per step, so at most
+    ``MAX_GREEDY_STEPS`` downdates; per-group heads: one per step."""
+    quota = units.quota
+    per_step = max(1, -(-int(quota.sum()) // MAX_GREEDY_STEPS)) if len(quota) == 1 else 1
+    removal = greedy_remove(ev.stats.gram, units.weights, units.unit_rows, quota, unit_group=units.unit_group, per_step=per_step,
+                            damp=ev.options.damp)
+    return removal.weights, np.asarray(removal.removed)
 
 
 # dap-obs's default allocation, chosen by benchmarks/prune_llama.py (docs/pruning.md: the rule).
@@ -241,8 +331,8 @@ DAP_OBS_ALLOCATION = "global"
 
 SCORES: dict[str, Score] = {
     "random": Score(_random_channels, _random_heads, needs="nothing"),
-    "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.norm),
-                       lambda attn, ev: _norm(_query_rows(attn), 1, ev.norm), needs="nothing"),
+    "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.options.norm),
+                       lambda attn, ev: _norm(_query_rows(attn), 1, ev.options.norm), needs="nothing", options=NormOptions),
     "depth2": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, "l2") * np.sqrt(_ffn(mlp)[3]),
                     lambda attn, ev: _norm(_query_rows(attn), 1, "l2") * np.sqrt(_o_sq(attn).sum(axis=1)), needs="nothing"),
     "wanda-sp": Score(_wanda_channels, _wanda_heads),
@@ -253,7 +343,7 @@ SCORES: dict[str, Score] = {
     "dap-data-free": Score(_data_free_channels, _data_free_heads, needs="nothing"),
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
-    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", removes=True, allocation=DAP_OBS_ALLOCATION),
+    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions),
 }
 METHODS = tuple(SCORES)
 
@@ -265,17 +355,25 @@ def get_score(method: str) -> Score:
     return SCORES[method]
 
 
-def ffn_channel_scores(method: str, mlp, stats: MLPStats | None, *, key: jax.Array, norm: str = "l2", gradients: Any = None) -> np.ndarray:
-    """[F] scores of the FFN channels of one block (see module docstring)."""
-    return get_score(method).channels(mlp, Evidence(key=key, norm=norm, stats=stats, gradients=gradients))
+def _options(score: Score, options):
+    return score.default_options() if options is None else options
 
 
-def head_scores(method: str, attn, stats: AttentionStats | None, *, key: jax.Array, norm: str = "l2", gradients: Any = None) -> np.ndarray:
-    """[N] scores of the query heads of one block (see module docstring)."""
-    return get_score(method).heads(attn, Evidence(key=key, norm=norm, stats=stats, gradients=gradients))
+def ffn_channel_scores(method: str, mlp, stats: MLPStats | None, *, key: jax.Array, options: Any = None, gradients: Any = None) -> np.ndarray:
+    """[F] scores of the FFN channels of one block (see module docstring); ``options``:
+    the method's (None: its defaults)."""
+    score = get_score(method)
+    return score.channels(mlp, Evidence(key=key, options=_options(score, options), stats=stats, gradients=gradients))
 
 
-def gradient_scores(model, tokens, method: str, *, batch_size: int, key: jax.Array, norm: str = "l2") -> list[tuple[np.ndarray, np.ndarray]]:
+def head_scores(method: str, attn, stats: AttentionStats | None, *, key: jax.Array, options: Any = None, gradients: Any = None) -> np.ndarray:
+    """[N] scores of the query heads of one block (see module docstring); ``options``:
+    the method's (None: its defaults)."""
+    score = get_score(method)
+    return score.heads(attn, Evidence(key=key, options=_options(score, options), stats=stats, gradients=gradients))
+
+
+def gradient_scores(model, tokens, method: str, *, batch_size: int, key: jax.Array, options: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, (head scores [N], channel scores [F]) of a "gradients" score, from the
     dense model's weights and its mean gradients on ``tokens`` [S, T] (``dense_gradients``).
 
@@ -283,11 +381,12 @@ def gradient_scores(model, tokens, method: str, *, batch_size: int, key: jax.Arr
     ``fold_in(key, 2·layer + 1)`` for channels.
     """
     score = get_score(method)
+    options = _options(score, options)
     graded = dense_gradients(model, tokens, batch_size=batch_size)
     out = []
     for layer, (block, grads) in enumerate(zip(model.layers, graded.layers)):
-        heads = score.heads(block.attn, Evidence(key=jax.random.fold_in(key, 2 * layer), norm=norm, gradients=grads.attn))
-        channels = score.channels(block.mlp, Evidence(key=jax.random.fold_in(key, 2 * layer + 1), norm=norm, gradients=grads.mlp))
+        heads = score.heads(block.attn, Evidence(key=jax.random.fold_in(key, 2 * layer), options=options, gradients=grads.attn))
+        channels = score.channels(block.mlp, Evidence(key=jax.random.fold_in(key, 2 * layer + 1), options=options, gradients=grads.mlp))
         out.append((heads, channels))
     return out
 

@@ -12,8 +12,9 @@ and is pruned by the same steps (``prune_half``), given the two calibration stre
   2. if units go: statistics of the unit outputs on the pruned stream, score
      (``scores.SCORES``), rerank (attention: the similarity criterion), keep set (GQA
      aware for heads), bias compensation, slice; or, for a score that removes units
-     itself (dap-obs), the second map's input Gram on the pruned stream → the OBS greedy
-     (``obs``: removal and optimal compensation of the kept rows in one) → slice;
+     itself (``Score.remove``; dap-obs: the OBS greedy, removal and optimal compensation
+     of the kept rows in one), the second map's input Gram on the pruned stream → the
+     score's hook → write back its weights → slice;
   3. one pass: Grams of the second map (o | down) on the kept units against the dense
      half's update, computed per chunk and added to h_dense in place → refit;
   4. advance the pruned stream in place (the model's residual hook).
@@ -38,15 +39,15 @@ from flax import nnx
 
 from prune_jax.models.llama.sharding import replace_param
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
-from prune_jax.pruning.obs import UnitGram, add_gram, greedy_remove, stacked_weights
+from prune_jax.pruning.config import PruneConfig
+from prune_jax.pruning.obs import UnitGram, add_gram, stacked_weights
 from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
-from prune_jax.pruning.scores import Evidence, Score, prefer_marked, similar_heads
+from prune_jax.pruning.scores import Evidence, Score, UnitRemoval, prefer_marked, similar_heads
 from prune_jax.pruning.slicing import head_keep_set, heads_of_groups, keep_top, slice_channels, slice_heads
 from skmm_jax.common.streaming import chunk_bounds
 
 Array = jax.Array
-MAX_GREEDY_STEPS = 256  # OBS greedy: at most this many downdates per map (wide FFNs remove several channels per step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class StageContext:
     """What every stage shares: calibration positions, RoPE, chunking and the score.
 
     Attributes:
-      config: the ``PruneConfig``.
+      config: the run's ``PruneConfig``.
       score: the method's registry entry.
       positions: [S, T] positions of the calibration sequences.
       inv_freq: RoPE inverse frequencies.
@@ -64,7 +65,7 @@ class StageContext:
         dense model ("gradients" scores), else None.
     """
 
-    config: Any
+    config: PruneConfig
     score: Score
     positions: Array
     inv_freq: Array
@@ -102,7 +103,7 @@ class Half:
       rerank: (module, chunks of (x, positions), scores, ctx) → (scores, marked units or None).
       removal_units: (module, cut, head_mode) → (unit rows [U, g] of the flattened second
         map's input, unit groups [U], quota per group, removed [U] → (kept, slice
-        argument)): the units of the OBS greedy (``obs.greedy_remove``).
+        argument)): the units a removing score decides over (``scores.UnitRemoval``).
     """
 
     index: int
@@ -182,10 +183,10 @@ def advance(half: Half, block, h: Array, ctx: StageContext) -> Array:
 
 def _similar_heads_first(attn, inputs, scores: np.ndarray, ctx: StageContext) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """Head criterion "similarity" (paper §3.2): heads marked redundant go first."""
-    if ctx.config.head_criterion != "similarity":
+    if ctx.config.heads.criterion != "similarity":
         return scores, None
     probs = (attn.probabilities(x, positions, ctx.inv_freq) for x, positions in inputs)
-    marked = similar_heads(head_divergence(probs), scores, ctx.config.similarity_tau)
+    marked = similar_heads(head_divergence(probs), scores, ctx.config.heads.similarity_tau)
     return prefer_marked(scores, marked), tuple(np.flatnonzero(marked).tolist())
 
 
@@ -269,7 +270,7 @@ def unit_gram(half: Half, block, h: Array, ctx: StageContext) -> UnitGram:
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         units = with_intercept(units) if intercept else units
         gram = add_gram(jnp.zeros((units.shape[-1],) * 2, jnp.float32) if gram is None else gram, units)
-    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept, ctx.config.damp)
+    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept)
 
 
 def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:
@@ -284,30 +285,35 @@ def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContex
         stats = half.calibrate(module, ctx.inputs(half, block, h), ctx)
     if ctx.given_scores is not None:  # "gradients" scores: from the dense model, up front
         return ctx.given_scores[layer][half.index], stats
-    evidence = Evidence(key=jax.random.fold_in(ctx.key, 2 * layer + half.index), norm=ctx.config.norm, stats=stats)
-    return half.score(ctx.score)(module, evidence), stats
+    return half.score(ctx.score)(module, _evidence(half, layer, stats, ctx)), stats
+
+
+def _evidence(half: Half, layer: int, stats, ctx: StageContext) -> Evidence:
+    """What the score reads at this layer and half: its PRNG key (folded in per layer
+    and half), the method's options and the statistics."""
+    return Evidence(key=jax.random.fold_in(ctx.key, 2 * layer + half.index), options=ctx.config.options, stats=stats)
 
 
 def _needs_stats(ctx: StageContext) -> bool:
     return ctx.score.needs in ("statistics", "gram") or ctx.config.compensate
 
 
-def _obs_remove(half: Half, block, h: Array, cut: int, ctx: StageContext) -> tuple[int, ...]:
-    """Removes ``cut`` units (per KV group or whole groups for heads) by the OBS greedy on
-    the second map's input Gram, with the compensation of the kept rows (and the bias, the
-    intercept row, when there is one); returns the kept units."""
+def _removed_by_score(half: Half, block, layer: int, h: Array, cut: int, ctx: StageContext) -> tuple[int, ...]:
+    """Removes ``cut`` units (per KV group or whole groups for heads) by the score's own
+    ``remove`` hook on the second map's input Gram: it returns the map's compensated
+    weights (the bias as the intercept row, when there is one), which replace the kernel
+    and bias before the removed units are sliced away; returns the kept units."""
     module = half.module(block)
     stats = unit_gram(half, block, h, ctx)
     kernel = getattr(module, half.second_kernel)[...]
     bias = getattr(module, half.second_bias)[...] if stats.intercept else None
-    rows, groups, quota, kept_of = half.removal_units(module, cut, ctx.config.head_mode)
-    per_step = max(1, -(-int(quota.sum()) // MAX_GREEDY_STEPS)) if len(quota) == 1 else 1
-    removal = greedy_remove(stats.gram, stacked_weights(kernel, bias), rows, quota, unit_group=groups, per_step=per_step, damp=stats.damp)
+    rows, groups, quota, kept_of = half.removal_units(module, cut, ctx.config.budget.head_mode)
+    weights, removed = ctx.score.remove(UnitRemoval(stacked_weights(kernel, bias), rows, groups, quota), _evidence(half, layer, stats, ctx))
     inputs = int(np.prod(kernel.shape[:-1]))
-    replace_param(module, half.second_kernel, removal.weights[:inputs].reshape(kernel.shape).astype(kernel.dtype))
+    replace_param(module, half.second_kernel, weights[:inputs].reshape(kernel.shape).astype(kernel.dtype))
     if bias is not None:
-        replace_param(module, half.second_bias, removal.weights[inputs].astype(bias.dtype))
-    keep, slice_arg = kept_of(np.asarray(removal.removed))
+        replace_param(module, half.second_bias, weights[inputs].astype(bias.dtype))
+    keep, slice_arg = kept_of(np.asarray(removed))
     half.slice(module, keep, slice_arg)
     return tuple(int(k) for k in keep)
 
@@ -318,7 +324,7 @@ def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageC
     module = half.module(block)
     scores, stats = unit_scores(half, block, layer, h if _needs_stats(ctx) else None, ctx)
     scores, marked = half.rerank(module, ctx.inputs(half, block, h), scores, ctx)
-    keep, slice_arg = half.keep_set(module, scores, cut, ctx.config.head_mode)
+    keep, slice_arg = half.keep_set(module, scores, cut, ctx.config.budget.head_mode)
     if ctx.config.compensate:  # b += Σ_{removed units c} E[u_c] W[c]
         dropped = np.setdiff1d(np.arange(len(scores)), keep)
         mean = jnp.asarray(half.unit_mean(stats)[dropped], jnp.float32)  # [r, ...]
@@ -341,8 +347,8 @@ def _refit_first_maps(half: Half, block, dense_block, h: Array, h_dense: Array, 
         targets = _first_targets(half, dense_block, h_dense[s:e])
         x = _normalised(half, block, h[s:e])
         grams = accumulate_grams(grams, with_intercept(x) if intercept else x, targets, s * tokens_per_sequence, split)
-    return Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.ridge_grid,
-                              toward_current=ctx.config.ridge_toward == "current"))
+    return Refit(**refit_maps(module, half.first_kernels, half.first_biases, grams, ctx.config.recovery.ridge_grid,
+                              toward_current=ctx.config.recovery.toward_current))
 
 
 def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, ctx: StageContext) -> tuple[Array, Refit]:
@@ -357,8 +363,8 @@ def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, 
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         h_dense, target = _dense_update_rows(half, dense_block, h_dense, jnp.asarray(s), ctx.positions[s:e], ctx.inv_freq)
         grams = accumulate_grams(grams, with_intercept(units) if intercept else units, target, s * tokens_per_sequence, split)
-    return h_dense, Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.ridge_grid,
-                              toward_current=ctx.config.ridge_toward == "current"))
+    return h_dense, Refit(**refit_maps(module, (half.second_kernel,), (half.second_bias,), grams, ctx.config.recovery.ridge_grid,
+                              toward_current=ctx.config.recovery.toward_current))
 
 
 def prune_half(half: Half, block, dense_block, layer: int, h: Array, h_dense: Array | None, cut: int,
@@ -370,10 +376,10 @@ def prune_half(half: Half, block, dense_block, layer: int, h: Array, h_dense: Ar
     Gram matrices chunk by chunk (``recover``), so besides the two streams only per-chunk
     activations and O(C²) per map are held."""
     first = second = kept = marked = None
-    if h_dense is not None and ctx.config.refit == "full":
+    if h_dense is not None and ctx.config.recovery.refit == "full":
         first = _refit_first_maps(half, block, dense_block, h, h_dense, ctx)
-    if cut and ctx.score.removes:
-        kept = _obs_remove(half, block, h, cut, ctx)
+    if cut and ctx.score.remove is not None:
+        kept = _removed_by_score(half, block, layer, h, cut, ctx)
     elif cut:
         kept, marked = _remove_units(half, block, layer, h, cut, ctx)
     if h_dense is not None:
