@@ -926,7 +926,7 @@ def prune_run(run: Run, method: str) -> None:
         log(f"{method}: block {done}/{total} after {stamps[-1] - begin:.1f} s")
 
     prune_config = PruneConfig(method=method, budget=Budget(sparsity=0.2, layer_range=(0, layers)), batch_size=sizes.prune_batch)
-    run.record["config"] = dataclasses.asdict(prune_config)
+    run.record["config"] = prune_config.to_json()
     begin = time.perf_counter()
     model, report = prune(model, tokens, prune_config, progress=progress)
     jax.block_until_ready(nnx.state(model))

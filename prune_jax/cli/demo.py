@@ -7,18 +7,18 @@ from pathlib import Path
 import typer
 
 from prune_jax.cli.shared import OVERWRITE_HELP, REPORTER, RUN_ERRORS, console, default, fail_run, flags_for, note
-from prune_jax.pruning import PruneConfig
+from prune_jax.pruning import Budget, PruneConfig, Recovery
 from prune_jax.pruning.scores import METHODS
 from prune_jax.runs.demo import DEMO_TASK, DemoRun
 from skmm_jax.common.cli import check_output_dir
 
-DEMO_FLAGS = flags_for(DemoRun, PruneConfig)
+DEMO_FLAGS = flags_for(DemoRun, PruneConfig, Budget)
 
 
 def demo_command(
     method: str = typer.Option(default(PruneConfig, "method"), help="Pruning score: " + " | ".join(METHODS) + "."),
     recover: bool = typer.Option(False, "--recover/--no-recover", help="Layer-wise recovery (ridge refit of every linear map; dap-obs compensates by itself)."),
-    sparsity: float = typer.Option(default(PruneConfig, "sparsity"), help="Fraction of the prunable parameters to remove, in (0, 1)."),
+    sparsity: float = typer.Option(default(Budget, "sparsity"), help="Fraction of the prunable parameters to remove, in (0, 1)."),
     calib_samples: int = typer.Option(default(DemoRun, "calib_samples"), min=1, help="Calibration sequences of 128 tokens."),
     eval_windows_count: int = typer.Option(default(DemoRun, "eval_windows"), "--eval-windows", min=1, help="Evaluation windows of 128 tokens."),
     task_items: int = typer.Option(default(DemoRun, "task_items"), min=1, help=f"Items of the built-in zero-shot task {DEMO_TASK} scored on both models."),
@@ -37,7 +37,7 @@ def demo_command(
 
     check_output_dir(out, overwrite=overwrite)
     try:
-        run = DemoRun(pruning=PruneConfig(method=method, sparsity=sparsity, recover=recover), out=out, calib_samples=calib_samples,
+        run = DemoRun(pruning=PruneConfig(method=method, budget=Budget(sparsity=sparsity), recovery=Recovery(enabled=recover)), out=out, calib_samples=calib_samples,
                       eval_windows=eval_windows_count, task_items=task_items, overwrite=overwrite)
     except ValueError as err:
         fail_run(err, DEMO_FLAGS)

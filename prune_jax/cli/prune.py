@@ -20,7 +20,7 @@ from prune_jax.cli.shared import (
     note,
     parse_mesh_flag,
 )
-from prune_jax.pruning import PruneConfig
+from prune_jax.pruning import Budget, HeadCriterion, PruneConfig, Recovery
 from prune_jax.pruning.obs import DAMP
 from prune_jax.pruning.scores import METHODS
 from prune_jax.runs.prune import PruneRun
@@ -40,10 +40,12 @@ def prune_config(*, method, sparsity, recover, refit, ridge_toward, damp, bias_c
         fail("--layer-start and --layer-stop go together")
     layer_range = None if layer_start is None else (layer_start, layer_stop)
     try:
-        return PruneConfig(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
-                           head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
-                           layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
-                           ridge_toward=ridge_toward, damp=damp, bias_compensation=bias_compensation)
+        # The flat record form: a method option (--damp) given for another method is refused by name.
+        method_options = {} if damp is None else {"damp": damp}
+        return PruneConfig.from_json(dict(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
+                                          head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
+                                          layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
+                                          ridge_toward=ridge_toward, bias_compensation=bias_compensation, **method_options))
     except ValueError as err:
         fail_run(err, PRUNE_FLAGS)
 
@@ -51,14 +53,14 @@ def prune_config(*, method, sparsity, recover, refit, ridge_toward, damp, bias_c
 def prune_command(
     model: str = typer.Option(default(PruneRun, "model"), help=MODEL_HELP),
     method: str = typer.Option(default(PruneConfig, "method"), help=" | ".join(METHODS) + " (dap-obs = greedy output approximation with optimal compensation, the best in the benchmark; dap = the paper's score)."),
-    sparsity: float = typer.Option(default(PruneConfig, "sparsity"), help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
+    sparsity: float = typer.Option(default(Budget, "sparsity"), help="Fraction of the prunable (attention + MLP) parameters to remove, in (0, 1)."),
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
-    refit: str = typer.Option(default(PruneConfig, "refit"), help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
-    ridge_toward: str = typer.Option(default(PruneConfig, "ridge_toward"), help="What the --recover ridge shrinks toward: current (the weights before the refit; default) | zero (classic ridge)."),
-    damp: float = typer.Option(DAMP, help="dap-obs: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0."),
+    refit: str = typer.Option(default(Recovery, "refit"), help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
+    ridge_toward: str = typer.Option(default(Recovery, "ridge_toward"), help="What the --recover ridge shrinks toward: current (the weights before the refit; default) | zero (classic ridge)."),
+    damp: Optional[float] = typer.Option(None, help=f"dap-obs only: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0 (default {DAMP})."),
     bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
-    head_criterion: str = typer.Option(default(PruneConfig, "head_criterion"), help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
-    similarity_tau: float = typer.Option(default(PruneConfig, "similarity_tau"), help="τ of the head-similarity criterion (nats), > 0."),
+    head_criterion: str = typer.Option(default(HeadCriterion, "criterion"), help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
+    similarity_tau: float = typer.Option(default(HeadCriterion, "similarity_tau"), help="τ of the head-similarity criterion (nats), > 0."),
     allocation: Optional[str] = typer.Option(None, help="Default: the method's (global for dap-obs, else uniform). uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
     calib: str = typer.Option(default(PruneRun, "calib"), help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
     calib_split: str = typer.Option(default(PruneRun, "calib_split"), help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
@@ -68,7 +70,7 @@ def prune_command(
     calib_pool: Optional[int] = typer.Option(None, help="--calib-select other than random: candidate windows (a uniform subset of every non-overlapping window of the split; default all)."),
     calib_representation: str = typer.Option(default(PruneRun, "calib_representation"), help="--calib-select other than random: moments (sketched per-window x xᵀ of a few blocks' MLP inputs) | hidden (mean-pooled states)."),
     seed: int = typer.Option(default(PruneRun, "seed"), help="Seed of the document split, the calibration windows and random scores."),
-    head_mode: str = typer.Option(default(PruneConfig, "head_mode"), help="per-group (same query heads removed in every KV group) | kv-groups."),
+    head_mode: str = typer.Option(default(Budget, "head_mode"), help="per-group (same query heads removed in every KV group) | kv-groups."),
     layer_start: Optional[int] = typer.Option(None, min=0, help="First block to prune (default: the paper's 4)."),
     layer_stop: Optional[int] = typer.Option(None, min=1, help="Block after the last one to prune (default L − 2)."),
     attention_ratio: Optional[float] = typer.Option(None, help="Fixed per-layer head ratio in [0, 1) (instead of --sparsity)."),

@@ -9,10 +9,10 @@ bad input costs no model load), reports progress through a `Reporter` and never
 prints. The records (``pruning.json``, ``finetune.json``, the evaluation JSON) are built
 here and only here.
 
-    from prune_jax.pruning import PruneConfig
+    from prune_jax.pruning import Budget, PruneConfig
     from prune_jax.runs import PruneRun, run_prune
 
-    outcome = run_prune(PruneRun(out=Path("pruned"), calib_samples=32), PruneConfig(sparsity=0.3))
+    outcome = run_prune(PruneRun(out=Path("pruned"), calib_samples=32), PruneConfig(budget=Budget(sparsity=0.3)))
 """
 
 from prune_jax.runs.demo import DEMO_MODEL, DEMO_TASK, DemoOutcome, DemoRun, run_demo

@@ -87,7 +87,7 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     task = builtin_task(DEMO_TASK, max_items=run.task_items)
     dense = scores(net, "dense")
     start = time.perf_counter()
-    desc = (f"prune {config.sparsity:.0%} {config.method}{' + recovery' if config.recover else ''}, "
+    desc = (f"prune {config.budget.sparsity:.0%} {config.method}{' + recovery' if config.recovery.enabled else ''}, "
             f"{calib.shape[0]}×{SEQ_LEN} calibration tokens")
     with reporter.bar(desc, unit="block", total=net.config.num_layers) as progress:
         net, report = prune(net, calib, config, progress=progress)
