@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from skmm_jax.common.precision import HIGHEST
+from skmm_jax.common.registry import Registry
 from skmm_jax.moments import Spectrum, direction_weights, shortfall_loss
 from skmm_jax.sampling import class_quotas, sample_without_replacement
 
@@ -233,8 +234,8 @@ def _balanced(key, spectrum, p, coverage, n, *, labels, **_):
     return draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1), _NO_SWAPS
 
 
-DRAW_RULES: dict[str, DrawRule] = {
-    rule.name: rule
+DRAW_RULES: Registry[DrawRule] = Registry("draw rule", (
+    (rule.name, rule)
     for rule in (
         DrawRule("greedy", _greedy, uses_relaxation=False, summary="full-matrix moment matching, min tr(Λ(Z_SᵀZ_S + ρI)⁻¹)"),
         DrawRule("greedy-diagonal", _greedy_diagonal, summary="greedy on the relaxation's diagonal objective D(S)"),
@@ -243,7 +244,7 @@ DRAW_RULES: dict[str, DrawRule] = {
         DrawRule("top", _top, summary="the n largest p"),
         DrawRule("balanced", _balanced, needs_labels=True, summary="per-class shares ∝ class p-mass, drawn ∝ p"),
     )
-}
+))
 """Every draw rule by name (see the module docstring)."""
 
 # The names, in registry order (a view: rules registered later appear here too).
@@ -251,18 +252,13 @@ DRAWS = DRAW_RULES.keys()
 
 
 def register_draw_rule(rule: DrawRule) -> DrawRule:
-    """Adds ``rule`` to ``DRAW_RULES`` (ValueError if the name is taken); returns it."""
-    if rule.name in DRAW_RULES:
-        raise ValueError(f"draw rule {rule.name!r} is already registered")
-    DRAW_RULES[rule.name] = rule
-    return rule
+    """Adds ``rule`` to ``DRAW_RULES`` under its name (ValueError if taken); returns it."""
+    return DRAW_RULES.register(rule.name, rule)
 
 
 def draw_rule(name: str) -> DrawRule:
     """The registry entry of ``name``; ValueError "draw must be one of ..., got 'x'" otherwise."""
-    if not isinstance(name, str) or name not in DRAW_RULES:
-        raise ValueError(f"draw must be one of {', '.join(DRAW_RULES)}, got {name!r}")
-    return DRAW_RULES[name]
+    return DRAW_RULES.lookup(name, setting="draw")
 
 
 def draw(

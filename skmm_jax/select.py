@@ -31,6 +31,7 @@ import numpy as np
 
 from skmm_jax.baselines import BASELINES
 from skmm_jax.common.checks import check_labels, check_positive_int, scan_rows
+from skmm_jax.common.registry import Registry
 from skmm_jax.common.streaming import Progress
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAW_RULES, draw, draw_rule, subset_loss
@@ -296,12 +297,13 @@ def _skmm_check(options: dict, labels: Any) -> None:
         raise ValueError(f"draw {config.draw!r} needs labels (one int class per sample)")
 
 
-METHODS: dict[str, SelectionMethod] = {
+METHODS: Registry[SelectionMethod] = Registry("selection method", {
     "skmm": SelectionMethod("skmm", _skmm_run, needs_moments=True, check_options=_skmm_check),
     **BASELINES,
     **DEEPCORE,
-}
-"""Every selection method by its command-line name (see ``skmm_jax.methods``)."""
+}.items())
+"""Every selection method by its command-line name (see ``skmm_jax.methods``);
+``METHODS.register(name, SelectionMethod(...))`` adds one."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ def exact_matmuls():
 
 
 def test_registry_declarations():
-    assert METHODS == tuple(SCORES)
+    assert tuple(METHODS) == tuple(SCORES)
     assert {m for m, s in SCORES.items() if s.compensates_biases} == {"flap"}
     assert {m for m, s in SCORES.items() if s.needs == "gradients"} == {"taylor"}
     assert {m for m, s in SCORES.items() if s.needs == "nothing"} == {"random", "magnitude", "depth2", "dap-data-free", "depth2-l1"}

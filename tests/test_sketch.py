@@ -193,7 +193,7 @@ def test_sharded_batch_equals_single_device():
         (lambda: make_sketch("gaussian", jax.random.key(0), -3, 8), "in_dim must be a positive int"),
         (lambda: make_sketch("sjlt", jax.random.key(0), 100, 10, nnz=4), "multiple of nnz"),
         (lambda: make_sketch("srht", jax.random.key(0), 100, 200), "impossible"),
-        (lambda: make_sketch("hadamard", jax.random.key(0), 100, 8), "unknown sketch kind"),
+        (lambda: make_sketch("hadamard", jax.random.key(0), 100, 8), "kind must be one of"),
         (lambda: make_sketch("srht", jax.random.key(0), 100, 8, nnz=2), "does not take"),
         (lambda: make_sketch("gaussian", 0, 100, 8), "PRNG key"),
         (lambda: make_sketch("kronecker", jax.random.key(0), 100, 8, shape=(3, 3)), "has 9 entries"),
@@ -250,5 +250,5 @@ def test_a_registered_kind_reaches_every_entry_point():
     finally:
         SKETCH_KINDS.pop("test-dense", None)
     assert "test-dense" not in KINDS
-    with pytest.raises(ValueError, match="unknown sketch kind"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         make_sketch("test-dense", jax.random.key(0), 100, 8)

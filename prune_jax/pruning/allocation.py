@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.registry import Registry
+
 HEAD_MODES = ("per-group", "kv-groups")
 
 
@@ -225,7 +227,7 @@ def _thresholded(standardise: bool):
     return allocate_by_threshold
 
 
-ALLOCATIONS: dict[str, AllocationMode] = {
+ALLOCATIONS: Registry[AllocationMode] = Registry("allocation mode", {
     "uniform": AllocationMode("one ratio for both modules and every layer of the range, the smallest that meets the budget "
                               "(solve_ratio)", _uniform),
     "adaptive": AllocationMode("FLAP: unit scores standardised within their layer and module, one global threshold over all "
@@ -234,7 +236,8 @@ ALLOCATIONS: dict[str, AllocationMode] = {
     "global": AllocationMode("raw scores per parameter freed, one global threshold: for scores on one scale across layers "
                              "(dap-obs's relative output errors); at most max_block_removal of a block's channels",
                              _thresholded(standardise=False)),
-}
+}.items())
+"""Every allocation mode by name; ``ALLOCATIONS.register(name, AllocationMode(...))`` adds one."""
 
 
 def allocate(model, layers: range, budget, mode: str, dense_scores: DenseScores) -> Allocation:
@@ -248,6 +251,4 @@ def allocate(model, layers: range, budget, mode: str, dense_scores: DenseScores)
     if budget.fixed_ratios:
         attention_ratio, ffn_ratio = budget.attention_ratio or 0.0, budget.ffn_ratio or 0.0
         return Allocation(_ratio_cuts(model, layers, attention_ratio, ffn_ratio, budget.head_mode), attention_ratio, ffn_ratio)
-    if mode not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {tuple(ALLOCATIONS)}, got {mode!r}")
-    return ALLOCATIONS[mode].allocate(model, layers, budget, dense_scores)
+    return ALLOCATIONS.lookup(mode, setting="allocation").allocate(model, layers, budget, dense_scores)

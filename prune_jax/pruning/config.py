@@ -196,8 +196,7 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.method not in SCORES:  # the registry, so an entry registered at run time is valid too
-            raise ValueError(f"method must be one of {tuple(SCORES)}, got {self.method!r}")
+        SCORES.lookup(self.method, setting="method")  # the registry: an entry registered at run time is valid too
         for name, kind in (("budget", Budget), ("heads", HeadCriterion), ("recovery", Recovery)):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
@@ -236,8 +235,7 @@ class PruneConfig:
             its flag there), or an invalid value.
         """
         method = record.get("method", cls.method)
-        if method not in SCORES:
-            raise ValueError(f"method must be one of {tuple(SCORES)}, got {method!r}")
+        SCORES.lookup(method, setting="method")
         groups: dict[str | None, dict[str, Any]] = {None: {}, "budget": {}, "heads": {}, "recovery": {}}
         options = {}
         own_options = option_fields(method)

@@ -59,6 +59,7 @@ import numpy as np
 from prune_jax.models.llama.sharding import to_host
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
 from prune_jax.pruning.obs import DAMP, UnitGram, greedy_remove, single_errors, stacked_weights
+from skmm_jax.common.registry import Registry
 
 NEEDS = ("statistics", "gradients", "gram", "nothing")
 MAX_GREEDY_STEPS = 256  # OBS greedy: at most this many downdates per map (wide FFNs remove several channels per step)
@@ -329,7 +330,7 @@ def _obs_remove(units: UnitRemoval, ev: Evidence) -> tuple[jax.Array, np.ndarray
 # dap-obs's default allocation, chosen by benchmarks/prune_llama.py (docs/pruning.md: the rule).
 DAP_OBS_ALLOCATION = "global"
 
-SCORES: dict[str, Score] = {
+SCORES: Registry[Score] = Registry("score method", {
     "random": Score(_random_channels, _random_heads, needs="nothing"),
     "magnitude": Score(lambda mlp, ev: _norm(_first_maps(mlp), 0, ev.options.norm),
                        lambda attn, ev: _norm(_query_rows(attn), 1, ev.options.norm), needs="nothing", options=NormOptions),
@@ -344,15 +345,16 @@ SCORES: dict[str, Score] = {
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
     "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions),
-}
-METHODS = tuple(SCORES)
+}.items())
+"""Every unit score by method name; ``SCORES.register(name, Score(...))`` adds one."""
+
+# The names, in registry order (a view: methods registered later appear here too).
+METHODS = SCORES.keys()
 
 
 def get_score(method: str) -> Score:
     """The registry entry of ``method``; ValueError naming the valid methods."""
-    if method not in SCORES:
-        raise ValueError(f"unknown score method {method!r}; choose one of {METHODS}")
-    return SCORES[method]
+    return SCORES.lookup(method, setting="method")
 
 
 def _options(score: Score, options):

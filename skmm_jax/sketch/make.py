@@ -12,13 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from skmm_jax.common.pytree import Array
+from skmm_jax.common.registry import Registry
 from skmm_jax.sketch.base import Sketch, SketchKind
 from skmm_jax.sketch.dense import GAUSSIAN, RADEMACHER
 from skmm_jax.sketch.kronecker import KRONECKER
 from skmm_jax.sketch.sparse import COUNTSKETCH, SJLT
 from skmm_jax.sketch.srht import SRHT
 
-SKETCH_KINDS: dict[str, SketchKind] = {entry.name: entry for entry in (GAUSSIAN, RADEMACHER, SJLT, COUNTSKETCH, SRHT, KRONECKER)}
+SKETCH_KINDS: Registry[SketchKind] = Registry(
+    "sketch kind", ((entry.name, entry) for entry in (GAUSSIAN, RADEMACHER, SJLT, COUNTSKETCH, SRHT, KRONECKER)))
 """Every sketch kind by name, in the order tables and help texts list them."""
 
 # The names, in registry order (a view: kinds registered later appear here too).
@@ -26,18 +28,13 @@ KINDS = SKETCH_KINDS.keys()
 
 
 def register_sketch_kind(entry: SketchKind) -> SketchKind:
-    """Adds ``entry`` to ``SKETCH_KINDS`` (ValueError if the name is taken); returns it."""
-    if entry.name in SKETCH_KINDS:
-        raise ValueError(f"sketch kind {entry.name!r} is already registered")
-    SKETCH_KINDS[entry.name] = entry
-    return entry
+    """Adds ``entry`` to ``SKETCH_KINDS`` under its name (ValueError if taken); returns it."""
+    return SKETCH_KINDS.register(entry.name, entry)
 
 
 def sketch_kind(kind: str, *, name: str = "kind") -> SketchKind:
-    """The registry entry of ``kind``; ValueError "<name> 'x': unknown sketch kind; choose one of ..."."""
-    if not isinstance(kind, str) or kind not in SKETCH_KINDS:
-        raise ValueError(f"{name} {kind!r}: unknown sketch kind; choose one of {', '.join(SKETCH_KINDS)}")
-    return SKETCH_KINDS[kind]
+    """The registry entry of ``kind``; ValueError "<name> must be one of gaussian, ..., got 'x'"."""
+    return SKETCH_KINDS.lookup(kind, setting=name)
 
 
 def check_options(entry: SketchKind, options: dict[str, Any]) -> None:
