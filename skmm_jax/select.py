@@ -388,7 +388,7 @@ def select(
     num = features.shape[0]
     check_subset_size(n, num)
     if entry.needs_labels and labels is None:
-        raise ValueError(f"method {entry.name!r} needs labels: an [N] = [{num}] integer array of classes 0..C-1")
+        raise ValueError(f"method {entry.name!r} needs labels: `labels` must be an [N] = [{num}] integer array of classes 0..C-1")
     if sketch_kind is None and sketch_dim is not None:
         raise ValueError("sketch_dim needs sketch_kind (which sketch to apply), e.g. sketch_kind='sjlt'")
     if sketch_kind is not None:

@@ -264,7 +264,7 @@ def test_select_command_with_labels_end_to_end(tmp_path: Path):
     assert payload["method"] == "el2n" and payload["n"] == 7 and len(set(payload["indices"])) == 7
     assert payload["indices"] == np.asarray(deepcore.el2n(jax.random.key(2), x, 7, labels=y)).tolist()
     out.unlink()
-    for extra, message in (([], "needs --labels"), (["--labels", str(tmp_path / "yf.npy")], "integer dtype")):
+    for extra, message in (([], "--labels must be an"), (["--labels", str(tmp_path / "yf.npy")], "integer dtype")):
         result = runner.invoke(skmm_app, [*base, *extra])
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output

@@ -35,13 +35,13 @@ def test_the_cli_names_fields_by_their_flags():
     import typer
     from typer.testing import CliRunner
 
-    from prune_jax.cli.shared import fail_run
+    from prune_jax.cli.shared import fail_config
 
     app = typer.Typer()
 
     @app.command()
     def go(message: str) -> None:
-        fail_run(ValueError(message), {"calib_pool": "--calib-pool", "calib_samples": "--calib-samples", "n": "--n"})
+        fail_config(ValueError(message), {"calib_pool": "--calib-pool", "calib_samples": "--calib-samples", "n": "--n"})
 
     @app.command()
     def other() -> None:  # two commands: the message is an argument of "go"

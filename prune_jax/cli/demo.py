@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from prune_jax.cli.shared import OVERWRITE_HELP, REPORTER, RUN_ERRORS, console, default, fail_run, flags_for, note
+from prune_jax.cli.shared import OVERWRITE_HELP, REPORTER, RUN_ERRORS, console, default, fail_config, flags_for, note
 from prune_jax.pruning import Budget, PruneConfig, Recovery
 from prune_jax.pruning.scores import METHODS
 from prune_jax.runs.demo import DEMO_TASK, DemoRun
@@ -40,11 +40,11 @@ def demo_command(
         run = DemoRun(pruning=PruneConfig(method=method, budget=Budget(sparsity=sparsity), recovery=Recovery(enabled=recover)), out=out, calib_samples=calib_samples,
                       eval_windows=eval_windows_count, task_items=task_items, overwrite=overwrite)
     except ValueError as err:
-        fail_run(err, DEMO_FLAGS)
+        fail_config(err, DEMO_FLAGS)
     try:
         outcome = run_demo(run, reporter=REPORTER)
     except RUN_ERRORS as err:
-        fail_run(err, DEMO_FLAGS)
+        fail_config(err, DEMO_FLAGS)
     pruned_how = f"{method}{' + recovery' if recover else ''}"
     table = Table(title=f"SmolLM2-135M-Instruct (Q4_1, dequantised), {pruned_how}, {sparsity:.0%} of prunable parameters")
     for col in ("model", "parameters", f"perplexity ({outcome.windows}×128)", f"{DEMO_TASK} acc ({outcome.task_items} items)", "tokens/s (8×128)"):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from prune_jax.cli.shared import MODEL_HELP, REPORTER, RUN_ERRORS, SPLIT_HELP, console, default, fail_run, flags_for
+from prune_jax.cli.shared import MODEL_HELP, REPORTER, RUN_ERRORS, SPLIT_HELP, console, default, fail_config, flags_for
 from prune_jax.runs.evaluate import EvalModel, PerplexityRun, TasksRun
 from prune_jax.zero_shot.tasks import BUILTIN_TASKS
 from skmm_jax.common.cli import check_output_file, fail
@@ -51,7 +51,7 @@ def eval_command(
             run = PerplexityRun(evaluated=evaluated, data=data, seq_len=seq_len, split=split, seed=seed, max_windows=max_windows,
                                 batch_size=batch_size, json_out=json_out)
     except ValueError as err:
-        fail_run(err, EVAL_FLAGS)
+        fail_config(err, EVAL_FLAGS)
     if tasks is not None:
         _eval_tasks(run)
     else:
@@ -64,7 +64,7 @@ def _eval_perplexity(run: PerplexityRun) -> None:
     try:
         record = run_perplexity(run, reporter=REPORTER).record
     except RUN_ERRORS as err:
-        fail_run(err, EVAL_FLAGS)
+        fail_config(err, EVAL_FLAGS)
     console.print(
         f"{run.evaluated.model} on {run.data} ({record['split']}, {record['documents']} documents): perplexity "
         f"[bold]{record['perplexity']:.4f}[/bold] over {record['windows']} windows × {record['seq_len']} tokens "
@@ -80,7 +80,7 @@ def _eval_tasks(run: TasksRun) -> None:
     try:
         outcome = run_tasks(run, reporter=REPORTER)
     except RUN_ERRORS as err:
-        fail_run(err, EVAL_FLAGS)
+        fail_config(err, EVAL_FLAGS)
     table = Table(title=f"{run.evaluated.model}: zero-shot accuracy (± standard error)")
     for col in ("task", "items", "acc", "acc_norm", "chance"):
         table.add_column(col, justify="right")

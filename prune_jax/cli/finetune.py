@@ -15,7 +15,7 @@ from prune_jax.cli.shared import (
     check_checkpoint_flags,
     console,
     default,
-    fail_run,
+    fail_config,
     flags_for,
     note,
 )
@@ -71,12 +71,12 @@ def finetune_command(
                                 learning_rate=lr, weight_decay=weight_decay, steps=steps, batch_size=batch_size,
                                 accumulation=accumulation, seed=seed)
     except ValueError as err:
-        fail_run(err, FINETUNE_FLAGS)
+        fail_config(err, FINETUNE_FLAGS)
     check_checkpoint_flags(checkpoint_store, checkpoint, resume=resume, out=out)
     try:
         outcome = run_finetune(run, config, reporter=REPORTER)
     except RUN_ERRORS as err:
-        fail_run(err, FINETUNE_FLAGS)
+        fail_config(err, FINETUNE_FLAGS)
     losses, record, held = outcome.result.losses, outcome.record, outcome.record["held_out_perplexity"]
     summary = f"loss {losses[0]:.3f} → {losses[-1]:.3f}"
     if held is not None:

@@ -15,7 +15,7 @@ from prune_jax.cli.shared import (
     check_checkpoint_flags,
     console,
     default,
-    fail_run,
+    fail_config,
     flags_for,
     note,
     parse_mesh_flag,
@@ -47,7 +47,7 @@ def prune_config(*, method, sparsity, recover, refit, ridge_toward, damp, bias_c
                                           layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
                                           ridge_toward=ridge_toward, bias_compensation=bias_compensation, **method_options))
     except ValueError as err:
-        fail_run(err, PRUNE_FLAGS)
+        fail_config(err, PRUNE_FLAGS)
 
 
 def prune_command(
@@ -94,7 +94,7 @@ def prune_command(
                        calib_representation=calib_representation, seed=seed, dtype=dtype, mesh=parse_mesh_flag(mesh),
                        checkpoint=checkpoint, overwrite=overwrite)
     except ValueError as err:
-        fail_run(err, PRUNE_FLAGS)
+        fail_config(err, PRUNE_FLAGS)
     check_checkpoint_flags(checkpoint_store, checkpoint, resume=resume, out=out)
     config = prune_config(method=method, sparsity=sparsity, recover=recover, refit=refit, ridge_toward=ridge_toward, damp=damp,
                           bias_compensation=bias_compensation, head_criterion=head_criterion, similarity_tau=similarity_tau,
@@ -103,7 +103,7 @@ def prune_command(
     try:
         outcome = run_prune(run, config, reporter=REPORTER)
     except RUN_ERRORS as err:
-        fail_run(err, PRUNE_FLAGS)
+        fail_config(err, PRUNE_FLAGS)
     if not outcome.written:
         return
     report = outcome.report

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 from rich.console import Console
 
 from prune_jax.runs.reporting import Reporter
-from skmm_jax.common.cli import check_store, fail, flags_of, progress_bar, resume_note
+from skmm_jax.common.cli import check_store, fail, fail_config, flags_of, progress_bar, resume_note  # noqa: F401  (fail_config: for the commands)
 
 console = Console()
 REPORTER = Reporter(stage=lambda message: console.status(message), bar=progress_bar)  # spinners and tqdm bars on the terminal
@@ -34,19 +31,6 @@ def default(config: type, field: str):
 def flags_for(*configs: type, **renames: str) -> dict[str, str]:
     """{field: "--field-name"} for every field of the config classes, ``renames`` for flags named otherwise."""
     return flags_of([f.name for config in configs for f in dataclasses.fields(config)], **renames)
-
-
-_LEADING_FIELD = re.compile(r"^([a-z][a-z_]*)(?=[ =]|$)")
-_QUOTED_FIELD = re.compile(r"`([a-z][a-z_]*)`")
-
-
-def fail_run(err: Exception, flags: Mapping[str, str]) -> NoReturn:
-    """`fail` with a library message's config fields named by their flags: the leading
-    field ("calib_seq_len=100000 exceeds ..." → "--calib-seq-len=100000 exceeds ...") and
-    every field the library wrote in backquotes (`` `n` `` → ``--n``)."""
-    message = _QUOTED_FIELD.sub(lambda m: flags.get(m[1], m[1]), str(err))
-    message = _LEADING_FIELD.sub(lambda m: flags.get(m[1], m[1]), message, count=1)
-    fail(message)
 
 
 def note(message: str | None) -> None:

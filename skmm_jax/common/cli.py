@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -31,12 +32,19 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def fail_config(err: ValueError, flags: Mapping[str, str]) -> NoReturn:
-    """`fail` with a library config's message, its leading field name ("learning_rate must
-    be ...") replaced by the flag that sets it ("--lr must be ...")."""
-    message = str(err)
-    field = message.split(" ", 1)[0]
-    fail(flags[field] + message[len(field):] if field in flags else message)
+_LEADING_FIELD = re.compile(r"^([a-z][a-z_]*)(?=[ =]|$)")
+_QUOTED_FIELD = re.compile(r"`([a-z][a-z_]*)`")
+
+
+def fail_config(err: Exception, flags: Mapping[str, str]) -> NoReturn:
+    """`fail` with a library message's config fields named by the flags that set them: the
+    leading field ("learning_rate must be ..." → "--lr must be ...") and every field the
+    library wrote in backquotes (`` `labels` `` → ``--labels``; unmapped ones lose the quotes)."""
+    message = _QUOTED_FIELD.sub(lambda m: flags.get(m[1], m[1]), str(err))
+    first = message.split(" ", 1)[0]
+    if first in flags:  # a whole leading token with its own flag ("relax=False" → "--no-relax")
+        fail(flags[first] + message[len(first):])
+    fail(_LEADING_FIELD.sub(lambda m: flags.get(m[1], m[1]), message, count=1))
 
 
 def flags_of(fields, **renames: str) -> dict[str, str]:
