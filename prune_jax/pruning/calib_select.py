@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.gram import add_to, gram_of, sum_of
 from skmm_jax.common.streaming import Progress, chunk_bounds, pad_leading
 from skmm_jax.sketch import kronecker_sketch
 
@@ -92,17 +93,14 @@ def _batches(windows: np.ndarray, batch: int):
 
 @jax.jit
 def _grams(inputs: list[jax.Array], valid: jax.Array) -> jax.Array:
-    """Σ over valid rows and tokens of x xᵀ per block, [L, D, D]."""
-    return jnp.stack([jnp.einsum("BTD,BTE->DE", x * valid.astype(x.dtype)[:, None, None], x) for x in inputs])
+    """Σ over valid rows and tokens of x xᵀ per block, [L, D, D] (``gram_of``: float32, HIGHEST)."""
+    return jnp.stack([gram_of(x * valid.astype(x.dtype)[:, None, None]) for x in inputs])
 
 
 def input_moments(model: Any, windows: np.ndarray, *, batch: int = 8) -> np.ndarray:
     """Per-token second moments of every block's MLP input, (1/(|W| T)) Σ x_t x_tᵀ, [L, D, D]."""
     graphdef, state = nnx.split(model)
-    total = None
-    for _, _, chunk, valid in _batches(windows, batch):
-        grams = _grams(_block_inputs(graphdef, state, chunk), valid)
-        total = grams if total is None else total + grams
+    total = sum_of(_grams(_block_inputs(graphdef, state, chunk), valid) for _, _, chunk, valid in _batches(windows, batch))
     return np.asarray(total) / (windows.shape[0] * windows.shape[1])
 
 
@@ -141,8 +139,7 @@ def window_representations(
     features, total = [], None
     for start, stop, chunk, valid in _batches(windows, batch):
         inputs = _block_inputs(graphdef, state, chunk)
-        grams = _grams(inputs, valid)
-        total = grams if total is None else total + grams
+        total = add_to(total, _grams(inputs, valid))
         parts = []
         for i, sketch in zip(layers, sketches):
             x = inputs[i]

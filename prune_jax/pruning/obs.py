@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skmm_jax.common.gram import gram_of
 from skmm_jax.common.precision import HIGHEST
 
 DAMP = 0.01
@@ -70,9 +71,8 @@ class UnitGram(NamedTuple):
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def add_gram(gram: jax.Array, x: jax.Array) -> jax.Array:
-    """gram + x̂ᵀx̂ over the tokens of x [..., C] (float32, highest precision; ``gram`` donated)."""
-    x = x.reshape(-1, x.shape[-1]).astype(gram.dtype)
-    return gram + jnp.matmul(x.T, x, precision=HIGHEST)
+    """gram + x̂ᵀx̂ over the tokens of x [..., C] (``gram_of``: float32, highest precision; ``gram`` donated)."""
+    return gram + gram_of(x, dtype=gram.dtype)
 
 
 def stacked_weights(kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
