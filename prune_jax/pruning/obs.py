@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.gram import gram_of
 from skmm_jax.common.precision import HIGHEST
 
@@ -235,8 +236,9 @@ def greedy_remove(
     counts = np.bincount(unit_group, minlength=len(quota))
     if np.any(quota < 0) or np.any(quota > counts):
         raise ValueError(f"quota {quota.tolist()} outside [0, units per group {counts.tolist()}]")
-    if per_step < 1 or (per_step > 1 and len(quota) > 1):
-        raise ValueError("per_step must be >= 1, and 1 when units are removed per group")
+    check_positive_int(per_step, "per_step")
+    if per_step > 1 and len(quota) > 1:
+        raise ValueError(f"per_step must be 1 when units are removed per group, got {per_step!r}")
     total = int(quota.sum())
     if total == 0:
         return Removal(jnp.asarray(weights), jnp.zeros(len(unit_rows), bool), jnp.zeros((0, per_step), jnp.int32), jnp.zeros((0,)))
