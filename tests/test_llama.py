@@ -197,7 +197,7 @@ def test_perplexity_rejects_bad_windows(tiny_llama_config, random_llama):
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("case", ["gqa2", "gqa3-tied"])
 def test_gguf_written_by_llama_cpp_convention_loads_to_the_same_logits(case: str, tmp_path: Path):
-    from prune_jax.models.llama.gguf_io import write_gguf
+    from prune_jax.models.llama.gguf import write_gguf
 
     hf = tiny_hf_model(case)
     path = write_gguf(hf.config, {k: v.numpy() for k, v in hf.state_dict().items()}, tmp_path / "tiny.gguf")
