@@ -71,9 +71,14 @@ class UnitGram(NamedTuple):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def add_gram(gram: jax.Array, x: jax.Array) -> jax.Array:
-    """gram + x̂ᵀx̂ over the tokens of x [..., C] (``gram_of``: float32, highest precision; ``gram`` donated)."""
+def _add_gram(gram: jax.Array, x: jax.Array) -> jax.Array:
     return gram + gram_of(x, dtype=gram.dtype)
+
+
+def add_gram(gram: jax.Array | None, x: jax.Array) -> jax.Array:
+    """gram + x̂ᵀx̂ over the tokens of x [..., C] (``gram_of``: float32, highest precision;
+    ``gram`` donated); None: the first chunk, x̂ᵀx̂ added to a float32 zero [C, C]."""
+    return _add_gram(jnp.zeros((x.shape[-1],) * 2, jnp.float32) if gram is None else gram, x)
 
 
 def stacked_weights(kernel: jax.Array, bias: jax.Array | None) -> jax.Array:

@@ -77,8 +77,7 @@ def stream_chunks(
       chunk_size: items per device step (the last chunk is padded up to it).
       progress: ``progress(items_done, total)`` after each finished chunk.
     """
-    if total < 1:
-        raise ValueError(f"total must be at least 1 item, got {total}")
+    check_positive_int(total, "total")
     size = min(check_chunk_size(chunk_size), total)
 
     def complete(start: int, stop: int, result: Any) -> None:
