@@ -495,6 +495,11 @@ class DecoderBlock(nnx.Module):
         """y = h + MLP(RMSNorm(h)), [B, T, D]: the block's output."""
         return h + self.mlp(self.post_attn_norm(h))
 
+    def half_residual(self, half: int, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """The stream after half ``half`` of the block (0: attention, 1: MLP) applied to
+        ``x`` [B, T, D]: the one hook for code that advances the stream half by half."""
+        return self.attention_residual(x, positions, inv_freq) if half == 0 else self.mlp_residual(x)
+
     def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
         return self.mlp_residual(self.attention_residual(x, positions, inv_freq))
 
