@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.streaming import Progress, chunk_bounds, pad_leading
 
 Array = jax.Array
@@ -171,8 +172,7 @@ def perplexity(
     vocab = model.config.vocab_size
     if windows.min() < 0 or windows.max() >= vocab:
         raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive number of windows or None (≈ 16 K tokens per step), got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size", allow_none=True)  # None: ≈ 16 K tokens per step
     count, seq_len = windows.shape
     batch_size = min(batch_size or max(1, 16384 // seq_len), count)
     staged, total = StagedModel(model), jnp.zeros((), jnp.float32)

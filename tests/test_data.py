@@ -361,9 +361,9 @@ def test_eval_windows_are_consecutive_and_drop_the_remainder():
 def test_eval_windows_errors():
     with pytest.raises(ValueError, match="5 tokens, fewer than one window of seq_len=6"):
         eval_windows(np.arange(5), 6)
-    with pytest.raises(ValueError, match="seq_len=0; expected a positive integer"):
+    with pytest.raises(ValueError, match="seq_len must be a positive int, got 0"):
         eval_windows(np.arange(5), 0)
-    with pytest.raises(ValueError, match="max_windows=0"):
+    with pytest.raises(ValueError, match="max_windows must be a positive int or None, got 0"):
         eval_windows(np.arange(5), 2, max_windows=0)
     with pytest.raises(ValueError, match=r"1-D integer array, got shape \(2, 3\)"):
         eval_windows(np.zeros((2, 3), dtype=np.int32), 2)
@@ -391,7 +391,7 @@ def test_calibration_batches_exact_fit_and_errors():
     np.testing.assert_array_equal(np.sort(batches[:, 0]), np.arange(0, 60, 10))  # no slack: the grid, shuffled
     with pytest.raises(ValueError, match=r"need 70 tokens, but the stream has 60; use at most 6 samples"):
         calibration_batches(tokens, num_samples=7, seq_len=10, seed=0)
-    with pytest.raises(ValueError, match="num_samples=0; expected a positive integer"):
+    with pytest.raises(ValueError, match="num_samples must be a positive int, got 0"):
         calibration_batches(tokens, num_samples=0, seq_len=10, seed=0)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import transformers
 
-from prune_jax.models.llama.gguf_io import (
+from prune_jax.models.llama.gguf import (
     hf_llama_shapes,
     hf_to_gguf_name,
     interleaved_to_rotate_half,
@@ -380,7 +380,7 @@ def test_tokenizer_builds_without_torch(tmp_path, bpe_tokenizer):
     path = write_gguf(config, random_state_dict(config), tmp_path / "tok.gguf", tokenizer=tokenizer)
     script = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from prune_jax.models.llama.gguf_io import load_gguf_tokenizer\n"
+        "from prune_jax.models.llama.gguf import load_gguf_tokenizer\n"
         f"tok = load_gguf_tokenizer({str(path)!r})\n"
         "print(tok('a tiny corpus').input_ids)\n"
     )
@@ -530,7 +530,7 @@ def test_gguf_tensors_are_read_one_at_a_time_and_load_like_the_dict(tmp_path, mo
     import gguf.quants
 
     from prune_jax.models.llama import load_model
-    from prune_jax.models.llama.gguf_io import open_gguf
+    from prune_jax.models.llama.gguf import open_gguf
     from prune_jax.models.llama.params import state_dict_from_model
 
     config = tiny_config()

@@ -197,7 +197,7 @@ def test_perplexity_rejects_bad_windows(tiny_llama_config, random_llama):
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("case", ["gqa2", "gqa3-tied"])
 def test_gguf_written_by_llama_cpp_convention_loads_to_the_same_logits(case: str, tmp_path: Path):
-    from prune_jax.models.llama.gguf_io import write_gguf
+    from prune_jax.models.llama.gguf import write_gguf
 
     hf = tiny_hf_model(case)
     path = write_gguf(hf.config, {k: v.numpy() for k, v in hf.state_dict().items()}, tmp_path / "tiny.gguf")
@@ -331,7 +331,7 @@ def test_sequence_length_is_checked_against_the_context(tiny_llama_config, rando
         forward_logits(model, np.zeros((1, 17), np.int32))
     assert perplexity(model, np.zeros((2, 16), np.int32)).seq_len == 16
     for bad in (0, -1):  # -1 once ran no batch at all and reported perplexity 1.0
-        with pytest.raises(ValueError, match=rf"batch_size must be a positive number of windows or None .*got {bad}"):
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive int or None, got {bad}"):
             perplexity(model, np.zeros((2, 16), np.int32), batch_size=bad)
 
 
@@ -445,3 +445,23 @@ def test_evaluation_compiles_the_same_programs_whatever_the_depth(tiny_llama_con
     # Different widths, so neither run finds the other's programs in the cache: embedding,
     # one block program, loss.
     assert compilations(2, hidden_size=24) == compilations(6, hidden_size=32) <= 4
+
+
+def test_walk_is_the_forward_block_by_block(tiny_llama_config, random_llama):
+    # Llama.walk yields, per block, the stream into its MLP half and its output: the
+    # outputs chain into apply_blocks, and the halves compose into the block.
+    config = tiny_llama_config(vocab_size=40, hidden_size=32, num_layers=3, heads=(4, 2), intermediate=48)
+    model = random_llama(config, seed=0)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 6)))
+    positions = model.default_positions(tokens)
+    x = model.embed_tokens(tokens)
+    steps = list(model.walk(x, positions))
+    assert [s.index for s in steps] == [0, 1, 2]
+    np.testing.assert_array_equal(np.asarray(steps[-1].out), np.asarray(model.apply_blocks(x, positions)))
+    inv_freq = model.rope_frequencies()
+    block = steps[0].block
+    np.testing.assert_array_equal(np.asarray(block.half_residual(0, x, positions, inv_freq)), np.asarray(steps[0].h))
+    np.testing.assert_array_equal(np.asarray(block.half_residual(1, steps[0].h, positions, inv_freq)), np.asarray(steps[0].out))
+    tail = list(model.walk(steps[0].out, positions, 1))
+    assert [s.index for s in tail] == [1, 2]
+    np.testing.assert_array_equal(np.asarray(tail[-1].out), np.asarray(steps[-1].out))

@@ -80,7 +80,7 @@ def test_one_compilation_for_a_jitted_apply_over_chunks_with_a_short_last_one():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="total must be at least 1"):
+    with pytest.raises(ValueError, match="total must be a positive int, got 0"):
         run(0, 4)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size must be a positive int"):

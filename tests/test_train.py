@@ -78,7 +78,7 @@ def test_probe_and_deepcore_proxy_are_one_trainer():
 def test_probe_config_and_input_errors():
     with pytest.raises(ValueError, match="optimizer='sgd'"):
         LinearProbeConfig(optimizer="sgd")
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
         LinearProbeConfig(epochs=0)
     x, y = blobs(0, 20)
     with pytest.raises(ValueError, match="outside"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from skmm_jax.common.checks import check_positive_int
+
 __all__ = ["calibration_batches", "eval_windows"]
 
 
@@ -12,8 +14,7 @@ def _check_token_stream(tokens: np.ndarray, seq_len: int) -> np.ndarray:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-        raise ValueError(f"seq_len={seq_len!r}; expected a positive integer")
+    check_positive_int(seq_len, "seq_len")
     return tokens
 
 
@@ -39,8 +40,7 @@ def calibration_batches(tokens: np.ndarray, *, num_samples: int, seq_len: int, s
       ValueError: ``num_samples * seq_len > N``, or a non-positive size.
     """
     tokens = _check_token_stream(tokens, seq_len)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r}; expected a positive integer")
+    check_positive_int(num_samples, "num_samples")
     slack = tokens.size - num_samples * seq_len
     if slack < 0:
         raise ValueError(
@@ -75,10 +75,7 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = Non
       ValueError: ``N < seq_len`` (no full window), or a non-positive size.
     """
     tokens = _check_token_stream(tokens, seq_len)
-    if max_windows is not None and (
-        isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) or max_windows < 1
-    ):
-        raise ValueError(f"max_windows={max_windows!r}; expected a positive integer or None")
+    check_positive_int(max_windows, "max_windows", allow_none=True)
     num_windows = tokens.size // seq_len
     if num_windows == 0:
         raise ValueError(f"the stream has {tokens.size} tokens, fewer than one window of seq_len={seq_len}")

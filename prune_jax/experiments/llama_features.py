@@ -57,11 +57,9 @@ def _forward_impl(graphdef: Any, state: Any, tokens: jax.Array, layer_input: str
         hidden = model.hidden_states(tokens)  # [B, T, D]
         return jnp.mean(hidden.astype(jnp.float32), axis=1), None
     positions = model.default_positions(tokens)
-    last = model.config.num_layers - 1
-    x = model.apply_blocks(model.embed_tokens(tokens), positions, 0, last)  # into the last block
-    block = model.layers[last]
-    h = block.attention_residual(x, positions, model.rope_frequencies())  # [B, T, D]
-    pooled = jnp.mean(model.norm(block.mlp_residual(h)).astype(jnp.float32), axis=1)
+    *_, last = model.walk(model.embed_tokens(tokens), positions)  # last.h: the last block's MLP input [B, T, D]
+    h = last.h
+    pooled = jnp.mean(model.norm(last.out).astype(jnp.float32), axis=1)
     return pooled, h.astype(LAYER_INPUT_DTYPES[layer_input])
 
 

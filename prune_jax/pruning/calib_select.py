@@ -36,6 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prune_jax.data.windows import eval_windows
+from skmm_jax.common.checks import check_positive_int
+from skmm_jax.common.gram import add_to, gram_of, sum_of
 from skmm_jax.common.streaming import Progress, chunk_bounds, pad_leading
 from skmm_jax.sketch import kronecker_sketch
 
@@ -47,19 +50,13 @@ __all__ = ["CALIB_SELECTIONS", "REPRESENTATIONS", "CalibrationChoice", "input_mo
 
 
 def window_pool(tokens: np.ndarray, seq_len: int, *, pool: int | None = None, seed: int = 0) -> np.ndarray:
-    """Every non-overlapping ``seq_len`` window of the stream, [P, seq_len] (a uniform
-    subset of ``pool`` of them when given, in stream order)."""
-    tokens = np.asarray(tokens).reshape(-1)
-    count = tokens.size // seq_len
-    if count == 0:
-        raise ValueError(f"the calibration corpus has {tokens.size} tokens: not one window of seq_len={seq_len}")
-    windows = tokens[: count * seq_len].reshape(count, seq_len)
-    if pool is not None:
-        if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
-            raise ValueError(f"pool={pool!r}; expected a positive number of windows")
-        if pool < count:
-            keep = np.sort(np.random.default_rng(seed).choice(count, size=pool, replace=False))
-            windows = windows[keep]
+    """Every non-overlapping ``seq_len`` window of the stream (``eval_windows``), [P, seq_len]:
+    a uniform subset of ``pool`` of them when given, in stream order."""
+    check_positive_int(pool, "pool", allow_none=True)
+    windows = eval_windows(np.asarray(tokens).reshape(-1), seq_len)
+    if pool is not None and pool < len(windows):
+        keep = np.sort(np.random.default_rng(seed).choice(len(windows), size=pool, replace=False))
+        windows = windows[keep]
     return windows
 
 
@@ -72,14 +69,7 @@ def _block_inputs(graphdef: Any, state: Any, tokens: jax.Array) -> list[jax.Arra
     """The normed MLP input x [B, T, D] (float32) of every block, in order."""
     model = nnx.merge(graphdef, state)
     positions = model.default_positions(tokens)
-    inv_freq = model.rope_frequencies()
-    x = model.embed_tokens(tokens)
-    inputs = []
-    for block in model.layers:
-        h = block.attention_residual(x, positions, inv_freq)
-        inputs.append(block.post_attn_norm(h).astype(jnp.float32))
-        x = block.mlp_residual(h)
-    return inputs
+    return [step.block.post_attn_norm(step.h).astype(jnp.float32) for step in model.walk(model.embed_tokens(tokens), positions)]
 
 
 def _batches(windows: np.ndarray, batch: int):
@@ -92,17 +82,14 @@ def _batches(windows: np.ndarray, batch: int):
 
 @jax.jit
 def _grams(inputs: list[jax.Array], valid: jax.Array) -> jax.Array:
-    """Σ over valid rows and tokens of x xᵀ per block, [L, D, D]."""
-    return jnp.stack([jnp.einsum("BTD,BTE->DE", x * valid.astype(x.dtype)[:, None, None], x) for x in inputs])
+    """Σ over valid rows and tokens of x xᵀ per block, [L, D, D] (``gram_of``: float32, HIGHEST)."""
+    return jnp.stack([gram_of(x * valid.astype(x.dtype)[:, None, None]) for x in inputs])
 
 
 def input_moments(model: Any, windows: np.ndarray, *, batch: int = 8) -> np.ndarray:
     """Per-token second moments of every block's MLP input, (1/(|W| T)) Σ x_t x_tᵀ, [L, D, D]."""
     graphdef, state = nnx.split(model)
-    total = None
-    for _, _, chunk, valid in _batches(windows, batch):
-        grams = _grams(_block_inputs(graphdef, state, chunk), valid)
-        total = grams if total is None else total + grams
+    total = sum_of(_grams(_block_inputs(graphdef, state, chunk), valid) for _, _, chunk, valid in _batches(windows, batch))
     return np.asarray(total) / (windows.shape[0] * windows.shape[1])
 
 
@@ -141,8 +128,7 @@ def window_representations(
     features, total = [], None
     for start, stop, chunk, valid in _batches(windows, batch):
         inputs = _block_inputs(graphdef, state, chunk)
-        grams = _grams(inputs, valid)
-        total = grams if total is None else total + grams
+        total = add_to(total, _grams(inputs, valid))
         parts = []
         for i, sketch in zip(layers, sketches):
             x = inputs[i]
@@ -198,8 +184,7 @@ def select_calibration(
         raise ValueError(f"calibration selection {method!r} needs labels; windows have none")
     if representation not in REPRESENTATIONS:
         raise ValueError(f"unknown calibration representation {representation!r}; choose one of {REPRESENTATIONS}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n={n!r}; expected a positive number of calibration windows")
+    check_positive_int(n, "n")
     windows = window_pool(tokens, seq_len, pool=pool, seed=seed)
     if len(windows) < n:
         raise ValueError(f"the calibration pool has {len(windows)} windows of {seq_len} tokens, fewer than the {n} asked for")

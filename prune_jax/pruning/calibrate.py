@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.gram import add_to
 from skmm_jax.common.streaming import chunk_bounds
 
 
@@ -57,13 +58,11 @@ def _sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _moments(batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray, int]:
     """(Σ x, Σ x², count) over the leading token axes of each batch [..., C...]."""
-    total = total_sq = None
-    count = 0
+    sums, count = None, 0
     for x in batches:
-        s, sq = _sums(x)
-        total = s if total is None else total + s
-        total_sq = sq if total_sq is None else total_sq + sq
+        sums = add_to(sums, _sums(x))
         count += x.shape[0] * x.shape[1]
+    total, total_sq = (None, None) if sums is None else sums
     return np.asarray(total, np.float64), np.asarray(total_sq, np.float64), count
 
 
@@ -81,8 +80,7 @@ def mlp_stats(mlp, inputs: Iterable[jax.Array]) -> MLPStats:
     sums = None
     count = 0
     for x in inputs:
-        parts = _mlp_sums(mlp, x)
-        sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
+        sums = add_to(sums, _mlp_sums(mlp, x))
         count += x.shape[0] * x.shape[1]
     if count == 0:
         raise ValueError("calibration set is empty: no tokens to compute statistics from")
@@ -129,7 +127,7 @@ def head_divergence(prob_batches: Iterable[jax.Array]) -> np.ndarray:
     for probs in prob_batches:
         probs = probs.astype(jnp.float32)
         rows = jnp.stack([_js_row_jit(probs[:, a], probs) for a in range(probs.shape[1])])
-        total = rows if total is None else total + rows
+        total = add_to(total, rows)
         count += probs.shape[0] * probs.shape[2]
     if count == 0:
         raise ValueError("calibration set is empty: no attention maps to compare")
@@ -158,8 +156,7 @@ def dense_gradients(model, tokens: np.ndarray, *, batch_size: int = 8):
     grad_fn = jax.jit(jax.grad(loss_sum))
     grads = None
     for start, stop in chunk_bounds(tokens.shape[0], batch_size):
-        g = grad_fn(params, tokens[start:stop])
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        grads = add_to(grads, grad_fn(params, tokens[start:stop]))
     count = tokens.shape[0] * (tokens.shape[1] - 1)
     grads = jax.tree.map(lambda g: g / count, grads)
     return nnx.merge(graphdef, grads, rest)

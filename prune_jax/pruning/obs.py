@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skmm_jax.common.checks import check_positive_int
+from skmm_jax.common.gram import gram_of
 from skmm_jax.common.precision import HIGHEST
 
 DAMP = 0.01
@@ -69,10 +71,14 @@ class UnitGram(NamedTuple):
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def add_gram(gram: jax.Array, x: jax.Array) -> jax.Array:
-    """gram + x̂ᵀx̂ over the tokens of x [..., C] (float32, highest precision; ``gram`` donated)."""
-    x = x.reshape(-1, x.shape[-1]).astype(gram.dtype)
-    return gram + jnp.matmul(x.T, x, precision=HIGHEST)
+def _add_gram(gram: jax.Array, x: jax.Array) -> jax.Array:
+    return gram + gram_of(x, dtype=gram.dtype)
+
+
+def add_gram(gram: jax.Array | None, x: jax.Array) -> jax.Array:
+    """gram + x̂ᵀx̂ over the tokens of x [..., C] (``gram_of``: float32, highest precision;
+    ``gram`` donated); None: the first chunk, x̂ᵀx̂ added to a float32 zero [C, C]."""
+    return _add_gram(jnp.zeros((x.shape[-1],) * 2, jnp.float32) if gram is None else gram, x)
 
 
 def stacked_weights(kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -235,8 +241,9 @@ def greedy_remove(
     counts = np.bincount(unit_group, minlength=len(quota))
     if np.any(quota < 0) or np.any(quota > counts):
         raise ValueError(f"quota {quota.tolist()} outside [0, units per group {counts.tolist()}]")
-    if per_step < 1 or (per_step > 1 and len(quota) > 1):
-        raise ValueError("per_step must be >= 1, and 1 when units are removed per group")
+    check_positive_int(per_step, "per_step")
+    if per_step > 1 and len(quota) > 1:
+        raise ValueError(f"per_step must be 1 when units are removed per group, got {per_step!r}")
     total = int(quota.sum())
     if total == 0:
         return Removal(jnp.asarray(weights), jnp.zeros(len(unit_rows), bool), jnp.zeros((0, per_step), jnp.int32), jnp.zeros((0,)))

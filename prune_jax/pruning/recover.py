@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prune_jax.models.llama.sharding import replace_param
+from skmm_jax.common.gram import gram_of, held_out_rows
 from skmm_jax.common.precision import HIGHEST
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -78,17 +79,18 @@ def _accumulate(grams: Grams, x: jax.Array, y: jax.Array, start: jax.Array, spli
     dtype = grams.xx.dtype
     x = x.reshape(-1, x.shape[-1]).astype(dtype)
     y = y.reshape(-1, y.shape[-1]).astype(dtype)
-    dot = lambda a, b: jnp.matmul(a.T, b, precision=HIGHEST)  # noqa: E731
     if part == "train":
-        return grams._replace(xx=grams.xx + dot(x, x), xy=grams.xy + dot(x, y))
+        return grams._replace(xx=grams.xx + gram_of(x, dtype=dtype), xy=grams.xy + gram_of(x, y, dtype=dtype))
     if part == "held":
-        return grams._replace(held_xx=grams.held_xx + dot(x, x), held_xy=grams.held_xy + dot(x, y), held_yy=grams.held_yy + jnp.sum(y * y))
-    held = (start + jnp.arange(x.shape[0])) >= split  # [B] token is held out
+        return grams._replace(held_xx=grams.held_xx + gram_of(x, dtype=dtype), held_xy=grams.held_xy + gram_of(x, y, dtype=dtype),
+                              held_yy=grams.held_yy + jnp.sum(y * y))  # fmt: skip
+    held = held_out_rows(start, x.shape[0], split)  # [B] token is held out
     x_train = jnp.where(held[:, None], 0.0, x)
     x_held = x - x_train
     y_held = jnp.where(held[:, None], y, 0.0)
-    return Grams(grams.xx + dot(x_train, x), grams.xy + dot(x_train, y), grams.held_xx + dot(x_held, x),
-                 grams.held_xy + dot(x_held, y), grams.held_yy + jnp.sum(y_held * y_held))  # fmt: skip
+    return Grams(grams.xx + gram_of(x_train, x, dtype=dtype), grams.xy + gram_of(x_train, y, dtype=dtype),
+                 grams.held_xx + gram_of(x_held, x, dtype=dtype), grams.held_xy + gram_of(x_held, y, dtype=dtype),
+                 grams.held_yy + jnp.sum(y_held * y_held))  # fmt: skip
 
 
 def accumulate_grams(grams: Grams | None, x: jax.Array, y: jax.Array, start: int, split: int) -> Grams:

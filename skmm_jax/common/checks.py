@@ -109,8 +109,7 @@ def check_labels(
         raise ValueError(f"{name} must have shape ({num_samples},), one class per sample, got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name} must have an integer dtype (classes 0..C-1), got {labels.dtype}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
-        raise ValueError(f"num_classes={num_classes!r}; expected a positive integer")
+    check_positive_int(num_classes, "num_classes", allow_none=True)
     if num_samples == 0:
         return labels.astype(np.int32)
     if labels.min() < 0:

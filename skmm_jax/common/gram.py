@@ -36,30 +36,39 @@ class Gram(NamedTuple):
 
     def add(self, rows: jax.Array, mask: jax.Array | None = None) -> Gram:
         """The moments with ``rows`` [..., C] added (rows where ``mask`` [...] is 0 skipped)."""
-        x = rows.reshape(-1, rows.shape[-1]).astype(jnp.float32)
+        x = rows.reshape(-1, rows.shape[-1]).astype(self.gram.dtype)
         if mask is not None:
-            x = x * mask.reshape(-1, 1).astype(jnp.float32)
-            count = jnp.sum(mask.astype(jnp.float32))
+            x = x * mask.reshape(-1, 1).astype(x.dtype)
+            count = jnp.sum(mask.astype(self.count.dtype))
         else:
-            count = jnp.asarray(x.shape[0], jnp.float32)
-        return Gram(self.gram + gram_of(x), self.total + jnp.sum(x, axis=0), self.count + count)
+            count = jnp.asarray(x.shape[0], self.count.dtype)
+        return Gram(self.gram + gram_of(x, dtype=x.dtype), self.total + jnp.sum(x, axis=0), self.count + count)
 
     def mean(self) -> tuple[jax.Array, jax.Array]:
         """(E[x xᵀ], E[x]) over the rows added (count ≥ 1 assumed)."""
         return self.gram / self.count, self.total / self.count
 
 
-def gram_of(x: jax.Array) -> jax.Array:
-    """xᵀx [C, C] of rows x [n, C], in float32 at HIGHEST precision."""
-    x = x.astype(jnp.float32)
-    return jnp.matmul(x.T, x, precision=HIGHEST)
+def gram_of(x: jax.Array, y: jax.Array | None = None, *, dtype: Any = jnp.float32) -> jax.Array:
+    """xᵀx [C, C] of rows x [..., C] (or the cross moment xᵀy [C, D] with rows y [..., D]),
+    in ``dtype`` (float32; float64 for x64 refits) at HIGHEST precision: the one place a
+    Gram's matmul precision is chosen."""
+    x = x.reshape(-1, x.shape[-1]).astype(dtype)
+    y = x if y is None else y.reshape(-1, y.shape[-1]).astype(dtype)
+    return jnp.matmul(x.T, y, precision=HIGHEST)
+
+
+def held_out_rows(start: jax.Array | int, count: int, split: jax.Array | int) -> jax.Array:
+    """[count] bool: which of the rows start, …, start + count − 1 of a stream are held out
+    (index ≥ ``split``: the last rows of the stream, e.g. a refit's last 10 % of tokens)."""
+    return (start + jnp.arange(count)) >= split
 
 
 def sum_of(parts: Iterable[Any]) -> Any:
     """Σ of a stream of pytrees (arrays, tuples of arrays, Grams): None for an empty stream."""
     total = None
     for part in parts:
-        total = part if total is None else jax.tree.map(jnp.add, total, part)
+        total = add_to(total, part)
     return total
 
 

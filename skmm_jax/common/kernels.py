@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.pytree import Array, pytree_dataclass
 
 
@@ -155,8 +156,7 @@ LoraKernel = pytree_dataclass(LoraKernel, meta_fields=("scale", "n_in"))
 
 def lora_factors(key: Array, kernel_shape: tuple[int, ...], rank: int, *, n_in: int = 1, dtype: Any = jnp.float32) -> tuple[Array, Array]:
     """LoRA's initial (A, B): A ~ N(0, 1/a) [a, r], B = 0 [r, b]."""
-    if not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"LoRA rank must be a positive int, got {rank!r}")
+    rank = check_positive_int(rank, "LoRA rank")
     a, b = math.prod(kernel_shape[:n_in]), math.prod(kernel_shape[n_in:])
     if rank > min(a, b):
         raise ValueError(f"LoRA rank {rank} exceeds the kernel's smaller side min({a}, {b})")

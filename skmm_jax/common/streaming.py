@@ -24,16 +24,16 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from skmm_jax.common.checks import check_positive_int
+
 # progress(done, total): the one progress convention of both libraries. The library never
 # prints; a CLI passes a callback that draws a bar.
 Progress = Callable[[int, int], None]
 
 
 def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> int:
-    """A positive int, or ValueError naming the argument and the value."""
-    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"{name} must be a positive int, got {chunk_size!r}")
-    return int(chunk_size)
+    """`check_positive_int` for a chunk (batch) size: the int, or ValueError naming the argument."""
+    return check_positive_int(chunk_size, name)
 
 
 def chunk_bounds(total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
@@ -77,8 +77,7 @@ def stream_chunks(
       chunk_size: items per device step (the last chunk is padded up to it).
       progress: ``progress(items_done, total)`` after each finished chunk.
     """
-    if total < 1:
-        raise ValueError(f"total must be at least 1 item, got {total}")
+    check_positive_int(total, "total")
     size = min(check_chunk_size(chunk_size), total)
 
     def complete(start: int, stop: int, result: Any) -> None:

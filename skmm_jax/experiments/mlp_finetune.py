@@ -26,10 +26,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skmm_jax.common.checks import as_key, check_labels
+from skmm_jax.common.checks import as_key, check_labels, check_positive_int
 from skmm_jax.common.streaming import check_chunk_size, stream_chunks
 from skmm_jax.gradients import jacobian_sketch_loss, nnx_apply
-from skmm_jax.train.loop import check_positive_int, check_training_config, fit, l2_penalty, optimizer
+from skmm_jax.train.loop import check_training_config, fit, l2_penalty, optimizer
 from skmm_jax.train.probe import LinearProbe
 
 Array = jax.Array
@@ -109,7 +109,7 @@ def mlp_head(
 
     A zero head is never used: it would make every MLP gradient vanish at θ0.
     """
-    check_positive_int("num_classes", num_classes)
+    check_positive_int(num_classes, "num_classes")
     block, norm = nnx.clone(block), nnx.clone(norm)
     weight = jax.tree.leaves(nnx.state(norm, nnx.Param))[0]
     dim, dtype = int(weight.shape[-1]), weight.dtype

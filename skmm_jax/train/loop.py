@@ -18,18 +18,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from skmm_jax.common.checks import check_positive_int
 
 Array = jax.Array
 OPTIMIZERS = ("adam", "adamw")
 
-__all__ = ["OPTIMIZERS", "check_positive_int", "check_training_config", "epoch_batches", "fit", "l2_penalty", "optimizer"]
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected a positive integer")
+__all__ = ["OPTIMIZERS", "check_training_config", "epoch_batches", "fit", "l2_penalty", "optimizer"]
 
 
 def check_training_config(config: Any) -> None:
@@ -39,8 +35,8 @@ def check_training_config(config: Any) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{name}={value!r}; expected a finite number >= 0")
-    check_positive_int("epochs", config.epochs)
-    check_positive_int("batch_size", config.batch_size)
+    check_positive_int(config.epochs, "epochs")
+    check_positive_int(config.batch_size, "batch_size")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={config.optimizer!r}; expected one of {OPTIMIZERS}")
 

@@ -111,7 +111,7 @@ def load_gguf(path: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | N
     """A LLaMA from a GGUF file (dequantised to float32, q/k un-permuted), one tensor at a
     time from the one reader, each cast to ``dtype`` and placed (sharded on ``mesh``) before
     the next is read: the host holds about one tensor besides the model."""
-    from prune_jax.models.llama.gguf_io import open_gguf
+    from prune_jax.models.llama.gguf import open_gguf
 
     hf_config, tensors = open_gguf(path)
     return model_from_state_dict(LlamaConfig.from_hf(hf_config, dtype=dtype), tensors, mesh=mesh)
@@ -125,7 +125,7 @@ def load_tokenizer(source: str | os.PathLike) -> Any | None:
     if not path.exists():
         raise FileNotFoundError(f"tokenizer source {path} does not exist (expected a model/tokenizer directory or a .gguf file)")
     if path.suffix == ".gguf":
-        from prune_jax.models.llama.gguf_io import load_gguf_tokenizer
+        from prune_jax.models.llama.gguf import load_gguf_tokenizer
 
         return load_gguf_tokenizer(path)
     if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):

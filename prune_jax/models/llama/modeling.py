@@ -27,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skmm_jax.common.checks import check_positive_int
 from skmm_jax.common.kernels import project
 
 Array = jax.Array
@@ -328,8 +329,7 @@ def causal_attention(q: Array, k: Array, v: Array, *, block: int = ATTENTION_BLO
     if implementation == "dot_product":
         out = jax.nn.dot_product_attention(q.reshape(batch, length, kv_heads * group, head_dim), k, v, is_causal=True)
         return out.reshape(q.shape)
-    if block < 1:
-        raise ValueError(f"block must be a positive number of query rows, got {block}")
+    check_positive_int(block, "block")  # query rows per block
     # Heads-major once: every block's products are then batched GEMMs without
     # per-block transposes (≈ 25 % faster on CPU at T = 2048).
     scale = jnp.float32(1.0 / math.sqrt(head_dim))  # applied to the float32 scores (exact in bf16 runs)
@@ -495,8 +495,23 @@ class DecoderBlock(nnx.Module):
         """y = h + MLP(RMSNorm(h)), [B, T, D]: the block's output."""
         return h + self.mlp(self.post_attn_norm(h))
 
+    def half_residual(self, half: int, x: Array, positions: Array, inv_freq: Array) -> Array:
+        """The stream after half ``half`` of the block (0: attention, 1: MLP) applied to
+        ``x`` [B, T, D]: the one hook for code that advances the stream half by half."""
+        return self.attention_residual(x, positions, inv_freq) if half == 0 else self.mlp_residual(x)
+
     def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
         return self.mlp_residual(self.attention_residual(x, positions, inv_freq))
+
+
+class BlockStream(NamedTuple):
+    """One step of ``Llama.walk``: block ``index``, the module, the stream h [B, T, D]
+    after its attention half (the MLP half's input, before its norm) and its output."""
+
+    index: int
+    block: DecoderBlock
+    h: Array
+    out: Array
 
 
 class Llama(nnx.Module):
@@ -526,11 +541,22 @@ class Llama(nnx.Module):
         """The residual stream entering block 0, [B, T, D]."""
         return jnp.take(self.embed[...], tokens, axis=0)
 
+    def walk(self, x: Array, positions: Array, start: int = 0, stop: int | None = None) -> Iterator[BlockStream]:
+        """The block-by-block run of blocks [start, stop) on the stream ``x`` [B, T, D]
+        entering block ``start``: one ``BlockStream`` (index, block, h = the stream into
+        its MLP half, out = its output) per block, in order. The one walk over
+        ``layers``: a consumer that reads the stream inside the model (calibration
+        moments, features at the last block) iterates it instead of re-writing the forward."""
+        inv_freq = self.rope_frequencies()
+        for index, block in enumerate(list(self.layers)[start:stop], start=start):
+            h = block.attention_residual(x, positions, inv_freq)
+            x = block.mlp_residual(h)
+            yield BlockStream(index, block, h, x)
+
     def apply_blocks(self, x: Array, positions: Array, start: int = 0, stop: int | None = None) -> Array:
         """The residual stream after blocks [start, stop) applied to ``x`` [B, T, D]."""
-        inv_freq = self.rope_frequencies()
-        for block in list(self.layers)[start:stop]:
-            x = block(x, positions, inv_freq)
+        for step in self.walk(x, positions, start, stop):
+            x = step.out
         return x
 
     def hidden_states(self, tokens: Array, positions: Array | None = None) -> Array:
