@@ -37,7 +37,7 @@ from prune_jax.data import eval_windows, load_documents, split_documents, tokeni
 from prune_jax.embedded import embedded_model_path  # noqa: E402
 from prune_jax.evaluate import compiled_forward, perplexity  # noqa: E402
 from prune_jax.models.llama import LlamaConfig, load_tokenizer, model_from_state_dict  # noqa: E402
-from prune_jax.models.llama.gguf_io import read_gguf  # noqa: E402
+from prune_jax.models.llama.gguf import read_gguf  # noqa: E402
 from skmm_jax.common.io import save_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -51,6 +51,7 @@ import numpy as np
 import optax
 
 from skmm_jax.common.checks import as_key
+from skmm_jax.common.gram import add_to
 from skmm_jax.common.kernels import LoraKernel, ProbedKernel
 from skmm_jax.common.pytree import Array
 from skmm_jax.common.streaming import Progress, check_chunk_size, pad_leading, stream_chunks
@@ -156,7 +157,7 @@ def _factored_value_and_grads(loss_fn: Callable, sketch: PytreeSketch, params: A
     sketched = None
     for g, s, f in zip(grads, sketch.leaves, factors):
         part = g.reshape(batch, -1).astype(jnp.float32) if f is not None else s(g.reshape(batch, -1))
-        sketched = part if sketched is None else sketched + part
+        sketched = add_to(sketched, part)
     return losses, sketched, grads
 
 

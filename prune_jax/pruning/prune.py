@@ -54,6 +54,7 @@ from prune_jax.pruning.slicing import add_zero_biases, record_widths
 from prune_jax.pruning.stage import StageContext, dense_unit_scores, prune_block
 from skmm_jax.common.streaming import Progress
 
+
 def _check_calibration(model: Llama, calibration) -> np.ndarray:
     calibration = np.asarray(calibration)
     if calibration.ndim != 2 or calibration.shape[0] < 1 or calibration.shape[1] < 2:

@@ -17,7 +17,7 @@ and is pruned by the same steps (``prune_half``), given the two calibration stre
      score's hook → write back its weights → slice;
   3. one pass: Grams of the second map (o | down) on the kept units against the dense
      half's update, computed per chunk and added to h_dense in place → refit;
-  4. advance the pruned stream in place (the model's residual hook).
+  4. advance the pruned stream in place (the model's ``half_residual`` hook).
 The dense targets come from a clone of the block taken before any change (one block's
 parameters). Every pass runs chunk by chunk of sequences through compiled per-chunk
 functions (``nnx.jit``; blocks of equal widths share them), both streams are updated in
@@ -89,7 +89,6 @@ class Half:
     Attributes:
       index: 0 for attention, 1 for the MLP (position in a layer's cut and scores).
       module, norm: the block's module and the RMSNorm before it.
-      residual: the model's hook (block, h, positions, inv_freq) → stream after the half.
       first_kernels, first_biases: the maps reading the normalised input.
       first_outputs: (module, x) → their outputs (refit targets, concatenated).
       units: (module, x, positions, inv_freq) → [S, T, units, ...], the second map's input.
@@ -109,7 +108,6 @@ class Half:
     index: int
     module: Callable[[Any], Any]
     norm: Callable[[Any], Any]
-    residual: Callable[[Any, Array, Array, Array], Array]
     first_kernels: tuple[str, ...]
     first_biases: tuple[str, ...]
     first_outputs: Callable[[Any, Array], tuple[Array, ...]]
@@ -157,7 +155,7 @@ def _dense_update_rows(half: Half, dense_block, h_dense: Array, start: Array, po
 def _advance_rows(half: Half, block, h: Array, start: Array, positions: Array, inv_freq: Array) -> Array:
     """Rows [start, start + B) of the stream h advanced through the half, in place (donated)."""
     rows = jax.lax.dynamic_slice_in_dim(h, start, positions.shape[0], axis=0)
-    return jax.lax.dynamic_update_slice_in_dim(h, half.residual(block, rows, positions, inv_freq).astype(h.dtype), start, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(h, block.half_residual(half.index, rows, positions, inv_freq).astype(h.dtype), start, axis=0)
 
 
 @functools.partial(nnx.jit, static_argnums=(0,))
@@ -173,7 +171,7 @@ def _heads(half: Half, attn, x: Array, positions: Array, inv_freq: Array) -> Arr
 
 
 def advance(half: Half, block, h: Array, ctx: StageContext) -> Array:
-    """The stream h [S, T, D] after the half (the model's residual hook), chunk by chunk,
+    """The stream h [S, T, D] after the half (the model's ``half_residual`` hook), chunk by chunk,
     in place: ``h``'s buffer is donated and becomes the result (the caller must hold no
     other reference to it), so advancing never holds two streams."""
     for s, e in ctx.bounds(h.shape[0]):
@@ -220,7 +218,6 @@ ATTENTION = Half(
     index=0,
     module=lambda block: block.attn,
     norm=lambda block: block.input_norm,
-    residual=lambda block, h, positions, inv_freq: block.attention_residual(h, positions, inv_freq),
     first_kernels=("q_kernel", "k_kernel", "v_kernel"),
     first_biases=("q_bias", "k_bias", "v_bias"),
     first_outputs=lambda attn, x: attn.projections(x),
@@ -241,7 +238,6 @@ MLP = Half(
     index=1,
     module=lambda block: block.mlp,
     norm=lambda block: block.post_attn_norm,
-    residual=lambda block, h, positions, inv_freq: block.mlp_residual(h),
     first_kernels=("gate_kernel", "up_kernel"),
     first_biases=("gate_bias", "up_bias"),
     first_outputs=lambda mlp, x: mlp.pre_activations(x),
@@ -269,7 +265,7 @@ def unit_gram(half: Half, block, h: Array, ctx: StageContext) -> UnitGram:
     for s, e in ctx.bounds(h.shape[0]):
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         units = with_intercept(units) if intercept else units
-        gram = add_gram(jnp.zeros((units.shape[-1],) * 2, jnp.float32) if gram is None else gram, units)
+        gram = add_gram(gram, units)
     return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept)
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from skmm_jax.common.checks import as_key
+from skmm_jax.common.gram import add_to
 from skmm_jax.common.pytree import Array, pytree_dataclass
 from skmm_jax.sketch.base import Sketch, check_dims
 from skmm_jax.sketch.make import SKETCH_KINDS, check_options, sketch_kind
@@ -66,7 +67,7 @@ class PytreeSketch:
             elif leaf.shape[0] != batch:
                 raise ValueError(f"leaf {index}: batch size {leaf.shape[0]} differs from the first leaf's {batch}")
             part = sketch(leaf.reshape(batch, -1))
-            out = part if out is None else out + part
+            out = add_to(out, part)
         return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
 from prune_jax.models.llama.gguf.names import (
     GGUF_ARCHITECTURE,
     ROPE_FREQS_TENSOR,
