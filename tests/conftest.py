@@ -130,6 +130,17 @@ def tiny_llama():
     return _tiny_llama
 
 
+@pytest.fixture(scope="session")
+def calib_tokens():
+    """Factory: ``calib_tokens(seed=0, shape=(12, 16), vocab_size=64)`` → uniform random token
+    ids (int64), the calibration batch of the pruning tests."""
+
+    def build(seed: int = 0, shape: tuple[int, ...] = (12, 16), vocab_size: int = 64) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, vocab_size, shape)
+
+    return build
+
+
 # ------------------------------------------------------------------ tokenizers
 
 

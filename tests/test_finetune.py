@@ -139,10 +139,10 @@ def test_finetune_gradients_are_the_sketched_gradients_of_what_finetune_trains(t
     assert got.shape == (12, 16) and np.all(np.isfinite(got)) and np.linalg.norm(got) > 0
     sketch = make_pytree_sketch("kronecker", jax.random.key(5), trainable, 16, split=None if kind == "lora" else kernel_inputs)
     loss = lm_loss(kind, nnx.graphdef(model), scale=config.alpha / config.rank)
-    expected = np.asarray(sketch(per_sample_grads(loss, trainable, rows, frozen=frozen)))
+    grads = per_sample_grads(loss, trainable, rows, frozen=frozen)
+    expected = np.asarray(sketch(grads))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     if kind == "lora":  # B = 0 at the start: only the B factors carry gradient
-        grads = per_sample_grads(loss, trainable, rows, frozen=frozen)
         assert all(float(np.abs(np.asarray(f["a"])).max()) == 0.0 for f in grads.values())
     with pytest.raises(ValueError, match="token ids must lie in"):
         finetune_gradients(model, rows + 100, config)
