@@ -276,3 +276,19 @@ def test_the_scan_names_every_cycle_with_its_path():
 def test_prefixes_match_whole_names():
     assert within("skmm_jax.common.io", "skmm_jax.common") and not within("skmm_jax.commonx", "skmm_jax.common")
     assert within("prune_jax.cli.prune", "prune_jax.cli.") and not within("prune_jax.cli", "prune_jax.cli.")
+
+
+def test_no_test_module_imports_another_or_conftest():
+    """Tests share builders through conftest fixtures only, so test files can move between
+    folders freely (pytest's rootdir-relative imports would otherwise break)."""
+    tests = Path(__file__).resolve().parent
+    local = {path.stem for path in tests.rglob("*.py")} | {tests.name}
+    offending = sorted(
+        {
+            f"{path.relative_to(tests)}:{imp.line} imports {imp.module}"
+            for path in tests.rglob("*.py")
+            for imp in imported_modules(path)
+            if imp.module.split(".")[0] in local
+        }
+    )
+    assert not offending, "a test module imports another test module (use a conftest fixture):\n" + "\n".join(offending)
