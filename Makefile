@@ -48,7 +48,8 @@ smoke: $(VENV)/.installed-base data
 
 # pytest exits 5 when it collects nothing; treat that as a failure with a message.
 # TEST_WORKERS: pytest-xdist processes; the suite is bound by XLA compiles, which are
-# single-threaded, so two workers on two cores take ~0.7x the wall time of one.
+# single-threaded, so two workers on two cores take ~0.7x the wall time of one. pyproject's
+# addopts give --dist loadfile: a file's compiles and module fixtures happen on one worker only.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test data
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS); rc=$$?; \

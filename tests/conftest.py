@@ -27,6 +27,15 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(scope="module")
+def exact_matmuls():
+    """f32 matmuls at HIGHEST precision for a whole module, for tests that compare against
+    float64 / torch references: a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("exact_matmuls")``. Module scope, so the module's
+    own module-scoped fixtures (requested after it) compute under it too."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
 
 def _installed(module: str) -> bool:
     try:
@@ -106,6 +115,30 @@ def tiny_llama_config():
 def random_llama():
     """Factory: ``random_llama(config, seed=0, scale=0.15)`` → a `Llama` (see `_random_llama`)."""
     return _random_llama
+
+
+def _tiny_llama(seed: int = 0, *, scale: float = 0.15, **config):
+    """`_random_llama` of `_tiny_llama_config` (``config``: its keywords)."""
+    return _random_llama(_tiny_llama_config(**config), seed, scale=scale)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """Factory: ``tiny_llama(seed=0, scale=0.15, num_layers=2, heads=(4, 2), ...)`` → a random
+    `Llama` of a `tiny_llama_config` in one call. The one tiny-model builder: tests vary
+    depth, heads, widths, vocabulary, seed and scale through it."""
+    return _tiny_llama
+
+
+@pytest.fixture(scope="session")
+def calib_tokens():
+    """Factory: ``calib_tokens(seed=0, shape=(12, 16), vocab_size=64)`` → uniform random token
+    ids (int64), the calibration batch of the pruning tests."""
+
+    def build(seed: int = 0, shape: tuple[int, ...] = (12, 16), vocab_size: int = 64) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, vocab_size, shape)
+
+    return build
 
 
 # ------------------------------------------------------------------ tokenizers

@@ -18,8 +18,8 @@ from skmm_jax.sketch import kronecker_sketch
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_config, random_llama):
-    model = random_llama(tiny_llama_config(num_layers=3, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4))
+def tiny(tiny_llama):
+    model = tiny_llama(num_layers=3, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4)
     tokens = np.random.default_rng(0).integers(0, 40, 40 * 8 + 5).astype(np.int32)
     return model, tokens
 

@@ -140,8 +140,8 @@ def test_factored_bad_input_errors():
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_llama_config, random_llama):
-    model = random_llama(tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4))
+def tiny_lm(tiny_llama):
+    model = tiny_llama(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4)
     tokens = np.random.default_rng(0).integers(0, 40, (6, 9)).astype(np.int32)
     return model, tokens
 

@@ -12,8 +12,8 @@ from prune_jax.lora import init_lora, lora_state
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_config, random_llama):
-    model = random_llama(tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4))
+def tiny(tiny_llama):
+    model = tiny_llama(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4)
     rows = np.random.default_rng(0).integers(0, 40, (12, 9)).astype(np.int32)
     return model, rows
 
@@ -111,11 +111,10 @@ def test_finetune_bad_input(tiny):
         finetune(model, rows + 100, FinetuneConfig(steps=1))
 
 
-def test_lora_on_a_bfloat16_model_trains_float32_factors(tiny_llama_config, random_llama):
+def test_lora_on_a_bfloat16_model_trains_float32_factors(tiny_llama):
     """Mixed precision: bf16 base kernels and activations, f32 LoRA factors (the low-rank
     term computed in f32, added in bf16), no implicit promotion (tests run strict)."""
-    config = tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4, dtype="bfloat16")
-    model = random_llama(config)
+    model = tiny_llama(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=40, hidden_size=16, head_dim=4, dtype="bfloat16")
     rows = np.random.default_rng(0).integers(0, 40, (12, 9)).astype(np.int32)
     result = finetune(model, rows, FinetuneConfig(rank=4, learning_rate=1e-2, steps=20, batch_size=4))
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(result.trainable))
@@ -140,10 +139,10 @@ def test_finetune_gradients_are_the_sketched_gradients_of_what_finetune_trains(t
     assert got.shape == (12, 16) and np.all(np.isfinite(got)) and np.linalg.norm(got) > 0
     sketch = make_pytree_sketch("kronecker", jax.random.key(5), trainable, 16, split=None if kind == "lora" else kernel_inputs)
     loss = lm_loss(kind, nnx.graphdef(model), scale=config.alpha / config.rank)
-    expected = np.asarray(sketch(per_sample_grads(loss, trainable, rows, frozen=frozen)))
+    grads = per_sample_grads(loss, trainable, rows, frozen=frozen)
+    expected = np.asarray(sketch(grads))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     if kind == "lora":  # B = 0 at the start: only the B factors carry gradient
-        grads = per_sample_grads(loss, trainable, rows, frozen=frozen)
         assert all(float(np.abs(np.asarray(f["a"])).max()) == 0.0 for f in grads.values())
     with pytest.raises(ValueError, match="token ids must lie in"):
         finetune_gradients(model, rows + 100, config)

@@ -12,7 +12,6 @@ import pytest
 
 from prune_jax.data import Document
 from prune_jax.experiments.llama_features import extract_llama_features, wiki_passage_task
-from prune_jax.models.llama import LlamaConfig, init_llama
 from prune_jax.models.llama.modeling import rope_inverse_frequencies
 from skmm_jax.experiments.features import extract_features
 from skmm_jax.experiments.tasks import TextTask, document_passage_task, jsonl_task, stratified_split
@@ -34,10 +33,7 @@ def synthetic_docs(lengths=(40, 3, 25, 100, 17, 64)):
     ]
 
 
-@pytest.fixture(autouse=True)
-def exact_matmuls():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 # --------------------------------------------------------------------- wiki task
@@ -190,10 +186,10 @@ def test_extract_features_with_any_feature_function(tmp_path):
         extract_features(toy_features, tokens, batch_size=0)
 
 
-def tiny_model(seed=0):
-    config = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, layer_heads=((4, 2),) * 2,
-                         layer_intermediate=(48,) * 2, head_dim=8)  # fmt: skip
-    return init_llama(config, seed=seed)
+@pytest.fixture(scope="module")
+def tiny_model(tiny_llama):
+    """Factory: ``tiny_model(seed=0)``, the 2-block model of the feature tests."""
+    return lambda seed=0: tiny_llama(seed, vocab_size=64, hidden_size=32, num_layers=2, heads=(4, 2), intermediate=48, head_dim=8)
 
 
 def tokens_for_test(n=10, length=8):
@@ -212,7 +208,7 @@ def manual_layer_input(model, tokens):
     return np.asarray(x + last.attn(last.input_norm(x), positions, inv_freq))
 
 
-def test_llama_features_match_the_model():
+def test_llama_features_match_the_model(tiny_model):
     model, tokens = tiny_model(), tokens_for_test()
     expected = np.asarray(jax.jit(lambda t: model.hidden_states(t).mean(1))(jnp.asarray(tokens)))
     plain = extract_llama_features(model, tokens, batch_size=4)  # 3 batches, the last padded
@@ -237,7 +233,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_feature_cache_resumes_reuses_and_recomputes_on_mismatch(tmp_path):
+def test_feature_cache_resumes_reuses_and_recomputes_on_mismatch(tmp_path, tiny_model):
     model, tokens = tiny_model(), tokens_for_test()
     reference = extract_llama_features(model, tokens, batch_size=4, layer_input="float16")
 

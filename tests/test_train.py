@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from prune_jax.experiments.llama_features import extract_llama_features, mlp_head_from_llama
-from prune_jax.models.llama import LlamaConfig, init_llama
 from skmm_jax.deepcore import train_proxy
 from skmm_jax.experiments.metrics import metrics
 from skmm_jax.experiments.mlp_finetune import FinetuneConfig, finetune, ft_gradient_loss, ft_logits, ft_predict
@@ -24,10 +23,7 @@ from skmm_jax.train.probe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def exact_matmuls():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 def blobs(seed, n, num_classes=5, dim=16, spread=0.3):
@@ -121,10 +117,8 @@ def test_hyperparameter_selection_uses_validation_only():
 
 
 @pytest.fixture(scope="module")
-def ft_setup():
-    config = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, layer_heads=((4, 2),) * 2,
-                         layer_intermediate=(48,) * 2, head_dim=8)  # fmt: skip
-    model = init_llama(config, seed=0)
+def ft_setup(tiny_llama):
+    model = tiny_llama(vocab_size=64, hidden_size=32, num_layers=2, heads=(4, 2), intermediate=48, head_dim=8)
     tokens = np.random.default_rng(0).integers(0, 64, (24, 8)).astype(np.int32)
     labels = (tokens[:, 0] % 3).astype(np.int32)  # learnable from the first token
     features = extract_llama_features(model, tokens, batch_size=8, layer_input="float32")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -31,17 +30,13 @@ from prune_jax.zero_shot.tasks import (
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def exact_matmuls():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_config, random_llama):
+def tiny(tiny_llama):
     """2 blocks, GQA 4/2, vocabulary 97 (> one vocabulary chunk is tested in test_llama)."""
-    config = tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=24, vocab_size=97, max_position_embeddings=64)
-    return random_llama(config, seed=1, scale=0.3)
+    return tiny_llama(1, scale=0.3, num_layers=2, heads=(4, 2), intermediate=24, vocab_size=97, max_position_embeddings=64)
 
 
 def random_requests(rng, count: int, vocab: int) -> list[tuple[list[int], list[int]]]:
