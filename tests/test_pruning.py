@@ -27,10 +27,7 @@ def calib(seed=0, shape=(12, 16)):
     return np.random.default_rng(seed).integers(0, 64, shape)
 
 
-@pytest.fixture(autouse=True)
-def exact_matmuls():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 def test_pruning_nothing_is_the_identity():

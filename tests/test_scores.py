@@ -6,16 +6,23 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_pruning import calib, tiny
 
 from prune_jax.pruning import METHODS, SCORES, Budget, HeadCriterion, NormOptions, ObsOptions, PruneConfig, Recovery, Score, prune
 from prune_jax.pruning.scores import Evidence, ffn_channel_scores, head_scores
 
 
-@pytest.fixture(autouse=True)
-def exact_matmuls():
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    """Factory: ``tiny(seed=0)``, the pruning tests' shape: 4 blocks of 6/2 heads and 48 channels."""
+    return lambda seed=0: tiny_llama(seed, scale=0.1, vocab_size=64, hidden_size=32, num_layers=4, heads=(6, 2), intermediate=48, head_dim=8)
+
+
+@pytest.fixture(scope="module")
+def calib(calib_tokens):
+    return calib_tokens
 
 
 def test_registry_declarations():
@@ -49,7 +56,7 @@ def _weight_only_references(mlp, attn, key) -> dict:
 
 
 @pytest.mark.parametrize("method", [m for m, s in SCORES.items() if s.needs == "nothing"])
-def test_weight_only_scores_read_no_statistics(method):
+def test_weight_only_scores_read_no_statistics(method, tiny):
     """needs="nothing" is honest: without statistics or gradients the scores equal a numpy
     reference computed from the kernels alone."""
     model = tiny()
@@ -59,7 +66,7 @@ def test_weight_only_scores_read_no_statistics(method):
     np.testing.assert_allclose(head_scores(method, block.attn, None, key=key), heads, rtol=1e-5)
 
 
-def test_magnitude_norm_is_a_method_option():
+def test_magnitude_norm_is_a_method_option(tiny):
     """magnitude's norm lives in its registry entry's options type; another method's
     options, or options given to a method without any, are rejected by name."""
     block, key = tiny().layers[1], jax.random.key(0)
@@ -92,7 +99,7 @@ def test_the_flat_record_round_trips_and_names_every_setting():
     assert PruneConfig.from_json(json.loads(json.dumps(record))) == config
 
 
-def test_a_registered_allocation_mode_is_all_prune_needs(monkeypatch):
+def test_a_registered_allocation_mode_is_all_prune_needs(monkeypatch, tiny, calib):
     """The allocation extension contract: one registry entry, valid in Budget, called with
     the budget by prune."""
     from prune_jax.pruning import ALLOCATIONS, AllocationMode
@@ -112,7 +119,7 @@ def test_a_registered_allocation_mode_is_all_prune_needs(monkeypatch):
     assert report.to_json()["allocation"] == "last-layer"
 
 
-def test_depth2_l1_is_the_product_of_l1_norms():
+def test_depth2_l1_is_the_product_of_l1_norms(tiny):
     model = tiny()
     mlp, attn = model.layers[2].mlp, model.layers[2].attn
     gate, up, down = (np.asarray(k[...], np.float64) for k in (mlp.gate_kernel, mlp.up_kernel, mlp.down_kernel))
@@ -123,7 +130,7 @@ def test_depth2_l1_is_the_product_of_l1_norms():
     np.testing.assert_allclose(head_scores("depth2-l1", attn, None, key=jax.random.key(0)), expected_heads, rtol=1e-5)
 
 
-def test_depth2_l1_prunes_the_channel_with_the_smallest_down_row():
+def test_depth2_l1_prunes_the_channel_with_the_smallest_down_row(tiny, calib):
     from flax import nnx
 
     model = tiny()
@@ -133,7 +140,7 @@ def test_depth2_l1_prunes_the_channel_with_the_smallest_down_row():
     assert report.layer_intermediate[1] == 47 and 11 not in report.layers[1].mlp.kept
 
 
-def test_a_registered_score_is_all_prune_needs(monkeypatch):
+def test_a_registered_score_is_all_prune_needs(monkeypatch, tiny, calib):
     """The extension contract: one registry entry, no change to prune or the stages.
     The entry keeps the lowest-index units and checks it is given what it declared."""
     seen = []
@@ -154,7 +161,7 @@ def test_a_registered_score_is_all_prune_needs(monkeypatch):
     assert set(seen) == {("channels", True, True), ("heads", True, True)}  # gradients given, statistics not
 
 
-def test_report_json_has_the_pruning_json_keys():
+def test_report_json_has_the_pruning_json_keys(tiny, calib):
     _, report = prune(tiny(), calib(), PruneConfig(method="dap", budget=Budget(sparsity=0.2, layer_range=(1, 3)), recovery=Recovery(enabled=True),
                                                  heads=HeadCriterion("similarity")))
     record = json.loads(json.dumps(report.to_json()))
@@ -173,7 +180,7 @@ def test_report_json_has_the_pruning_json_keys():
     assert list(record["layers"][3]) == ["layer", "qkv_proj_recovery", "o_proj_recovery", "gate_up_proj_recovery", "down_proj_recovery"]
 
 
-def test_a_score_that_removes_units_itself_is_called_by_the_stage(monkeypatch):
+def test_a_score_that_removes_units_itself_is_called_by_the_stage(monkeypatch, tiny, calib):
     """A ``Score.remove`` hook replaces the keep-top step: the stage hands it the second map
     (o | down) and its units, writes back the weights it returns and slices its removed units."""
     calls = []
