@@ -205,7 +205,7 @@ class DrawRule:
     summary: str = ""
 
 
-_NO_SWAPS = jnp.int32(0)
+_NO_SWAPS = np.int32(0)  # numpy, not jnp: importing the library must not start a JAX backend (jax.distributed)
 
 
 def _greedy(key, spectrum, p, coverage, n, *, ridge, **_):

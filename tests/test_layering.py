@@ -292,3 +292,17 @@ def test_no_test_module_imports_another_or_conftest():
         }
     )
     assert not offending, "a test module imports another test module (use a conftest fixture):\n" + "\n".join(offending)
+
+
+def test_importing_the_libraries_starts_no_jax_backend():
+    """A multi-process run must call jax.distributed.initialize() before any JAX computation,
+    and the command lines import the libraries first: a module-level ``jnp`` constant would
+    start the backend at import and break every multi-host run."""
+    import subprocess
+    import sys
+
+    code = ("import skmm_jax, prune_jax, prune_jax.cli, prune_jax.runs, skmm_jax.cli\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge.backends_are_initialized(), 'a JAX backend started at import'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -216,7 +216,7 @@ def test_prune_with_selected_calibration_windows(tiny, tmp_path: Path):
     tiny_text = tmp_path / "tiny.txt"
     tiny_text.write_text("hello there\n")
     bad[bad.index("--calib") + 1] = str(tiny_text)
-    assert_clean_failure(runner.invoke(app, bad), "not one window of seq_len=8")
+    assert_clean_failure(runner.invoke(app, bad), "fewer than one window of seq_len=8")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     bad[bad.index("--calib") + 1] = str(empty)
