@@ -26,6 +26,7 @@ from typing import Any
 from prune_jax.pruning.allocation import ALLOCATIONS, HEAD_MODES
 from prune_jax.pruning.recover import RIDGE_GRID
 from prune_jax.pruning.scores import SCORES
+from skmm_jax.common.checks import check_positive_int
 
 HEAD_CRITERIA = ("score", "similarity")
 REFITS = ("full", "second")
@@ -201,8 +202,7 @@ class PruneConfig:
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         object.__setattr__(self, "options", _method_options(self.method, self.options))
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_positive_int(self.batch_size, "batch_size")
 
     @property
     def allocation_mode(self) -> str:

@@ -1,52 +1,28 @@
 """Second moments, accumulated over a stream: the one Gram accumulator of both libraries.
 
 For rows x_t ∈ R^C arriving in chunks (calibration tokens, layer inputs, sketched
-gradients), with an optional mask m_t ∈ {0, 1} (padding, held-out tokens):
+gradients), a stream's second moments are sums of per-chunk products,
 
-    G = Σ_t m_t x_t x_tᵀ,      s = Σ_t m_t x_t,      n = Σ_t m_t.
+    G = Σ_chunks X_cᵀ X_c      (and cross moments Σ X_cᵀ Y_c for a least-squares refit),
 
-The products run in float32 at ``HIGHEST`` precision whatever the input dtype (bf16
-activations would otherwise lose the small eigen-directions a least-squares refit or
-an OBS step divides by). ``add`` is a pure function of pytrees, so it jits, scans and
-shards (a mesh-sharded row axis reduces with the collective XLA inserts); ``sum_of``
-is the host-side "first value or running sum" of any pytree stream.
+with held-out rows (a refit's validation tokens, ``held_out_rows``) masked out of one sum
+and into another. ``gram_of`` is the one product: float32 (float64 for x64 refits) at
+``HIGHEST`` precision whatever the input dtype, since bf16 activations would otherwise
+lose the small eigen-directions a least-squares refit or an OBS step divides by. It is
+a pure function, so it jits, scans and shards (a mesh-sharded row axis reduces with the
+collective XLA inserts). ``add_to`` / ``sum_of`` are the "first value or running sum" of
+any pytree stream (Grams, moment tuples, sketched gradients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from skmm_jax.common.precision import HIGHEST
-
-
-class Gram(NamedTuple):
-    """Running second moments of rows of width C: ``gram`` [C, C], ``total`` [C], ``count`` []."""
-
-    gram: jax.Array
-    total: jax.Array
-    count: jax.Array
-
-    @classmethod
-    def zeros(cls, width: int) -> Gram:
-        return cls(jnp.zeros((width, width), jnp.float32), jnp.zeros((width,), jnp.float32), jnp.zeros((), jnp.float32))
-
-    def add(self, rows: jax.Array, mask: jax.Array | None = None) -> Gram:
-        """The moments with ``rows`` [..., C] added (rows where ``mask`` [...] is 0 skipped)."""
-        x = rows.reshape(-1, rows.shape[-1]).astype(self.gram.dtype)
-        if mask is not None:
-            x = x * mask.reshape(-1, 1).astype(x.dtype)
-            count = jnp.sum(mask.astype(self.count.dtype))
-        else:
-            count = jnp.asarray(x.shape[0], self.count.dtype)
-        return Gram(self.gram + gram_of(x, dtype=x.dtype), self.total + jnp.sum(x, axis=0), self.count + count)
-
-    def mean(self) -> tuple[jax.Array, jax.Array]:
-        """(E[x xᵀ], E[x]) over the rows added (count ≥ 1 assumed)."""
-        return self.gram / self.count, self.total / self.count
 
 
 def gram_of(x: jax.Array, y: jax.Array | None = None, *, dtype: Any = jnp.float32) -> jax.Array:
