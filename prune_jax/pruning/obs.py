@@ -62,12 +62,12 @@ class UnitGram(NamedTuple):
     Attributes:
       gram: [C, C] (C + 1 with the intercept row last) mean of x̂x̂ᵀ over calibration tokens.
       intercept: whether the last row is the constant-1 input (the map has a bias).
-      damp: the relative dampening λ to use.
+
+    The dampening is the method's option (``scores.ObsOptions.damp``), not the statistics'.
     """
 
     gram: jax.Array
     intercept: bool
-    damp: float = DAMP
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
