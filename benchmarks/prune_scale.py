@@ -8,10 +8,13 @@ process):
   - ``baseline``: the runtime's fixed RSS (python + jax + prune_jax, one tiny array);
   - ``load``: ``load_model(dir, dtype="bfloat16")`` (tensor by tensor, stored dtype), and
     with ``--old-tree DIR`` the loader of an older checkout (float32 host dict) for the ratio;
-  - ``prune``: 20 % dap + full recovery of every block, float32 compute on the CPU, for
-    each calibration size: seconds per block, XLA compilations, peak RSS.
+  - ``prune``: each run ``METHOD[+recover]:DTYPE`` of ``--runs`` (dap + full recovery,
+    dap-obs, FLAP; float32 or bfloat16 parameters and streams) on every block, for each
+    calibration size: seconds and peak RSS per block, XLA compilations, and with
+    ``--stage-peaks`` the peak RSS inside each stage of a block (what holds the peak).
 
-    python benchmarks/prune_scale.py                         # 2 layers, calibration 16,64 × 128
+    python benchmarks/prune_scale.py                         # 2 layers, the default runs, calibration 16 × 128
+    python benchmarks/prune_scale.py --runs dap+recover:float32 --calib 16x128,64x128 --stage-peaks
     python benchmarks/prune_scale.py --old-tree /tmp/base    # plus the old loader's memory
 
 Results: benchmarks/results/prune_scale.{json,md}. Memory model in the markdown.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,7 +39,10 @@ WIDTHS = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (VmHWM of its address space: unlike ``ru_maxrss``, it does
+    not inherit the parent's peak through fork + exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def rss_mb() -> float:
@@ -47,17 +52,25 @@ def rss_mb() -> float:
 
 class PeakRSS:
     """Peak resident memory (MiB) inside a ``with`` block, sampled every 2 ms by a thread
-    (``ru_maxrss`` cannot be reset, and imports leave a transient peak of their own)."""
+    (``ru_maxrss`` cannot be reset, and imports leave a transient peak of their own).
+    ``split(clock)`` reads the peak of one clock's current interval and starts its next;
+    clocks are independent (``CLOCKS``: per block, per stage)."""
+
+    CLOCKS = ("block", "stage")
 
     def __enter__(self):
         import threading
 
         self.before = self.peak = rss_mb()
+        self._clocks = dict.fromkeys(self.CLOCKS, self.before)
         self._stop = threading.Event()
 
         def sample():
             while not self._stop.is_set():
-                self.peak = max(self.peak, rss_mb())
+                now = rss_mb()
+                self.peak = max(self.peak, now)
+                for clock, peak in list(self._clocks.items()):
+                    self._clocks[clock] = max(peak, now)
                 self._stop.wait(0.002)
 
         self._thread = threading.Thread(target=sample, daemon=True)
@@ -68,6 +81,39 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_mb())
+
+    def split(self, clock: str) -> float:
+        """The peak of ``clock``'s interval since its last split (or the start); a new interval starts now."""
+        now = rss_mb()
+        peak = max(self._clocks[clock], now)
+        self._clocks[clock] = now
+        return peak
+
+
+STAGES = ("dense_unit_scores", "_refit_first_maps", "_removed_by_score", "_remove_units", "_refit_second_map", "advance")
+
+
+def label_stage_peaks(rss: PeakRSS, peaks: dict) -> None:
+    """Wraps the stage functions of ``prune_jax.pruning.stage`` (looked up as module
+    globals by ``prune_half``) so ``peaks[name]`` is the highest RSS seen while one runs."""
+    import importlib
+
+    prune_module, stage = (importlib.import_module(f"prune_jax.pruning.{name}") for name in ("prune", "stage"))
+
+    def wrap(module, name):
+        inner = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            peaks["other"] = max(peaks.get("other", 0.0), rss.split("stage"))  # the interval before this stage
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                peaks[name] = max(peaks.get(name, 0.0), rss.split("stage"))
+
+        setattr(module, name, wrapped)
+
+    for name in STAGES:
+        wrap(prune_module if name == "dense_unit_scores" else stage, name)
 
 
 def write_checkpoint(directory: Path, layers: int) -> dict:
@@ -131,21 +177,31 @@ def child(args) -> dict:
     from prune_jax.models.llama import load_model
     from prune_jax.pruning import Budget, PruneConfig, Recovery, prune
 
+    method, recover = args.method.removesuffix("+recover"), args.method.endswith("+recover")
+
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, secs, **kw: compiles.append(secs) if name == "/jax/core/compile/backend_compile_duration" else None)
     model, _ = load_model(args.dir, dtype=args.dtype, tokenizer=False)
     layers = model.config.num_layers
     tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, (args.samples, args.seq_len))
-    stamps = []
+    stamps, block_peaks, stage_peaks = [], [], {}
+
+    def block_done(done, total):
+        stamps.append(time.perf_counter())
+        block_peaks.append(rss.split("block"))
+
     with PeakRSS() as rss:
+        if args.stage_peaks:
+            label_stage_peaks(rss, stage_peaks)
         start = time.perf_counter()
-        model, report = prune(model, tokens, PruneConfig(method="dap", budget=Budget(sparsity=0.2, layer_range=(0, layers)),
-                                                          recovery=Recovery(enabled=True), batch_size=args.batch),
-                              progress=lambda done, total: stamps.append(time.perf_counter()))
+        config = PruneConfig(method=method, budget=Budget(sparsity=0.2, layer_range=(0, layers)), recovery=Recovery(enabled=recover),
+                             batch_size=args.batch)
+        model, report = prune(model, tokens, config, progress=block_done)
         seconds = time.perf_counter() - start
     blocks = np.diff([start] + stamps).tolist()
-    return {"samples": args.samples, "seq_len": args.seq_len, "dtype": args.dtype, "seconds": seconds, "block_seconds": blocks,
+    return {"method": args.method, "samples": args.samples, "seq_len": args.seq_len, "dtype": args.dtype, "seconds": seconds,
+            "block_seconds": blocks, "block_peak_rss_mb": block_peaks, "stage_peak_rss_mb": stage_peaks,
             "compilations": len(compiles), "compile_seconds": float(sum(compiles)), "peak_rss_mb": rss.peak,
             "rss_after_load_mb": rss.before, "layer_intermediate": list(report.layer_intermediate),
             "layer_heads": [list(h) for h in report.layer_heads]}  # fmt: skip
@@ -161,7 +217,10 @@ def run_child(*extra: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--calib", default="16x128,64x128", help="S×T calibration sizes")
+    parser.add_argument("--runs", default="dap+recover:float32,dap-obs:float32,dap-obs:bfloat16,flap:float32",
+                        help="METHOD[+recover]:DTYPE pruning runs, comma-separated")
+    parser.add_argument("--calib", default="16x128", help="S×T calibration sizes, comma-separated")
+    parser.add_argument("--stage-peaks", action="store_true", help="record the peak RSS inside each stage of a block")
     parser.add_argument("--batch", type=int, default=8, help="sequences per forward chunk")
     parser.add_argument("--dir", default=str(Path.home() / ".cache" / "prune_jax" / "llama3-8b-widths"))
     parser.add_argument("--old-tree", default=None, help="a checkout whose loader to compare (e.g. a worktree of an older commit)")
@@ -170,6 +229,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--method", default="dap+recover")
     parser.add_argument("--label", default="", help="a name for this run's prune rows (e.g. the code version)")
     parser.add_argument("--append", action="store_true", help="keep the prune rows (and loading rows) of the results file, add these")
     args = parser.parse_args()
@@ -194,11 +254,15 @@ def main() -> None:
         result["load_old"] = run_child("--child", "load", "--dir", str(directory), "--tree", args.old_tree)
         print("load (old loader)", result["load_old"], flush=True)
     result["prune"] = previous.get("prune", [])
-    for size in [c for c in args.calib.split(",") if c]:
-        s, t = (int(v) for v in size.lower().split("x"))
-        row = {"label": args.label, **run_child("--child", "prune", "--dir", str(directory), "--samples", str(s), "--seq-len", str(t), "--batch", str(args.batch))}
-        result["prune"].append(row)
-        print("prune", {k: v for k, v in row.items() if k not in ("layer_heads",)}, flush=True)
+    for run in [r for r in args.runs.split(",") if r]:
+        method, _, dtype = run.partition(":")
+        for size in [c for c in args.calib.split(",") if c]:
+            s, t = (int(v) for v in size.lower().split("x"))
+            row = {"label": args.label, **run_child("--child", "prune", "--dir", str(directory), "--samples", str(s), "--seq-len", str(t),
+                                                    "--batch", str(args.batch), "--method", method, "--dtype", dtype or "float32",
+                                                    *(["--stage-peaks"] if args.stage_peaks else []))}
+            result["prune"].append(row)
+            print("prune", {k: v for k, v in row.items() if k not in ("layer_heads",)}, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     from skmm_jax.common.io import save_json_atomic
 
@@ -227,23 +291,43 @@ def write_report(result: dict) -> None:
     ours = result["load"]["peak_rss_mb"] - result["load"]["rss_before_mb"]
     lines += ["", f"Target: peak − before ≤ bf16 bytes + 1.3 × largest tensor = {bf16_mb:,.0f} + 1.3 × {largest_mb:,.0f} = {limit:,.0f} MiB: "
               f"{ours:,.0f} MiB, {'met' if ours <= limit else 'missed'}.", "",
-              "| run | calibration | dtype | prune s | s / block | compilations | compile s | RSS after load MiB | peak MiB | peak − after load MiB |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| run | method | calibration | dtype | prune s | s / block | peak MiB / block | compilations | compile s | "
+              "RSS after load MiB | peak MiB | peak − after load MiB |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in result["prune"]:
-        lines.append(f"| {row.get('label', '')} | {row['samples']} × {row['seq_len']} | {row['dtype']} | {row['seconds']:.0f} | "
-                     f"{', '.join(f'{b:.0f}' for b in row['block_seconds'])} | {row['compilations']} | {row['compile_seconds']:.1f} | "
-                     f"{row['rss_after_load_mb']:,.0f} | {row['peak_rss_mb']:,.0f} | {row['peak_rss_mb'] - row['rss_after_load_mb']:,.0f} |")  # fmt: skip
+        block_peaks = ", ".join(f"{b:,.0f}" for b in row.get("block_peak_rss_mb", [])) or "–"
+        lines.append(f"| {row.get('label', '')} | {row.get('method', 'dap+recover')} | {row['samples']} × {row['seq_len']} | {row['dtype']} | "
+                     f"{row['seconds']:.0f} | {', '.join(f'{b:.0f}' for b in row['block_seconds'])} | {block_peaks} | {row['compilations']} | "
+                     f"{row['compile_seconds']:.1f} | {row['rss_after_load_mb']:,.0f} | {row['peak_rss_mb']:,.0f} | "
+                     f"{row['peak_rss_mb'] - row['rss_after_load_mb']:,.0f} |")  # fmt: skip
+    staged = [row for row in result["prune"] if row.get("stage_peak_rss_mb")]
+    if staged:
+        names = list(dict.fromkeys(name for row in staged for name in row["stage_peak_rss_mb"]))
+        lines += ["", "Peak RSS − RSS after load (MiB) inside each stage (the innermost stage running; ``--stage-peaks``):", "",
+                  "| run | method | calibration | dtype | " + " | ".join(names) + " |", "|---|---|---|---|" + "---:|" * len(names)]
+        for row in staged:
+            cells = [f"{row['stage_peak_rss_mb'][n] - row['rss_after_load_mb']:,.0f}" if n in row["stage_peak_rss_mb"] else "–" for n in names]
+            lines.append(f"| {row.get('label', '')} | {row.get('method', 'dap+recover')} | {row['samples']} × {row['seq_len']} | {row['dtype']} | "
+                         + " | ".join(cells) + " |")
     D = config["hidden_size"]
     lines += ["", "Memory per calibration token (slope of peak − after load between a run's smallest and largest calibration):", ""]
-    for label in dict.fromkeys(row.get("label", "") for row in result["prune"]):
-        rows = sorted((r for r in result["prune"] if r.get("label", "") == label), key=lambda r: r["samples"] * r["seq_len"])
+    for label, method, dtype in dict.fromkeys((r.get("label", ""), r.get("method", "dap+recover"), r["dtype"]) for r in result["prune"]):
+        rows = sorted((r for r in result["prune"] if (r.get("label", ""), r.get("method", "dap+recover"), r["dtype"]) == (label, method, dtype)),
+                      key=lambda r: r["samples"] * r["seq_len"])
         if len(rows) > 1 and rows[-1]["samples"] * rows[-1]["seq_len"] > rows[0]["samples"] * rows[0]["seq_len"]:
             grow = [(r["peak_rss_mb"] - r["rss_after_load_mb"]) * 2**20 for r in (rows[0], rows[-1])]
             per_token = (grow[1] - grow[0]) / (rows[-1]["samples"] * rows[-1]["seq_len"] - rows[0]["samples"] * rows[0]["seq_len"])
-            lines.append(f"- {label or 'unlabelled'}: {per_token / 1e3:.1f} KB per token = {per_token / (4 * D):.2f}·D float32 values")
+            lines.append(f"- {label or 'unlabelled'} ({method}, {dtype}): {per_token / 1e3:.1f} KB per token = "
+                         f"{per_token / (4 * D):.2f}·D float32 values")
     lines += ["", "Memory model (bytes; b the stream dtype's bytes): parameters b·P + two calibration streams 2·S·T·D·b (advanced "
               "in place) + the dense block b·P_block (refit targets) + one chunk's activations ≈ 4·B·T·F·4 + one refit "
               "≈ 4·(2C² + 2C·O) + 4·C²."]
+    F = config["intermediate_size"]
+    obs_mb = {name: 4 * (3 * c * c + 2 * c * D) / 2**20 for name, c in (("down_proj", F), ("o_proj", config["num_attention_heads"] * config["head_dim"]))}
+    lines += ["", "dap-obs adds, per map with C inputs and D outputs (float32): the input Gram H, its damped Cholesky factor and "
+              "P = H⁻¹ (3·C²) and the weights with their compensated copy (2·C·D), one map at a time: "
+              + ", ".join(f"{name} {mb:,.0f} MiB" for name, mb in obs_mb.items())
+              + ". It holds one calibration stream (two while the \"global\" allocation scores the dense stream first)."]
     (RESULTS / "prune_scale.md").write_text("\n".join(lines) + "\n")
 
 

@@ -104,22 +104,38 @@ class Removal(NamedTuple):
     errors: jax.Array
 
 
+def _damped(gram: jax.Array, damp: float) -> jax.Array:
+    return gram + damp * jnp.mean(jnp.diag(gram)) * jnp.eye(gram.shape[0], dtype=gram.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("damp",))
-def damped_inverse(gram: jax.Array, damp: float = DAMP) -> jax.Array:
-    """(H + λ·mean(diag H)·I)⁻¹: by Cholesky (C³/3 flops), or by eigendecomposition with
-    clipped eigenvalues when round-off leaves the damped H not positive definite."""
+def _cholesky_inverse(gram: jax.Array, damp: float) -> jax.Array:
+    """(H + λ·mean(diag H)·I)⁻¹ by Cholesky (C³/3 flops), symmetrised; NaN where round-off
+    leaves the damped H not positive definite. Holds H, one factor and the result: 3·C²."""
     gram = gram.astype(jnp.float32)
-    damped = gram + damp * jnp.mean(jnp.diag(gram)) * jnp.eye(gram.shape[0], dtype=gram.dtype)
-    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+    factor = jnp.linalg.cholesky(_damped(gram, damp))
+    inverse = jax.scipy.linalg.cho_solve((factor, True), jnp.eye(gram.shape[0], dtype=gram.dtype))
+    return 0.5 * (inverse + inverse.T)
 
-    def by_eigh(_):
-        evals, evecs = jnp.linalg.eigh(damped)
-        evals = jnp.maximum(evals, 1e-12 * jnp.max(evals))
-        return jnp.matmul(evecs / evals[None, :], evecs.T, precision=HIGHEST)
 
-    factor = jnp.linalg.cholesky(damped)
-    inverse = jax.scipy.linalg.cho_solve((factor, True), eye)
-    return jax.lax.cond(jnp.all(jnp.isfinite(inverse)), lambda _: 0.5 * (inverse + inverse.T), by_eigh, None)
+@functools.partial(jax.jit, static_argnames=("damp",))
+def _eigh_inverse(gram: jax.Array, damp: float) -> jax.Array:
+    """The same inverse by eigendecomposition with eigenvalues clipped at 10⁻¹²·max."""
+    evals, evecs = jnp.linalg.eigh(_damped(gram.astype(jnp.float32), damp))
+    evals = jnp.maximum(evals, 1e-12 * jnp.max(evals))
+    return jnp.matmul(evecs / evals[None, :], evecs.T, precision=HIGHEST)
+
+
+def damped_inverse(gram: jax.Array, damp: float = DAMP) -> jax.Array:
+    """(H + λ·mean(diag H)·I)⁻¹: by Cholesky, or by eigendecomposition with clipped
+    eigenvalues when round-off leaves the damped H not positive definite.
+
+    The fallback is chosen on the host (one scalar read per map), not by ``lax.cond``
+    inside one program: a conditional keeps both branches' operands and workspaces live,
+    6·C² floats at its peak against 3·C² for the Cholesky path alone (11.5 → 5.7 GiB for
+    a 14 336-channel down_proj; ``benchmarks/prune_scale.py``)."""
+    inverse = _cholesky_inverse(gram, damp)
+    return inverse if bool(jnp.all(jnp.isfinite(inverse))) else _eigh_inverse(gram, damp)
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -173,8 +189,10 @@ def single_errors(gram: jax.Array, weights: jax.Array, unit_rows: np.ndarray, da
     return np.asarray(errors / energy)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "per_step"))
+@functools.partial(jax.jit, static_argnames=("steps", "per_step"), donate_argnums=(0,))
 def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_step: int):
+    """The greedy of ``greedy_remove``; ``inverse`` (P, [C, C]) is donated and returned last
+    (its downdated value, unused), so the loop updates it in place: one P, not two."""
     num_units, size = unit_rows.shape
 
     def step(i, carry):
@@ -203,9 +221,9 @@ def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_s
 
     carry = (inverse, weights, jnp.zeros(num_units, bool), jnp.zeros_like(quota), jnp.full((steps, per_step), -1, jnp.int32),
              jnp.zeros(steps, weights.dtype))  # fmt: skip
-    _, weights, removed, _, order, errors = jax.lax.fori_loop(0, steps, step, carry)
+    inverse, weights, removed, _, order, errors = jax.lax.fori_loop(0, steps, step, carry)
     removed_rows = jnp.zeros(weights.shape[0], bool).at[unit_rows.reshape(-1)].set(jnp.repeat(removed, size))
-    return jnp.where(removed_rows[:, None], 0.0, weights), removed, order, errors  # round-off of later downdates
+    return jnp.where(removed_rows[:, None], 0.0, weights), removed, order, errors, inverse  # 0: round-off of later downdates
 
 
 def greedy_remove(
@@ -251,4 +269,4 @@ def greedy_remove(
     weights = jnp.asarray(weights, jnp.float32)
     out = _greedy(damped_inverse(gram, damp), weights, jnp.asarray(unit_rows), jnp.asarray(unit_group), jnp.asarray(quota),
                   steps=steps, per_step=per_step)  # fmt: skip
-    return Removal(*out)
+    return Removal(*out[:4])

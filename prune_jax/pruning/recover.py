@@ -120,11 +120,12 @@ def _held_out_error(grams: Grams, w: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array, w_anchor: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array, w_anchor: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Best of {unrefit, W(λ) for λ in ``ridges``} by held-out error (module docstring).
 
-    W(λ) is the ridge solution shrunk toward the anchor A (A = 0: classic ridge; A = the
-    current weights: a refit that stays near them when the calibration data is scarce),
+    W(λ) is the ridge solution shrunk toward the anchor A (None, A = 0: classic ridge, and
+    no [C, O] zeros or G·A products are formed; A = the current weights: a refit that stays
+    near them when the calibration data is scarce),
 
         W(λ) = A + (G + λsI)⁻¹ (C − G A) = A + Q diag(d) R,   R = Qᵀ(C − G A), d = 1/(Λ + λs),
 
@@ -138,15 +139,20 @@ def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array, w_anchor: 
     unrefit), held-out errors [1 + K]: unrefit first). A non-finite error never wins.
     """
     dot = lambda a, b: jnp.matmul(a, b, precision=HIGHEST)  # noqa: E731
-    w_current, w_anchor = w_current.astype(grams.xx.dtype), w_anchor.astype(grams.xx.dtype)
+    w_current = w_current.astype(grams.xx.dtype)
     evals, evecs = jnp.linalg.eigh(grams.xx)
     evals = jnp.maximum(evals, 0.0)  # G is PSD; round-off may leave tiny negatives
     scale = jnp.mean(jnp.diag(grams.xx))
-    rotated = dot(evecs.T, grams.xy - dot(grams.xx, w_anchor))  # R [C, O]
-    held_residual = grams.held_xy - dot(grams.held_xx, w_anchor)  # C_h − G_h A
-    held_products = jnp.sum(rotated * dot(evecs.T, held_residual), axis=1)  # [C]
+    if w_anchor is None:  # A = 0
+        rotated = dot(evecs.T, grams.xy)  # R [C, O]
+        held_products = jnp.sum(rotated * dot(evecs.T, grams.held_xy), axis=1)  # [C]
+        anchor_error = grams.held_yy
+    else:
+        w_anchor = w_anchor.astype(grams.xx.dtype)
+        rotated = dot(evecs.T, grams.xy - dot(grams.xx, w_anchor))
+        held_products = jnp.sum(rotated * dot(evecs.T, grams.held_xy - dot(grams.held_xx, w_anchor)), axis=1)  # C_h − G_h A
+        anchor_error = _held_out_error(grams, w_anchor)
     quadratic = dot(dot(evecs.T, grams.held_xx), evecs) * dot(rotated, rotated.T)  # M ∘ K [C, C]
-    anchor_error = _held_out_error(grams, w_anchor)
 
     def held_out_error(ridge):
         d = 1.0 / (evals + ridge * scale)
@@ -157,7 +163,8 @@ def ridge_path(grams: Grams, w_current: jax.Array, ridges: jax.Array, w_anchor: 
     candidates = jnp.where(jnp.isfinite(errors), errors, jnp.inf)
     best = jnp.argmin(candidates)
     d = 1.0 / (evals + ridges.astype(grams.xx.dtype)[best] * scale)
-    w_best = w_anchor + dot(evecs, d[:, None] * rotated)
+    w_best = dot(evecs, d[:, None] * rotated)
+    w_best = w_best if w_anchor is None else w_anchor + w_best
     refit_wins = (candidates[best] < unrefit) & jnp.all(jnp.isfinite(w_best))
     return jnp.where(refit_wins, w_best, w_current), jnp.where(refit_wins, best, -1), jnp.concatenate([unrefit[None], errors])
 
@@ -166,8 +173,7 @@ def refit_from_grams(grams: Grams, w_current: jax.Array, grid: tuple[float, ...]
     """(W [C, D], info): the chosen λ (None = unrefit), its held-out error and every
     candidate's held-out error ("unrefit" and f"{λ:g}"). ``toward_current``: the ridge
     shrinks toward ``w_current`` instead of 0 (``ridge_path``)."""
-    anchor = w_current if toward_current else jnp.zeros_like(w_current)
-    w, winner, errors = ridge_path(grams, w_current, jnp.asarray(grid, grams.xx.dtype), anchor)
+    w, winner, errors = ridge_path(grams, w_current, jnp.asarray(grid, grams.xx.dtype), w_current if toward_current else None)
     winner, errors = jax.device_get((winner, errors))  # the one host transfer of a refit
     errors = [float(e) for e in errors]
     info = {
