@@ -11,7 +11,7 @@ fresh child process that imports only torch and transformers, and measured:
   - decode tokens/s with the KV cache: greedy ``generate`` of ``--new-tokens`` tokens after
     a 128-token prompt at batch 1 and 8, minus the same call generating one token;
   - peak resident memory of the child above its memory after the imports (weights, cache,
-    activations; sampled by ``ru_maxrss``);
+    activations; the kernel's high-water mark of its address space, VmHWM);
 
 next to the parameter ratio. The pruned exports are written once by ``run_prune``
 (``--calib-samples`` random 128-token windows of the Wikipedia sample's calibration half;
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ VARIANTS = {
     "dap-obs 40 % global": (0.4, None, None),
     "dap-obs 40 % uniform": (0.4, "uniform", (0, 30)),
 }
+# The control: the 20 % uniform model's own weights and widths, declared per layer, so it
+# loads through the exported modeling file: the custom code path's cost, if any.
+CONTROL = ("dap-obs 20 % uniform, via the modeling file", "dap-obs 20 % uniform")
 
 
 def cache_dir() -> Path:
@@ -56,7 +60,7 @@ def cache_dir() -> Path:
 
 
 def slug(name: str) -> str:
-    return name.replace(" % ", "-").replace(" ", "-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def prepare(calib_samples: int) -> dict[str, Path]:
@@ -83,7 +87,31 @@ def prepare(calib_samples: int) -> dict[str, Path]:
                       PruneConfig(budget=Budget(sparsity=sparsity, allocation=allocation, layer_range=layers)))
             (out / "bench-variant.json").write_text(json.dumps(stamp))
         print(f"{name}: written to {out} in {time.perf_counter() - start:.0f} s", flush=True)
+    name, source = CONTROL
+    dirs[name] = declared_per_layer(dirs[source], cache_dir() / slug(name))
     return dirs
+
+
+def declared_per_layer(source: Path, out: Path) -> Path:
+    """``source`` (uniform widths) with a "pruned_llama" config.json and the modeling file:
+    the same tensors (linked), loaded through `PrunedLlamaForCausalLM`."""
+    import shutil
+
+    from prune_jax.models.llama.export import AUTO_MAP, MODELING_FILE, PRUNED_MODEL_TYPE
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != "config.json":
+            (out / path.name).symlink_to(path)
+    config = json.loads((source / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    config.update(model_type=PRUNED_MODEL_TYPE, architectures=["PrunedLlamaForCausalLM"], auto_map=AUTO_MAP,
+                  layer_heads=[[config["num_attention_heads"], config["num_key_value_heads"]]] * layers,
+                  layer_intermediate=[config["intermediate_size"]] * layers)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(Path(__file__).resolve().parents[1] / "prune_jax" / "models" / "llama" / "export" / MODELING_FILE, out / MODELING_FILE)
+    return out
 
 
 def prompt_tokens(path: Path) -> None:
@@ -99,9 +127,18 @@ def prompt_tokens(path: Path) -> None:
     np.save(path, tokens[: 8 * 2048])
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MiB): VmHWM, the peak of its own address space.
+    (``ru_maxrss`` would not do: Linux carries the parent's peak into a child across
+    fork + exec, so a child of a large parent never seems to grow.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (this measurement needs Linux)")
+
+
 def child(directory: str, tokens_path: str, repeats: int, new_tokens: int) -> dict:
     """Measures one export in stock transformers; imports nothing of this project."""
-    import resource
     import statistics
 
     import numpy as np
@@ -109,7 +146,7 @@ def child(directory: str, tokens_path: str, repeats: int, new_tokens: int) -> di
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(os.cpu_count() or 1)
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_mb = peak_rss_mb()
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, dtype=torch.float32).eval()
     load_s = time.perf_counter() - start
@@ -142,7 +179,7 @@ def child(directory: str, tokens_path: str, repeats: int, new_tokens: int) -> di
             full, one = median_seconds(lambda: generate(1 + new_tokens)), median_seconds(lambda: generate(1))
             out["decode"].append({"batch": batch, "prompt": PROMPT, "new_tokens": new_tokens, "seconds": full - one,
                                   "tokens_per_s": batch * new_tokens / (full - one)})
-    out["peak_mb_above_imports"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb
+    out["peak_mb_above_imports"] = peak_rss_mb() - base_mb
     return out
 
 
@@ -159,15 +196,18 @@ def measure(directory: Path, tokens_path: Path, repeats: int, new_tokens: int) -
 
 def table(rows: dict[str, dict]) -> list[str]:
     dense = rows["dense"]
-    head = ["model", "parameters (ratio)", *(f"prefill {b}×{t} tok/s (×)" for b, t in PREFILL),
+    head = ["model", "parameters (ratio)", "query heads", "FFN channels", *(f"prefill {b}×{t} tok/s (×)" for b, t in PREFILL),
             *(f"decode b={b} tok/s (×)" for b in DECODE_BATCHES), "peak MiB (×)", "transformers class"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
     for name, r in rows.items():
-        cells = [name, f"{r['parameters'] / 1e6:.1f} M ({r['parameters'] / dense['parameters']:.2f})"]
+        cells = [name, f"{r['parameters'] / 1e6:.1f} M ({r['parameters'] / dense['parameters']:.2f})", f"{r['query_heads']}",
+                 f"{r['ffn_channels']:,}"]
         for kind in ("prefill", "decode"):
             for mine, base in zip(r[kind], dense[kind], strict=True):
-                cells.append(f"{mine['tokens_per_s']:,.0f} ({mine['tokens_per_s'] / base['tokens_per_s']:.2f})")
-        cells += [f"{r['peak_mb_above_imports']:,.0f} ({r['peak_mb_above_imports'] / dense['peak_mb_above_imports']:.2f})", f"`{r['class']}`"]
+                speed = mine["tokens_per_s"]
+                cells.append(f"{speed:,.{0 if speed >= 100 else 1}f} ({speed / base['tokens_per_s']:.2f})")
+        peak, dense_peak = r["peak_mb_above_imports"], dense["peak_mb_above_imports"]
+        cells += [f"{peak:,.0f} ({peak / dense_peak:.2f})" if dense_peak > 0 else "n/a", f"`{r['class']}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -177,7 +217,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median), after one warm-up")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per generate call")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration windows of the pruning (128 tokens each)")
+    parser.add_argument("--render", action="store_true", help="only rewrite hf_speed.md from hf_speed.json")
     args = parser.parse_args()
+    if args.render:
+        write_markdown(json.loads((RESULTS / "hf_speed.json").read_text()))
+        return
 
     import torch
     import transformers
@@ -190,32 +234,44 @@ def main() -> None:
     for name, directory in dirs.items():
         start = time.perf_counter()
         rows[name] = measure(directory, tokens_path, args.repeats, args.new_tokens)
-        rows[name]["widths"] = {k: v for k, v in json.loads((directory / "config.json").read_text()).items() if k in ("layer_heads", "layer_intermediate")}
-        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'widths'})} ({time.perf_counter() - start:.0f} s)", flush=True)
+        config = json.loads((directory / "config.json").read_text())
+        layers = config["num_hidden_layers"]
+        heads = config.get("layer_heads") or [[config["num_attention_heads"], config["num_key_value_heads"]]] * layers
+        ffn = config.get("layer_intermediate") or [config["intermediate_size"]] * layers
+        rows[name].update(layer_heads=heads, layer_intermediate=ffn, query_heads=sum(n for n, _ in heads), ffn_channels=sum(ffn))
+        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if not k.startswith('layer_')})} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     from skmm_jax.common.io import save_json_atomic
 
     result = {"command": " ".join(["python", "benchmarks/hf_speed.py", *sys.argv[1:]]), "args": vars(args), "variants": {k: list(v) if v else None for k, v in VARIANTS.items()},
-              "rows": rows, "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "rows": rows, "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_json_atomic(RESULTS / "hf_speed.json", result)
+    write_markdown(result)
+
+
+def write_markdown(result: dict) -> None:
+    """hf_speed.md from the result JSON (``--render`` redoes it without measuring)."""
+    args = result["args"]
     lines = [
         "# Pruned SmolLM2-135M in stock transformers (PyTorch, CPU): speed and memory",
         "",
-        f"`{result['command']}` — CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, float32. Each model is loaded with "
+        f"`{result['command']}` — CPU ({result.get('machine', '')}, {result['cpu_count']} cores, {result['torch_threads']} torch threads), "
+        f"torch {result['torch']}, transformers {result['transformers']}, float32. Each model is loaded with "
         "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` in a fresh process that imports only torch and "
         "transformers. Prefill: one forward filling the KV cache (logits of the last position, as `generate` does); decode: "
-        f"greedy `generate` of {args.new_tokens} tokens after a {PROMPT}-token prompt, minus the call generating one; "
-        f"median of {args.repeats} runs after a warm-up. (×): ratio to the dense model. Peak: resident memory above the "
+        f"greedy `generate` of {args['new_tokens']} tokens after a {PROMPT}-token prompt, minus the call generating one; "
+        f"median of {args['repeats']} runs after a warm-up. (×): ratio to the dense model. Peak: resident memory above the "
         "process's after its imports (weights, cache, activations).",
         "",
-        *table(rows),
+        *table(result["rows"]),
         "",
         "global = dap-obs's default allocation (one threshold on its scores over blocks 4–27, so every layer has its own "
         "widths: `PrunedLlamaForCausalLM` from the exported modeling file); uniform = one ratio over all 30 blocks (a plain "
-        "`LlamaForCausalLM`). Per-layer widths (query heads, FFN channels) are in hf_speed.json.",
+        "`LlamaForCausalLM`); the control loads the 20 % uniform model's own tensors through the modeling file. Query heads "
+        "and FFN channels: totals over the 30 layers (each layer's are in hf_speed.json); attention's cost at 2048 tokens "
+        "grows with the query heads kept, which equal parameter counts do not fix.",
     ]
     (RESULTS / "hf_speed.md").write_text("\n".join(lines) + "\n")
 

@@ -8,6 +8,7 @@ cache) against transformers' forward and its cached ``generate``.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -108,6 +109,10 @@ def test_per_layer_widths_load_in_stock_transformers_with_our_logits_and_greedy_
     np.testing.assert_array_equal(sampled.numpy(), greedy)
     uncached = theirs.generate(torch.as_tensor(prompt), max_new_tokens=10, min_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=0)
     np.testing.assert_array_equal(uncached.numpy(), greedy)  # the KV cache holds per-layer head counts correctly
+    # A backend chosen after loading reaches every layer (the layers read the model's config), and copies work.
+    theirs.set_attn_implementation("eager")
+    assert all(layer.self_attn.config._attn_implementation == "eager" for layer in theirs.model.layers)
+    np.testing.assert_allclose(torch_logits(copy.deepcopy(theirs), tokens), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.needs_torch
