@@ -72,7 +72,7 @@ def prepare(calib_samples: int) -> dict[str, Path]:
     for name, variant in VARIANTS.items():
         out = cache_dir() / slug(name)
         dirs[name] = out
-        stamp = {"variant": list(variant) if variant else None, "calib_samples": calib_samples}
+        stamp = json.loads(json.dumps({"variant": variant, "calib_samples": calib_samples}))  # as it reads back (tuples → lists)
         if (out / "bench-variant.json").is_file() and json.loads((out / "bench-variant.json").read_text()) == stamp:
             continue
         start = time.perf_counter()
