@@ -28,8 +28,8 @@ def demo_command(
     """The main job: prune the embedded SmolLM2-135M on the Wikipedia sample and compare with the dense model.
 
     The paper's protocol keeps the first 4 and the last 2 blocks dense, so the layers
-    end up with different widths: the export carries our prune_jax_config.json
-    (loadable by prune-jax eval / load_model), which stock transformers cannot read.
+    end up with different widths: the export carries its modeling file, and stock
+    transformers loads it with trust_remote_code=True (the command is printed at the end).
     """
     from rich.table import Table
 

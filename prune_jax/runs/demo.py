@@ -3,7 +3,8 @@ the dense and the pruned model (perplexity, zero-shot accuracy, forward speed).
 
 Both halves of the sample's document split are used: the calibration half calibrates,
 the evaluation half is scored. The pruned model is written with ``pruning.json``
-(`prune_jax.runs.prune.calibration_record`, without a selection entry: the windows are random).
+(`prune_jax.runs.prune.calibration_record`, without a selection entry: the windows are random)
+and a model card that quotes what the demo measured and the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prune_jax.runs.inputs import load_model_for_run, tokenize
 from prune_jax.runs.prune import calibration_record
 from prune_jax.runs.reporting import QUIET, Reporter
 
-__all__ = ["DEMO_MODEL", "DEMO_TASK", "DemoModelScores", "DemoOutcome", "DemoRun", "run_demo"]
+__all__ = ["DEMO_MODEL", "DEMO_TASK", "DemoModelScores", "DemoOutcome", "DemoRun", "demo_command_line", "run_demo"]
 
 DEMO_MODEL = "smollm2-135m"
 DEMO_TASK = "wiki-last-word"  # the cheapest built-in task (one request per item), chance 0
@@ -56,7 +57,21 @@ class DemoOutcome:
     task_items: int
     calibration_shape: tuple[int, int]
     prune_seconds: float
-    note: str | None  # save_hf's note, if any
+    note: str  # how stock transformers loads the pruned model
+
+
+def demo_command_line(run: DemoRun) -> str:
+    """The ``prune-jax demo`` command that reproduces ``run``."""
+    import shlex
+
+    config = run.pruning
+    words = ["prune-jax", "demo", "--method", config.method, "--sparsity", str(config.budget.sparsity)]
+    if config.recovery.enabled:
+        words.append("--recover")
+    for field in ("calib_samples", "eval_windows", "task_items"):
+        if getattr(run, field) != getattr(DemoRun, field):
+            words += ["--" + field.replace("_", "-"), str(getattr(run, field))]
+    return shlex.join([*words, "--out", str(run.out)])
 
 
 def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
@@ -65,6 +80,7 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     from prune_jax.data import calibration_batches, eval_windows, load_documents, split_documents
     from prune_jax.evaluate import forward_tokens_per_second, perplexity
     from prune_jax.models.llama import save_hf
+    from prune_jax.models.llama.export import load_note, model_card
     from prune_jax.pruning import prune
     from prune_jax.zero_shot.tasks import builtin_task, evaluate_task
 
@@ -96,6 +112,12 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     record = report.to_json()
     record["calibration"] = calibration_record("wiki-sample", "calibration", calibration_docs, calib, samples=run.calib_samples,
                                                seq_len=SEQ_LEN, seed=0)
-    note = save_hf(net, tok, run.out, extra_files={"pruning.json": record}, overwrite=run.overwrite)
+    measured = [(f"perplexity, wiki-sample evaluation half ({len(windows)}×{SEQ_LEN} tokens)", dense[0], pruned[0]),
+                (f"{DEMO_TASK} accuracy ({len(task.items)} items)", dense[1]["acc"], pruned[1]["acc"]),
+                (f"prune-jax forward tokens/s ({SPEED_BATCH[0]}×{SPEED_BATCH[1]}, the demo's machine)", dense[2], pruned[2])]
+    card = model_card(net.config, run.out, parameters=report.parameters_after, record=record, measured=measured,
+                      base_model=f"{DEMO_MODEL} (SmolLM2-135M-Instruct, the embedded Q4_1 GGUF, dequantised)",
+                      command=demo_command_line(run))
+    save_hf(net, tok, run.out, extra_files={"pruning.json": record, "README.md": card}, overwrite=run.overwrite)
     return DemoOutcome(DemoModelScores(report.parameters_before, *dense), DemoModelScores(report.parameters_after, *pruned), report,
-                       len(windows), len(task.items), tuple(calib.shape), prune_seconds, note)
+                       len(windows), len(task.items), tuple(calib.shape), prune_seconds, load_note(run.out, uniform=net.config.uniform))

@@ -5,7 +5,8 @@ directory with its ``pruning.json`` record.
 pruned and how is the library's ``PruneConfig``. `run_prune` performs the sequence;
 `pruning_record` is the provenance written next to the weights: the pruning report,
 the dtype and mesh, the calibration (corpus, split, document ids, token count,
-windows and how they were chosen), the model and the wall time.
+windows and how they were chosen), the model and the wall time; the model card
+(README.md) says the same for a reader, with `prune_command_line` that reproduces the run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prune_jax.runs.inputs import (
 )
 from prune_jax.runs.reporting import QUIET, Reporter
 
-__all__ = ["PruneOutcome", "PruneRun", "calibration_record", "pruning_record", "run_prune"]
+__all__ = ["PruneOutcome", "PruneRun", "calibration_record", "prune_command_line", "pruning_record", "run_prune"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ class PruneRun:
 class PruneOutcome:
     report: Any  # prune_jax.pruning.PruneReport
     record: dict  # what pruning.json holds
-    note: str | None  # save_hf's note on the export (e.g. non-uniform widths), if any
+    note: str | None  # how stock transformers loads the export (None where this process wrote nothing)
     written: bool  # False on the processes of a multi-process run that do not write
 
 
@@ -117,6 +118,45 @@ def pruning_record(report, run: PruneRun, docs: list, windows, selection: dict, 
     return record
 
 
+def prune_command_line(run: PruneRun, config) -> str:
+    """The ``prune-jax prune`` command that reproduces ``run`` with ``config``: the method,
+    the sparsity, and every other setting that differs from its default (settings without
+    a flag, e.g. ``ridge_grid``, are in pruning.json only)."""
+    import shlex
+
+    from prune_jax.pruning import PruneConfig
+
+    words = ["prune-jax", "prune", "--model", str(run.model)]
+    defaults = PruneRun(out=run.out)
+    for field in ("calib", "calib_split", "calib_samples", "calib_seq_len", "calib_select", "calib_pool", "calib_representation", "seed", "dtype"):
+        value = getattr(run, field)
+        if value != getattr(defaults, field):
+            words += [_flag(field), str(value)]
+    if run.mesh is not None:
+        words += ["--mesh", ",".join(f"{axis}={size}" for axis, size in dict(run.mesh.shape).items())]
+    settings, default_settings = config.to_json(), PruneConfig(method=config.method).to_json()
+    for key, value in settings.items():
+        if key not in ("method", "sparsity") and (value == default_settings.get(key) or key in _NO_FLAG):
+            continue
+        if key == "recover":
+            words.append("--recover")
+        elif key == "bias_compensation":
+            words.append("--bias-compensation" if value else "--no-bias-compensation")
+        elif key == "layer_range":
+            words += ["--layer-start", str(value[0]), "--layer-stop", str(value[1])]
+        elif key != "seed":  # the run's --seed sets both
+            words += [_flag(key), str(value)]
+    return shlex.join([*words, "--out", str(run.out)])
+
+
+_NO_FLAG = ("ridge_grid", "max_block_removal", "batch_size")  # PruneConfig settings the command line does not set
+
+
+def _flag(field: str) -> str:
+    """A setting's flag (the command lines name every flag after its field)."""
+    return "--" + field.replace("_", "-")
+
+
 def _calibration_windows(net, tokens, run: PruneRun, reporter: Reporter):
     """([S, T] windows, the selection's record): random windows, or chosen by ``calib_select``."""
     if run.calib_select == "random":
@@ -140,6 +180,7 @@ def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutc
       ValueError, FileNotFoundError, FileExistsError, TypeError: bad input (named).
     """
     from prune_jax.models.llama import save_hf
+    from prune_jax.models.llama.export import load_note, model_card
     from prune_jax.pruning import prune
 
     start = time.perf_counter()
@@ -152,7 +193,9 @@ def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutc
     record = pruning_record(report, run, docs, windows, selection, seconds=time.perf_counter() - start)
     if not gather_to_writer(net):
         return PruneOutcome(report, record, None, written=False)
-    note = save_hf(net, tok, run.out, extra_files={"pruning.json": record}, overwrite=run.overwrite)
+    card = model_card(net.config, run.out, parameters=report.parameters_after, record=record, command=prune_command_line(run, config))
+    save_hf(net, tok, run.out, extra_files={"pruning.json": record, "README.md": card}, overwrite=run.overwrite)
+    note = load_note(run.out, uniform=net.config.uniform)
     if run.checkpoint is not None:  # the output is complete: the checkpoint has served (only its own files go)
         from prune_jax.pruning.resume import checkpoint_store
 

@@ -5,11 +5,13 @@
   (bf16 included).
 - ``load_model(source)``: "smollm2-135m" (the embedded GGUF), a ``.gguf`` file or an HF
   directory → (model, tokenizer or None), with a tokenizer/model vocabulary check.
-- ``save_hf(model, tokenizer, out_dir)``: safetensors + config.json + tokenizer files,
-  written into a temporary sibling directory and renamed into place, so a crash never
-  leaves a half-written checkpoint. Uniform widths → a stock-transformers checkpoint;
-  per-layer widths → ``prune_jax_config.json`` instead of config.json (transformers'
-  LlamaConfig has one width for all layers, so it cannot describe the model).
+- ``save_hf(model, tokenizer, out_dir)``: safetensors + config.json + tokenizer files +
+  a model card, written into a temporary sibling directory and renamed into place, so a
+  crash never leaves a half-written checkpoint. Both kinds load in stock transformers:
+  uniform widths → a plain ``llama`` checkpoint; per-layer widths → config.json of
+  ``model_type`` "pruned_llama" and its modeling file (``export``), loaded with
+  ``trust_remote_code=True``. Directories an older version wrote for per-layer widths
+  (``prune_jax_config.json`` instead of config.json) still load here.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ from typing import Any, Mapping
 import numpy as np
 from jax.sharding import Mesh
 
-from prune_jax.models.llama.modeling import Llama, LlamaConfig
+from prune_jax.models.llama.export import hf_config, load_note, model_card, remote_code_files, to_llama_dict
+from prune_jax.models.llama.modeling import Llama, LlamaConfig, num_parameters
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
 from skmm_jax.common.io import OUTPUT_MARKER, is_our_output, marker_payload
 
+# Per-layer widths were written with this file instead of config.json before the export
+# carried its own modeling file; read for those directories, never written.
 OUR_CONFIG = "prune_jax_config.json"
-NON_UNIFORM_MESSAGE = (
-    "layers have different numbers of heads or FFN channels, which transformers' LlamaConfig cannot describe: "
-    f"the checkpoint is written with {OUR_CONFIG} (loadable by prune_jax.models.llama.load_model), not config.json, "
-    "so stock transformers.AutoModelForCausalLM cannot load it"
-)
+CARD = "README.md"
 
 
 class SafetensorsTensors(Mapping):
@@ -84,7 +85,8 @@ class SafetensorsTensors(Mapping):
 
 
 def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> LlamaConfig:
-    """Our per-layer config when present, else the HF config.json."""
+    """The directory's config: an older export's per-layer ``prune_jax_config.json`` when
+    present, else config.json (a stock "llama" one or our "pruned_llama" one)."""
     directory = Path(directory)
     for name in (OUR_CONFIG, "config.json"):
         path = directory / name
@@ -93,7 +95,7 @@ def read_config(directory: str | os.PathLike, *, dtype: str = "float32") -> Llam
                 raw = json.loads(path.read_text())
             except ValueError as err:
                 raise ValueError(f"{path}: not valid JSON ({err})") from None
-            return LlamaConfig.from_hf(raw, dtype=dtype)
+            return LlamaConfig.from_hf(to_llama_dict(raw), dtype=dtype)
     raise FileNotFoundError(f"{directory}: no config.json (or {OUR_CONFIG}); is this a model directory?")
 
 
@@ -194,13 +196,14 @@ def save_hf(
         ``save_hf`` wrote (it holds `OUTPUT_MARKER`); it is then replaced as a whole.
         Anything else (a file, a directory of other files) is refused unless
         ``overwrite``: a typo in a path must never delete a user's data.
-      extra_files: {name: JSON-serialisable object} written next to the weights
-        (e.g. a pruning report).
+      extra_files: {name: JSON-serialisable object, or str for a text file} written next
+        to the weights (e.g. a pruning report; "README.md": the model card, which is
+        otherwise a plain one of ``export.model_card``).
       overwrite: replace whatever is at ``out_dir``.
 
     Returns:
-      None for a stock-transformers-loadable checkpoint, or the message explaining
-      why it is not (non-uniform widths).
+      None for uniform widths (a plain ``llama`` checkpoint), or for per-layer widths the
+      note saying how stock transformers loads it (``trust_remote_code=True``).
 
     Raises:
       FileExistsError: ``out_dir`` holds something this function did not write and
@@ -221,16 +224,7 @@ def save_hf(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         hf = config.to_hf_dict()
         hf["dtype"] = config.dtype
-        message = None
-        if config.uniform:
-            (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        else:
-            (tmp / OUR_CONFIG).write_text(json.dumps(hf, indent=2) + "\n")
-            message = NON_UNIFORM_MESSAGE
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        for name, obj in {**(extra_files or {}), OUTPUT_MARKER: marker_payload("save_hf")}.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+        _write_description(model, tokenizer, out_dir, tmp, hf, extra_files or {})
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         if out_dir.exists() or out_dir.is_symlink():
@@ -244,7 +238,22 @@ def save_hf(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return message
+    return None if config.uniform else load_note(out_dir, uniform=False)
+
+
+def _write_description(model: Llama, tokenizer: Any | None, out_dir: Path, tmp: Path, hf: dict, extra_files: dict[str, Any]) -> None:
+    """Everything but the tensors into ``tmp``: config.json (``hf``, the config's keyword
+    arguments, as ``export.hf_config`` gives them), the modeling file for per-layer widths,
+    the tokenizer, the model card, ``extra_files`` and the marker."""
+    config = model.config
+    (tmp / "config.json").write_text(json.dumps({**hf, **hf_config(config)}, indent=2) + "\n")
+    for name, text in remote_code_files(config).items():
+        (tmp / name).write_text(text)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    files = {CARD: model_card(config, out_dir, parameters=num_parameters(model)), **extra_files, OUTPUT_MARKER: marker_payload("save_hf")}
+    for name, obj in files.items():
+        (tmp / name).write_text(obj if isinstance(obj, str) else json.dumps(obj, indent=2) + "\n")
 
 
 def _remove(path: Path) -> None:

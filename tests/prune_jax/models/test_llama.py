@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 
 from prune_jax.models.llama import checkpoint
-from prune_jax.models.llama.checkpoint import NON_UNIFORM_MESSAGE, OUR_CONFIG, load_hf_dir, save_hf
+from prune_jax.models.llama.checkpoint import load_hf_dir, save_hf
 from prune_jax.models.llama.modeling import LlamaConfig
 from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
 
@@ -85,13 +85,15 @@ def test_export_round_trip_through_transformers(tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
 
-def test_non_uniform_widths_round_trip_through_our_format(tmp_path: Path, random_llama):
+def test_non_uniform_widths_round_trip(tmp_path: Path, random_llama):
+    """Per-layer widths: config.json of the "pruned_llama" type (stock transformers' side is
+    tests/prune_jax/models/test_hf_export.py) reads back to the same config and model."""
     config = LlamaConfig(vocab_size=50, hidden_size=32, num_layers=3, layer_heads=((4, 2), (2, 1), (4, 4)),
                          layer_intermediate=(40, 24, 8), head_dim=8, tie_word_embeddings=True)
     model = random_llama(config, seed=3)
     message = save_hf(model, None, tmp_path / "pruned")
-    assert message == NON_UNIFORM_MESSAGE and "cannot load" in message
-    assert (tmp_path / "pruned" / OUR_CONFIG).is_file() and not (tmp_path / "pruned" / "config.json").exists()
+    assert "trust_remote_code=True" in message
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["layer_intermediate"] == [40, 24, 8]
     reloaded = load_hf_dir(tmp_path / "pruned")
     assert reloaded.config == config
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 50, (2, 17)))
