@@ -150,7 +150,9 @@ def _check_ids(ids: Sequence[int], vocab: int, what: str) -> None:
 
 def _batches(lengths: Sequence[int], batch_tokens: int):
     """Indices of ``lengths`` sorted longest first, cut into (bucket T, rows B, indices)
-    batches of ≈ ``batch_tokens`` tokens; B is fixed per bucket, so shapes repeat.
+    batches of ≈ ``batch_tokens`` tokens; B is fixed per bucket, so shapes repeat, except
+    for the bucket's last batch, whose B is the power of two ≥ its rows (a handful of
+    generation requests must not run a batch of mostly dummy rows at every step).
 
     Buckets start at ``MIN_BUCKET`` tokens: every distinct T compiles every distinct block
     width once more (a pruned model with per-layer widths has up to L of them), so a few
@@ -161,7 +163,7 @@ def _batches(lengths: Sequence[int], batch_tokens: int):
         bucket = bucket_length(lengths[order[position]], minimum=MIN_BUCKET)
         rows = max(1, batch_tokens // bucket)
         members = [i for i in order[position:position + rows] if bucket_length(lengths[i], minimum=MIN_BUCKET) == bucket]
-        yield bucket, rows, members
+        yield bucket, min(rows, bucket_length(len(members), minimum=1)), members
         position += len(members)
 
 
@@ -308,7 +310,7 @@ def _score_shared_prefixes(staged: StagedModel, inputs, targets, predicted, grou
     while position < len(keyed):
         (prefix_slots, span), _ = keyed[position]  # the batch's longest continuation comes first
         rows = max(1, batch_tokens // (prefix_slots + most * span))
-        batch = [group for (slots, _), group in itertools.takewhile(lambda item: item[0][0] == prefix_slots, keyed[position:position + rows])]
+        batch = [group for (slots, _), group in itertools.takewhile(lambda item, slots=prefix_slots: item[0][0] == slots, keyed[position:position + rows])]
         rows = min(rows, bucket_length(len(batch), minimum=1))
         position += len(batch)
         prefix_tokens = np.zeros((rows, prefix_slots), np.int32)
