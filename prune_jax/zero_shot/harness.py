@@ -130,12 +130,39 @@ class PruneJaxLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy only (zero-shot tasks decode greedily; sampling options are refused)."""
+        """Greedy only (zero-shot tasks decode greedily; sampling options are refused).
+        Requests with the same token budget decode as one batch (``generate_greedy_tokens``
+        with a KV cache), each row with its own stop strings."""
+        parsed = [self._generation_request(request) for request in requests]  # refuses bad options before any work
+        by_budget: dict[int, list[int]] = {}
+        for index, (_, _, budget) in enumerate(parsed):
+            by_budget.setdefault(budget, []).append(index)
+        texts: list[str] = [""] * len(requests)
         with progress_bar("prune-jax generate_until", total=len(requests), disable=disable_tqdm) as progress:
-            return [self._generate_one(request, done, len(requests), progress) for done, request in enumerate(requests, 1)]
+            done = 0
+            for budget, indices in by_budget.items():
+                stops = [parsed[i][1] for i in indices]
 
-    def _generate_one(self, request, done: int, total: int, progress) -> str:
-        """The greedy continuation of one ``generate_until`` request (then ``progress(done, total)``)."""
+                def stopped(row: int, new: list[int], stops=stops) -> bool:
+                    text = self.tok_decode(new)
+                    return any(s and s in text for s in stops[row])
+
+                generated = generate_greedy_tokens(self.model, [parsed[i][0] for i in indices], max_new_tokens=budget,
+                                                   stop=stopped, eos_token=self.eot_token_id, max_length=self.max_length,
+                                                   batch_tokens=self.batch_tokens)
+                for i, tokens in zip(indices, generated):
+                    text = self.tok_decode(tokens)
+                    for s in parsed[i][1]:
+                        if s:
+                            text = text.split(s)[0]
+                    texts[i] = text
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
+                done += len(indices)
+                progress(done, len(requests))
+        return texts
+
+    def _generation_request(self, request) -> tuple[list[int], list[str], int]:
+        """(context ids, stop strings (EOS's text added), token budget) of one request."""
         context, options = request.args
         options = dict(options or {})
         if options.get("do_sample") or options.get("temperature", 0.0) not in (0, 0.0):
@@ -146,22 +173,7 @@ class PruneJaxLM(TemplateLM):
         if eos_text and eos_text not in until:
             until.append(eos_text)
         budget = int(options.get("max_gen_toks", self.max_gen_toks))
-        context_ids = self.tok_encode(context) if context else [self.prefix_token_id]
-
-        def stopped(_index: int, new: list[int]) -> bool:
-            text = self.tok_decode(new)
-            return any(s and s in text for s in until)
-
-        tokens = generate_greedy_tokens(self.model, [context_ids], max_new_tokens=budget, stop=stopped,
-                                        eos_token=self.eot_token_id, max_length=self.max_length,
-                                        batch_tokens=self.batch_tokens)[0]
-        text = self.tok_decode(tokens)
-        for s in until:
-            if s:
-                text = text.split(s)[0]
-        self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
-        progress(done, total)
-        return text
+        return (self.tok_encode(context) if context else [self.prefix_token_id]), until, budget
 
 
 def main() -> None:

@@ -272,11 +272,13 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, progress_factory=
     for task, pairs, owner in encoded:
         progress = None if progress_factory is None else progress_factory(task)
         scores = loglikelihood_tokens(model, pairs, progress=progress, **options)
-        results[task.name] = _metrics(task, scores, owner)
+        results[task.name] = task_metrics(task, scores, owner)
     return results
 
 
-def _metrics(task: Task, scores: list[tuple[float, bool]], owner: np.ndarray) -> dict:
+def task_metrics(task: Task, scores: list[tuple[float, bool]], owner: np.ndarray) -> dict:
+    """{acc, acc_stderr, [acc_norm, acc_norm_stderr,] n, chance, kind} from the scores of
+    ``task_requests``' pairs (``owner``: the item of each)."""
     result = {"kind": task.kind, "n": len(task.items), "chance": task.chance}
     if task.kind == CLOZE:
         acc = np.array([float(greedy) for _, greedy in scores])

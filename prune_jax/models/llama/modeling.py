@@ -20,6 +20,12 @@ says how each kernel reads as a matrix.
 
 Attention is plain einsum + softmax (an XLA path: differentiable per sample under
 ``vmap(grad)``, unlike fused cuDNN attention in this jax release).
+
+KV cache (zero-shot scoring and generation): ``prefill`` is the causal forward that also
+returns each block's RoPE'd keys and values (``KVCache``, one per block, sized by that
+block's K); ``decode`` runs new tokens at given positions against it, writing their keys
+at their positions' slots and attending to the slots at or before each query's position,
+so it reads the same keys and values as the forward of the whole sequence.
 """
 
 from __future__ import annotations
@@ -269,9 +275,16 @@ def _attend(q: Array, k: Array, v: Array, first: Array | int, scale: Array) -> A
     least key 0, so no softmax row is empty (padded query rows included).
     """
     rows, keys = q.shape[3], k.shape[2]
-    scores = jnp.einsum("BKGRH,BKSH->BKGRS", q, k, preferred_element_type=jnp.float32) * scale  # [B, K, G, R, S]
     causal = (first + jnp.arange(rows))[:, None] >= jnp.arange(keys)[None, :]  # [R, S]
-    scores = jnp.where(causal, scores, jnp.float32(-1e30))
+    return _masked_attend(q, k, v, causal, scale)
+
+
+def _masked_attend(q: Array, k: Array, v: Array, visible: Array, scale: Array) -> Array:
+    """softmax over the ``visible`` keys of q kᵀ·scale, times v: q [B, K, G, R, H], k/v
+    [B, K, S, H], ``visible`` boolean, broadcastable to the scores [B, K, G, R, S] (every
+    row must see at least one key) → [B, K, G, R, H] (the body of ``_attend``)."""
+    scores = jnp.einsum("BKGRH,BKSH->BKGRS", q, k, preferred_element_type=jnp.float32) * scale  # [B, K, G, R, S]
+    scores = jnp.where(visible, scores, jnp.float32(-1e30))
     peak = jnp.max(scores, axis=-1, keepdims=True)
     weights = jnp.exp(scores - peak)  # masked entries: exp(−1e30 − peak) = 0 exactly
     total = jnp.sum(weights, axis=-1, keepdims=True)  # [B, K, G, R, 1]
@@ -360,6 +373,40 @@ def causal_attention(q: Array, k: Array, v: Array, *, block: int = ATTENTION_BLO
     return jnp.concatenate(outputs, axis=3)[:, :, :, :length].transpose(0, 3, 1, 2, 4)
 
 
+class KVCache(NamedTuple):
+    """One block's keys and values, k/v [B, S, K, H] (k after RoPE): slot s holds the
+    token at position s, so a query at position p reads slots [0, p]. A model's cache is
+    a tuple with one per block (pruned blocks differ in K)."""
+
+    k: Array
+    v: Array
+
+
+def cached_attention(q: Array, cache: KVCache, positions: Array) -> Array:
+    """softmax(q kᵀ/√H over the slots s ≤ position) v for queries q [B, R, K, G, H] at
+    ``positions`` [B, R] against ``cache`` (slots [0, S)) → [B, R, K, G, H].
+
+    A query at position p sees exactly the keys the causal forward gives it, provided
+    slots [0, p] hold the tokens at positions [0, p] (the prefill's, then the written
+    ones); slots beyond p (right padding, stale entries, tokens of later steps) are
+    masked to exp(−1e30 − max) = 0, so what they hold never matters. Scores are
+    [B, K, G, R, S] (R is a decode step or a continuation: short).
+    """
+    head_dim, slots = q.shape[-1], cache.k.shape[1]
+    scale = jnp.float32(1.0 / math.sqrt(head_dim))
+    visible = positions[:, None, None, :, None] >= jnp.arange(slots)[None, None, None, None, :]  # [B, 1, 1, R, S]
+    k, v = cache.k.transpose(0, 2, 1, 3), cache.v.transpose(0, 2, 1, 3)  # [B, K, S, H]
+    out = _masked_attend(q.transpose(0, 2, 3, 1, 4), k, v, visible, scale)  # [B, K, G, R, H]
+    return out.transpose(0, 3, 1, 2, 4)
+
+
+def write_cache(cache: KVCache, k: Array, v: Array, positions: Array) -> KVCache:
+    """``cache`` with k/v [B, R, K, H] written at slots ``positions`` [B, R] (row by row;
+    a slot ≥ S is dropped: it could only hold a padded query's key, never read)."""
+    rows = jnp.arange(k.shape[0])[:, None]
+    return KVCache(cache.k.at[rows, positions].set(k, mode="drop"), cache.v.at[rows, positions].set(v, mode="drop"))
+
+
 def _zeros(shape, dtype):
     return jnp.zeros(shape, dtype)
 
@@ -423,9 +470,29 @@ class Attention(nnx.Module):
 
     def heads(self, x: Array, positions: Array, inv_freq: Array) -> Array:
         """Per-head attention outputs before o_proj, [B, T, N, H] (o_proj's input)."""
+        return self._heads_and_cache(x, positions, inv_freq)[0]
+
+    def _heads_and_cache(self, x: Array, positions: Array, inv_freq: Array) -> tuple[Array, KVCache]:
         q, k, v = self._grouped_qkv(x, positions, inv_freq)
         batch, length = x.shape[0], x.shape[1]
-        return causal_attention(q, k, v, implementation=self.implementation).reshape(batch, length, -1, q.shape[-1])
+        out = causal_attention(q, k, v, implementation=self.implementation).reshape(batch, length, -1, q.shape[-1])
+        return out, KVCache(k, v)
+
+    def prefill(self, x: Array, positions: Array, inv_freq: Array) -> tuple[Array, KVCache]:
+        """(``self(x, ...)`` [B, T, D], the KV cache of the T tokens): the causal forward
+        (the same ops, so the same numbers) that also returns its RoPE'd keys and values."""
+        out, cache = self._heads_and_cache(x, positions, inv_freq)
+        return self.project_out(out), cache
+
+    def decode(self, x: Array, positions: Array, inv_freq: Array, cache: KVCache) -> tuple[Array, KVCache]:
+        """Attention of R new tokens x [B, R, D] at ``positions`` [B, R] to the cached keys
+        and to each other: their k/v are written at their positions' slots, then each
+        query reads the slots ≤ its position (``cached_attention``). Returns [B, R, D] and
+        the updated cache (slots [0, S) must cover every real position)."""
+        q, k, v = self._grouped_qkv(x, positions, inv_freq)
+        cache = write_cache(cache, k, v, positions)
+        out = cached_attention(q, cache, positions)
+        return self.project_out(out.reshape(x.shape[0], x.shape[1], -1, q.shape[-1])), cache
 
     def probabilities(self, x: Array, positions: Array, inv_freq: Array) -> Array:
         """Attention maps softmax(q kᵀ/√H + causal mask), float32 [B, N, T, T] (calibration
@@ -503,6 +570,17 @@ class DecoderBlock(nnx.Module):
     def __call__(self, x: Array, positions: Array, inv_freq: Array) -> Array:
         return self.mlp_residual(self.attention_residual(x, positions, inv_freq))
 
+    def prefill(self, x: Array, positions: Array, inv_freq: Array) -> tuple[Array, KVCache]:
+        """(``self(x, ...)``, the block's KV cache of x's tokens)."""
+        attended, cache = self.attn.prefill(self.input_norm(x), positions, inv_freq)
+        return self.mlp_residual(x + attended), cache
+
+    def decode(self, x: Array, positions: Array, inv_freq: Array, cache: KVCache) -> tuple[Array, KVCache]:
+        """The block on new tokens x [B, R, D] at ``positions`` [B, R] given the cache of
+        the tokens before them (``Attention.decode``); returns (output, updated cache)."""
+        attended, cache = self.attn.decode(self.input_norm(x), positions, inv_freq, cache)
+        return self.mlp_residual(x + attended), cache
+
 
 class BlockStream(NamedTuple):
     """One step of ``Llama.walk``: block ``index``, the module, the stream h [B, T, D]
@@ -574,6 +652,25 @@ class Llama(nnx.Module):
     def __call__(self, tokens: Array, positions: Array | None = None) -> Array:
         return self.logits(self.hidden_states(tokens, positions))
 
+    def prefill(self, tokens: Array, positions: Array | None = None) -> tuple[Array, tuple[KVCache, ...]]:
+        """(final-norm hidden states [B, T, D] as ``hidden_states``, one ``KVCache`` per
+        block with slots [0, T)). Pad the caches (``extend_cache``) before decoding past T."""
+        positions = self.default_positions(tokens) if positions is None else positions
+        x, inv_freq, caches = self.embed_tokens(tokens), self.rope_frequencies(), []
+        for block in self.layers:
+            x, cache = block.prefill(x, positions, inv_freq)
+            caches.append(cache)
+        return self.norm(x), tuple(caches)
+
+    def decode(self, tokens: Array, positions: Array, caches: tuple[KVCache, ...]) -> tuple[Array, tuple[KVCache, ...]]:
+        """(final-norm hidden states [B, R, D] of new tokens [B, R] at ``positions`` [B, R],
+        the updated caches): the forward of the whole sequence read at those positions."""
+        x, inv_freq, updated = self.embed_tokens(tokens), self.rope_frequencies(), []
+        for block, cache in zip(self.layers, caches, strict=True):
+            x, cache = block.decode(x, positions, inv_freq, cache)
+            updated.append(cache)
+        return self.norm(x), tuple(updated)
+
     def next_token_nll(self, hidden: Array, targets: Array, *, vocab_chunk: int = VOCAB_CHUNK,
                        with_argmax: bool = False) -> Array | tuple[Array, Array]:
         """−log p(targets | hidden) [B, T] float32 from final-norm hidden states [B, T, D],
@@ -643,6 +740,14 @@ def chunked_nll(hidden: Array, head: Array, targets: Array, *, vocab_chunk: int 
     (peak, total, best), _ = jax.lax.scan(step, start, jnp.arange(chunks))
     nll = peak + jnp.log(total) - target_logit
     return (nll, best) if with_argmax else nll
+
+
+def extend_cache(caches: tuple[KVCache, ...], slots: int) -> tuple[KVCache, ...]:
+    """Each block's cache zero-padded to ``slots`` slots (room for the tokens to come)."""
+    def pad(x: Array) -> Array:
+        return jnp.pad(x, ((0, 0), (0, slots - x.shape[1]), (0, 0), (0, 0)))
+
+    return tuple(KVCache(pad(c.k), pad(c.v)) for c in caches)
 
 
 def set_attention(model: "Llama", implementation: str) -> "Llama":

@@ -96,6 +96,13 @@ def test_adapter_rolling_and_generation_agree_with_the_library(checkpoint_and_ta
     assert rolling == pytest.approx(want) and rolling[0] < 0
     generated = lm.generate_until([Instance("generate_until", {}, ("the cat sat", {"until": ["\n"], "max_gen_toks": 5}), 0)], disable_tqdm=True)
     assert generated == zs.generate_until(lm.model, lm.tokenizer, [("the cat sat", ["\n"])], max_new_tokens=5, max_length=16)
+    # requests decode batched by budget, each with its own stop strings: the same text as
+    # one uncached request at a time
+    cases = [("the cat sat", {"until": ["\n"], "max_gen_toks": 5}), ("a small boy", {"until": ["the"], "max_gen_toks": 7}),
+             ("the dog sat on", {"until": ["\n"], "max_gen_toks": 5}), ("", {"max_gen_toks": 3})]
+    batched = lm.generate_until([Instance("generate_until", {}, args, i) for i, args in enumerate(cases)], disable_tqdm=True)
+    assert batched == [zs.generate_until(lm.model, lm.tokenizer, [(context, options.get("until", []))], max_length=16, kv_cache=False,
+                                         max_new_tokens=options["max_gen_toks"])[0] for context, options in cases]
     with pytest.raises(ValueError, match="greedily"):
         lm.generate_until([Instance("generate_until", {}, ("the", {"do_sample": True}), 0)], disable_tqdm=True)
 
