@@ -121,7 +121,9 @@ def prune(
         block its parameters, both streams and the reports so far; when it already holds
         a checkpoint of this run (same config, calibration and dense model), the
         finished blocks are restored and pruning continues after them, with the result
-        of an uninterrupted run. Empty or absent: a fresh run. Single-process only.
+        of an uninterrupted run. Empty or absent: a fresh run. In a multi-process run
+        every process writes the stream rows its devices hold, process 0 the block and
+        the commit; resume with as many processes (``resume``).
 
     Returns:
       (model, report); ``report.to_json()`` is the ``pruning.json`` record.
@@ -131,12 +133,7 @@ def prune(
     layers = _layer_range(model, config)
     resumed, stamp, run_settings = None, None, None
     if checkpoint is not None:
-        if jax.process_count() > 1:
-            raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
-        store = resume.checkpoint_store(checkpoint)
-        store.check(flag="checkpoint")
-        store.open()
-        checkpoint = store.path
+        checkpoint = resume.open_store(checkpoint)
         stamp, run_settings = resume.fingerprint(config, calibration, model.config), resume.settings(config, calibration, model.config)
         resumed = resume.load_progress(checkpoint, stamp, run_settings)
     if config.compensate:
@@ -151,8 +148,7 @@ def prune(
         first, layer_reports = resumed.next_layer, list(resumed.reports)
         for layer in range(layers.start, first):
             resume.restore_block(resumed, layer, model.layers[layer])
-        h = jax.device_put(resumed.h, h.sharding)
-        h_dense = None if resumed.h_dense is None else jax.device_put(resumed.h_dense, h.sharding)
+        h, h_dense = resume.restore_streams(resumed, h)  # each process its own rows, placed like h
         if progress is not None:
             progress(first, len(model.layers))
     for layer, block in enumerate(model.layers):
