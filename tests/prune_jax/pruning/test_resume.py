@@ -13,9 +13,18 @@ from prune_jax.models.llama.params import state_dict_from_model
 from prune_jax.models.llama.sharding import from_local_blocks, local_blocks
 from prune_jax.pruning import Budget, PruneConfig, Recovery, prune
 from prune_jax.pruning import resume as resume_module
-from tests.prune_jax.pruning.test_pruning import calib, tiny
 
 pytestmark = pytest.mark.usefixtures("exact_matmuls")
+
+
+@pytest.fixture
+def tiny(tiny_llama):
+    """The 4-block model of the pruning tests' resume test (32 wide, 6 query / 2 KV heads, 48 channels)."""
+    return lambda seed: tiny_llama(seed, scale=0.3, num_layers=4, heads=(6, 2), intermediate=48, vocab_size=64, hidden_size=32)
+
+
+def calib(seed, shape):
+    return np.random.default_rng(seed).integers(0, 64, shape)
 
 
 def stream(shape=(8, 3, 4)) -> np.ndarray:
@@ -49,7 +58,7 @@ def config() -> PruneConfig:
     return PruneConfig(method="dap", budget=Budget(sparsity=0.3, layer_range=(2, 4)), recovery=Recovery(enabled=True), batch_size=4)
 
 
-def test_one_process_writes_the_whole_streams_in_safetensors_own_bytes(tmp_path: Path, monkeypatch):
+def test_one_process_writes_the_whole_streams_in_safetensors_own_bytes(tmp_path: Path, monkeypatch, tiny):
     """A single process's stream file is the whole arrays (keys h, h_dense), streamed shard by
     shard from 4 devices, byte for byte what ``safetensors.numpy.save`` writes for them."""
     from safetensors.numpy import save
@@ -80,7 +89,7 @@ def test_one_process_writes_the_whole_streams_in_safetensors_own_bytes(tmp_path:
     assert (tmp_path / "ck" / "streams.safetensors").read_bytes() == save(saved, metadata=metadata)
 
 
-def test_a_crash_between_the_commit_and_the_rename_resumes_from_the_staged_streams(tmp_path: Path, monkeypatch):
+def test_a_crash_between_the_commit_and_the_rename_resumes_from_the_staged_streams(tmp_path: Path, monkeypatch, tiny):
     """Killed after progress.json says "block 3 done" but before the streams into block 4
     replaced those into block 3: the resume takes the staged streams (they carry their
     block) and ends with the uninterrupted run's model."""
