@@ -140,6 +140,8 @@ def prune(
         add_zero_biases(model, attention=True, mlp=True)
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
     tokens, ctx = _context(model, calibration, config, mesh, axis)
+    # Several processes save and restore their own rows of the streams: sequences over the data axis, as the tokens.
+    rows = tokens.sharding if jax.process_count() > 1 else None
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
     allocation = allocate(model, layers, config.budget, config.allocation_mode, lambda: dense_unit_scores(model, h, layers, ctx))
 
@@ -148,7 +150,7 @@ def prune(
         first, layer_reports = resumed.next_layer, list(resumed.reports)
         for layer in range(layers.start, first):
             resume.restore_block(resumed, layer, model.layers[layer])
-        h, h_dense = resume.restore_streams(resumed, h)  # each process its own rows, placed like h
+        h, h_dense = resume.restore_streams(resumed, h, rows)  # each process its own rows, placed like h
         if progress is not None:
             progress(first, len(model.layers))
     for layer, block in enumerate(model.layers):
@@ -162,7 +164,7 @@ def prune(
             if checkpoint is not None:
                 # Blocks before the range are unchanged (the dense model restores them).
                 resume.save_block(checkpoint, stamp, layer, block if layer >= layers.start else None, h, h_dense, layer_reports,
-                                  run_settings)
+                                  run_settings, rows)
         else:
             layer_reports.append(LayerReport(layer))
         if progress is not None:

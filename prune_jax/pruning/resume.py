@@ -146,16 +146,22 @@ def _save_streams(path: Path, next_layer: int, streams: dict[str, jax.Array]) ->
 
 
 def save_block(directory: Path, stamp: str, layer: int, block, h, h_dense, reports: list[LayerReport],
-               run_settings: dict | None = None) -> None:
+               run_settings: dict | None = None, rows=None) -> None:
     """Checkpoint after ``layer``: its parameters and every process's streams into
     ``layer + 1`` (staged), a barrier, then progress.json by process 0 (the commit: a
     crash before it leaves the previous checkpoint valid), a barrier, and each process
-    renames its staged streams into place. Every process calls it."""
+    renames its staged streams into place. Every process calls it. ``rows``: the sharding
+    the streams are saved in (sequences over the data axis; XLA may have left them split
+    over D, which another run's embedding need not reproduce); None: as they are."""
     process, processes = jax.process_index(), jax.process_count()
     if block is not None:  # None: the block is unchanged (before the pruned range)
         _save_block_params(directory / f"block_{layer:03d}.safetensors", layer, block)
     staged = directory / streams_file(process, processes, staged=True)
-    _save_streams(staged, layer + 1, {"h": h} if h_dense is None else {"h": h, "h_dense": h_dense})
+    streams = {"h": h} if h_dense is None else {"h": h, "h_dense": h_dense}
+    if rows is not None:
+        streams = {name: jax.device_put(x, rows) for name, x in streams.items()}
+    _save_streams(staged, layer + 1, streams)
+    del streams
     _barrier(f"prune checkpoint {layer}: written")
     if process == 0:
         save_json_atomic(directory / PROGRESS, {"fingerprint": stamp, "settings": run_settings, "next_layer": layer + 1,
@@ -221,9 +227,10 @@ def load_progress(directory: Path, stamp: str, run_settings: dict | None = None)
                    streams=streams)
 
 
-def restore_streams(resumed: Resumed, like: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+def restore_streams(resumed: Resumed, like: jax.Array, rows=None) -> tuple[jax.Array, jax.Array | None]:
     """(h, h_dense or None) into ``resumed.next_layer``, each placed like ``like`` (the
-    stream's sharding): every process reads its own file onto its own devices."""
+    stream's sharding): every process reads its own file onto its own devices (in
+    ``rows``, the sharding ``save_block`` saved them in, when given)."""
     from safetensors import safe_open
 
     blocks: dict[str, dict] = {}
@@ -245,8 +252,11 @@ def restore_streams(resumed: Resumed, like: jax.Array) -> tuple[jax.Array, jax.A
         for name, shape in shapes.items():
             if tuple(shape) != tuple(like.shape):
                 raise ValueError(f"{resumed.streams}: stream {name} has shape {tuple(shape)}, this run's is {tuple(like.shape)}")
-        restored = {name: from_local_blocks(like.shape, like.dtype, like.sharding, parts, name=f"{resumed.streams} {name}")
+        restored = {name: from_local_blocks(like.shape, like.dtype, like.sharding if rows is None else rows, parts,
+                                            name=f"{resumed.streams} {name}")
                     for name, parts in blocks.items()}
+    if rows is not None:
+        restored = {name: jax.device_put(x, like.sharding) for name, x in restored.items()}
     return restored["h"], restored.get("h_dense")
 
 

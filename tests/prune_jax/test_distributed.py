@@ -112,7 +112,7 @@ def test_two_processes_resume_an_interrupted_checkpoint_like_one(tmp_path: Path,
     assert progress["next_layer"] == 2 and progress["processes"] == 2
     from safetensors import safe_open
 
-    for process, rows in ((0, "0:2"), (1, "2:4")):  # data=4 over 2 processes: sequences 0-1 on process 0, 2-3 on 1
+    for process, rows in ((0, "0:2"), (1, "2:4")):  # saved by rows (data=4 over 2 processes: sequences 0-1 on process 0)
         with safe_open(str(checkpoint / f"streams.p{process}-of-2.safetensors"), framework="np") as f:
             assert sorted(f.keys()) == [f"h[{rows},0:8,0:16]", f"h_dense[{rows},0:8,0:16]"]
 
