@@ -9,8 +9,8 @@ After block i, ``prune(..., checkpoint=DIR)`` writes into DIR:
     stream h_dense, [S, T, D] in the model's dtype), one file per process with the part
     its devices hold: ``streams.safetensors`` in a single-process run (the whole
     arrays, keys ``h`` and ``h_dense``), ``streams.p{k}-of-{n}.safetensors`` for process
-    k of n (its rows, keys ``h[r0:r1,0:T,0:D]`` with their global offsets; see
-    ``sharding.local_blocks``). Each process writes its file as
+    k of n (its rows, keys ``h[r0:r1,0:T,0:D]`` with their global offsets, the streams
+    placed by rows first, as the tokens are; see ``sharding.local_blocks``). Each process writes its file as
     ``streams.next….safetensors`` first and renames it over the previous one only after
     the commit, so the streams of the committed block always exist;
   - ``progress.json`` last, the commit point, by process 0 once every process has
