@@ -121,7 +121,9 @@ def prune(
         block its parameters, both streams and the reports so far; when it already holds
         a checkpoint of this run (same config, calibration and dense model), the
         finished blocks are restored and pruning continues after them, with the result
-        of an uninterrupted run. Empty or absent: a fresh run. Single-process only.
+        of an uninterrupted run. Empty or absent: a fresh run. In a multi-process run
+        every process writes the stream rows its devices hold, process 0 the block and
+        the commit; resume with as many processes (``resume``).
 
     Returns:
       (model, report); ``report.to_json()`` is the ``pruning.json`` record.
@@ -131,18 +133,15 @@ def prune(
     layers = _layer_range(model, config)
     resumed, stamp, run_settings = None, None, None
     if checkpoint is not None:
-        if jax.process_count() > 1:
-            raise ValueError("per-block checkpoints are single-process for now (the streams are gathered to one host)")
-        store = resume.checkpoint_store(checkpoint)
-        store.check(flag="checkpoint")
-        store.open()
-        checkpoint = store.path
+        checkpoint = resume.open_store(checkpoint)
         stamp, run_settings = resume.fingerprint(config, calibration, model.config), resume.settings(config, calibration, model.config)
         resumed = resume.load_progress(checkpoint, stamp, run_settings)
     if config.compensate:
         add_zero_biases(model, attention=True, mlp=True)
     params_before, prunable_before = num_parameters(model), prunable_parameters(model)
     tokens, ctx = _context(model, calibration, config, mesh, axis)
+    # Several processes save and restore their own rows of the streams: sequences over the data axis, as the tokens.
+    rows = tokens.sharding if jax.process_count() > 1 else None
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
     allocation = allocate(model, layers, config.budget, config.allocation_mode, lambda: dense_unit_scores(model, h, layers, ctx))
 
@@ -151,8 +150,7 @@ def prune(
         first, layer_reports = resumed.next_layer, list(resumed.reports)
         for layer in range(layers.start, first):
             resume.restore_block(resumed, layer, model.layers[layer])
-        h = jax.device_put(resumed.h, h.sharding)
-        h_dense = None if resumed.h_dense is None else jax.device_put(resumed.h_dense, h.sharding)
+        h, h_dense = resume.restore_streams(resumed, h, rows)  # each process its own rows, placed like h
         if progress is not None:
             progress(first, len(model.layers))
     for layer, block in enumerate(model.layers):
@@ -166,7 +164,7 @@ def prune(
             if checkpoint is not None:
                 # Blocks before the range are unchanged (the dense model restores them).
                 resume.save_block(checkpoint, stamp, layer, block if layer >= layers.start else None, h, h_dense, layer_reports,
-                                  run_settings)
+                                  run_settings, rows)
         else:
             layer_reports.append(LayerReport(layer))
         if progress is not None:

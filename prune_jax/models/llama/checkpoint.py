@@ -7,11 +7,13 @@
   directory → (model, tokenizer or None), with a tokenizer/model vocabulary check.
 - ``save_hf(model, tokenizer, out_dir)``: safetensors + config.json + tokenizer files +
   a model card, written into a temporary sibling directory and renamed into place, so a
-  crash never leaves a half-written checkpoint. Both kinds load in stock transformers:
-  uniform widths → a plain ``llama`` checkpoint; per-layer widths → config.json of
-  ``model_type`` "pruned_llama" and its modeling file (``export``), loaded with
-  ``trust_remote_code=True``. Directories an older version wrote for per-layer widths
-  (``prune_jax_config.json`` instead of config.json) still load here.
+  crash never leaves a half-written checkpoint. The safetensors file is streamed: one
+  tensor at a time is converted to the HF layout and written (the host holds one tensor,
+  not the model). Both kinds load in stock transformers: uniform widths → a plain
+  ``llama`` checkpoint; per-layer widths → config.json of ``model_type`` "pruned_llama"
+  and its modeling file (``export``), loaded with ``trust_remote_code=True``. Directories
+  an older version wrote for per-layer widths (``prune_jax_config.json`` instead of
+  config.json) still load here.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from jax.sharding import Mesh
 
 from prune_jax.models.llama.export import hf_config, load_note, model_card, remote_code_files, to_llama_dict
 from prune_jax.models.llama.modeling import Llama, LlamaConfig, num_parameters
-from prune_jax.models.llama.params import model_from_state_dict, state_dict_from_model
+from prune_jax.models.llama.params import hf_parameters, model_from_state_dict
 from skmm_jax.common.io import OUTPUT_MARKER, is_our_output, marker_payload
+from skmm_jax.common.safetensors_io import save_safetensors
 
 # Per-layer widths were written with this file instead of config.json before the export
 # carried its own modeling file; read for those directories, never written.
@@ -209,8 +212,8 @@ def save_hf(
       FileExistsError: ``out_dir`` holds something this function did not write and
         ``overwrite`` is False (checked before anything is written).
     """
+    import jax
     import jax.numpy as jnp
-    from safetensors.flax import save_file
 
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite=overwrite)
@@ -219,9 +222,16 @@ def save_hf(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is meant to be shared
-        dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-        tensors = {k: jnp.asarray(v, dtype) for k, v in state_dict_from_model(model).items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        dtype = np.dtype(jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
+        params, head_dim = hf_parameters(model), config.head_dim
+        layout = {name: (dtype, jax.eval_shape(lambda v, to_hf=to_hf: to_hf(v, head_dim), value).shape)
+                  for name, (value, to_hf) in params.items()}
+
+        def hf_tensor(name: str) -> np.ndarray:  # one parameter to the host, in the HF layout and the file's dtype
+            value, to_hf = params[name]
+            return np.asarray(to_hf(np.asarray(value), head_dim), dtype)
+
+        save_safetensors(tmp / "model.safetensors", layout, hf_tensor, metadata={"format": "pt"})
         hf = config.to_hf_dict()
         hf["dtype"] = config.dtype
         _write_description(model, tokenizer, out_dir, tmp, hf, extra_files or {})

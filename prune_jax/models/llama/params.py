@@ -174,18 +174,24 @@ def model_from_state_dict(config: LlamaConfig, tensors: Mapping[str, np.ndarray]
     return nnx.merge(graphdef, state)
 
 
-def state_dict_from_model(model: Llama) -> dict[str, np.ndarray]:
-    """HF-named, HF-layout float32 arrays of ``model`` (the inverse of loading)."""
+def hf_parameters(model: Llama) -> dict[str, tuple[jax.Array, Transform]]:
+    """HF name → (our parameter, its transform into the HF layout); nothing is copied, so a
+    writer can convert and write one tensor at a time (``checkpoint.save_hf``)."""
     flat = _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    head_dim = model.config.head_dim
     out = {}
     for path, value in flat.items():
         layer = next((p for p in path if isinstance(p, int)), None)
         template = tuple("{i}" if isinstance(p, int) else p for p in path)
         for _, rule_path, _, to_hf, name in _COMPILED:
             if rule_path == template:
-                out[name.replace("{i}", str(layer))] = to_hf(np.asarray(jnp.asarray(value, jnp.float32)), head_dim)
+                out[name.replace("{i}", str(layer))] = (value, to_hf)
                 break
         else:  # pragma: no cover - every parameter has a rule
             raise AssertionError(f"no HF name for parameter {path}")
     return out
+
+
+def state_dict_from_model(model: Llama) -> dict[str, np.ndarray]:
+    """HF-named, HF-layout float32 arrays of ``model`` (the inverse of loading)."""
+    head_dim = model.config.head_dim
+    return {name: to_hf(np.asarray(jnp.asarray(value, jnp.float32)), head_dim) for name, (value, to_hf) in hf_parameters(model).items()}

@@ -113,12 +113,13 @@ def shard_model(model, mesh: Mesh, **axes):
     return model
 
 
-def like(new: jax.Array, old: jax.Array) -> jax.Array:
-    """``new`` (a sliced or refit parameter) placed like ``old`` was: the same mesh and
-    rule for its new shape. Unchanged when ``old`` is not on a named mesh."""
+def like(new: jax.Array | np.ndarray, old: jax.Array) -> jax.Array:
+    """``new`` (a sliced or refit parameter, or host values read back from a checkpoint)
+    placed like ``old`` was: the same mesh and rule for its new shape. Unchanged (on the
+    default device when given on the host) when ``old`` is not on a named mesh."""
     sharding = getattr(old, "sharding", None)
     if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
-        return new
+        return jax.numpy.asarray(new)
     spec = [axis if axis is not None and size % sharding.mesh.shape[axis] == 0 else None
             for axis, size in zip(tuple(sharding.spec) + (None,) * (new.ndim - len(sharding.spec)), new.shape)]  # fmt: skip
     return jax.device_put(new, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
@@ -140,3 +141,76 @@ def to_host(x, dtype=None) -> np.ndarray:
 
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x, dtype)
+
+
+# ------------------------------------------------------------------ this process's part of a sharded array
+
+Box = tuple[tuple[int, int], ...]  # a block of a global array: (start, stop) along each axis
+
+
+def _box(index: tuple[slice, ...], shape: tuple[int, ...]) -> Box:
+    """A shard's ``index`` (slices, None for a whole axis) as a `Box` of the global ``shape``."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return tuple((i.indices(n)[0], i.indices(n)[1]) for i, n in zip(index, shape))
+
+
+def local_blocks(x) -> list[tuple[Box, list]]:
+    """This process's part of ``x`` as blocks of the global array, each with the arrays
+    whose row-major bytes, one after the other, are the block's (nothing is copied yet).
+
+    Every distinct shard of this process's devices counts once (replicas are dropped);
+    shards that are whole rows (every axis but the first complete) and follow one another
+    merge into one block, so a data-parallel stream is one block per process (its rows),
+    and a fully addressable one is one block: the whole array. No collective: each process
+    calls it on its own.
+    """
+    shape = tuple(x.shape)
+    if not isinstance(x, jax.Array):
+        return [(tuple((0, n) for n in shape), [np.asarray(x)])]
+    distinct: dict[Box, jax.Array] = {}
+    for shard in x.addressable_shards:
+        distinct.setdefault(_box(shard.index, shape), shard.data)
+    blocks: list[tuple[Box, list]] = []
+    for box in sorted(distinct):
+        whole_rows = all(box[a] == (0, shape[a]) for a in range(1, len(shape)))
+        if blocks and whole_rows and len(shape) and blocks[-1][0][1:] == box[1:] and blocks[-1][0][0][1] == box[0][0]:
+            last, parts = blocks[-1]
+            blocks[-1] = (((last[0][0], box[0][1]),) + box[1:], parts + [distinct[box]])
+        else:
+            blocks.append((box, [distinct[box]]))
+    return blocks
+
+
+def from_local_blocks(shape: tuple[int, ...], dtype, sharding, blocks: dict[Box, object], *, name: str = "array") -> jax.Array:
+    """The global array of ``shape`` placed by ``sharding``, built from this process's
+    ``blocks`` (box → ``read(slices)``: that box's values at the given slices, relative to
+    the box): each addressable device's shard is assembled from the blocks that overlap it,
+    the inverse of ``local_blocks``. Every process calls it with its own blocks.
+
+    Raises:
+      ValueError: the blocks do not cover a shard this process's devices hold (e.g. a
+        different mesh or process layout than the one that wrote them).
+    """
+    shape = tuple(shape)
+
+    def shard(index) -> np.ndarray:
+        want = _box(index, shape)
+        size = int(np.prod([b - a for a, b in want]))
+        if size == 0:
+            return np.empty([b - a for a, b in want], dtype)
+        if want in blocks:
+            return np.asarray(blocks[want](tuple(slice(0, b - a) for a, b in want)))
+        out, covered = np.empty([b - a for a, b in want], dtype), 0
+        for box, read in blocks.items():
+            overlap = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(want, box)]
+            if any(a >= b for a, b in overlap):
+                continue
+            out[tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(overlap, want))] = read(
+                tuple(slice(a - s, b - s) for (a, b), (s, _) in zip(overlap, box)))
+            covered += int(np.prod([b - a for a, b in overlap]))
+        if covered != size:
+            raise ValueError(f"{name}: the saved blocks {sorted(blocks)} do not cover the shard {want} of this process's devices; "
+                             "resume with the mesh and processes that wrote them")
+        return out
+
+    return jax.make_array_from_callback(shape, sharding, shard)
