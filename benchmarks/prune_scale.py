@@ -319,15 +319,15 @@ def write_report(result: dict) -> None:
             per_token = (grow[1] - grow[0]) / (rows[-1]["samples"] * rows[-1]["seq_len"] - rows[0]["samples"] * rows[0]["seq_len"])
             lines.append(f"- {label or 'unlabelled'} ({method}, {dtype}): {per_token / 1e3:.1f} KB per token = "
                          f"{per_token / (4 * D):.2f}·D float32 values")
-    lines += ["", "Memory model (bytes; b the stream dtype's bytes): parameters b·P + two calibration streams 2·S·T·D·b (advanced "
-              "in place) + the dense block b·P_block (refit targets) + one chunk's activations ≈ 4·B·T·F·4 + one refit "
-              "≈ 4·(2C² + 2C·O) + 4·C²."]
+    lines += ["", ("Memory model (bytes; b the stream dtype's bytes): parameters b·P + two calibration streams 2·S·T·D·b (advanced "
+                   "in place) + the dense block b·P_block (refit targets) + one chunk's activations ≈ 4·B·T·F·4 + one refit "
+                   "≈ 4·(5·C·O + 4·C²) (C inputs, O outputs; XLA's memory analysis of the solve).")]
     F = config["intermediate_size"]
-    obs_mb = {name: 4 * (3 * c * c + 2 * c * D) / 2**20 for name, c in (("down_proj", F), ("o_proj", config["num_attention_heads"] * config["head_dim"]))}
-    lines += ["", "dap-obs adds, per map with C inputs and D outputs (float32): the input Gram H, its damped Cholesky factor and "
-              "P = H⁻¹ (3·C²) and the weights with their compensated copy (2·C·D), one map at a time: "
-              + ", ".join(f"{name} {mb:,.0f} MiB" for name, mb in obs_mb.items())
-              + ". It holds one calibration stream (two while the \"global\" allocation scores the dense stream first)."]
+    obs_mb = {name: 4 * (3 * c * c + 3 * c * D) / 2**20 for name, c in (("down_proj", F), ("o_proj", config["num_attention_heads"] * config["head_dim"]))}
+    lines += ["", ("dap-obs instead holds, per map with C inputs and D outputs (float32): the input Gram H, its damped Cholesky "
+                   "factor or P = H⁻¹ and one downdate product (3·C²) and the weights, their compensated copy and the result "
+                   "(3·C·D), one map at a time: " + ", ".join(f"{name} {mb:,.0f} MiB" for name, mb in obs_mb.items())
+                   + ". It holds one calibration stream (two while the \"global\" allocation scores the dense stream first).")]
     (RESULTS / "prune_scale.md").write_text("\n".join(lines) + "\n")
 
 
