@@ -35,7 +35,7 @@ def flags_for(*configs: type, **renames: str) -> dict[str, str]:
 
 def note(message: str | None) -> None:
     if message:
-        console.print(f"[yellow]note:[/yellow] {message}")
+        console.print(f"[yellow]note:[/yellow] {message}", soft_wrap=True)  # no hard line breaks: a printed command stays one line to copy
 
 
 def parse_mesh_flag(spec: str | None):

@@ -293,7 +293,7 @@ def test_prune_command_writes_the_card_and_prints_the_load_command(tiny_model_an
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(tiny_model_and_corpus.model_dir), "--calib", str(tiny_model_and_corpus.corpus), "--calib-samples", "4",
             "--calib-seq-len", "8", "--sparsity", "0.3", "--layer-start", "0", "--layer-stop", "3", "--out", str(out)]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "60"})  # narrower than the command: it must still print as one line
     assert result.exit_code == 0, result.output
     model, _ = load_model(out)
     uniform = model.config.uniform
