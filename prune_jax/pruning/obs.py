@@ -30,7 +30,18 @@ with P's rows zeroed and are masked), so it runs on any backend and never syncs 
 host per step.
 
 Dampening: P = (H + λ·mean(diag H)·I)⁻¹ (λ = ``damp``, SparseGPT's 1 % by default), which
-keeps P well conditioned when the calibration tokens are few next to C.
+keeps P well conditioned when the calibration tokens are few next to C. ``damping="diagonal"``
+damps every direction by its own scale, P = (H + λ·diag(H))⁻¹ (Jacobi dampening): where one
+massive activation dominates mean(diag H), the mean form damps every other unit by far
+more than its own energy and makes it look cheap to remove.
+
+Output metric: the error above weighs every output direction alike (E‖δ‖²). Given a
+weight per output direction w [D] (``output_weight``: the loss sensitivity of the residual
+stream, ``calibrate.residual_sensitivity``), err_w(S) = Σ_d w_d [W_Sᵀ [(H⁻¹)_SS]⁻¹ W_S]_dd —
+a second-order estimate of the calibration-loss increase (×½). The optimal compensation
+does not change (the least-squares problem is separable over output columns, and a
+column's weight does not move its optimum), so the greedy runs on W·diag(√w) and its
+compensated weights are scaled back.
 
 Small solves: the per-unit blocks P_uu and the step's P_SS are symmetric positive definite
 (principal blocks of the inverse of a damped Gram), so they are solved by Gauss–Jordan
@@ -62,12 +73,15 @@ class UnitGram(NamedTuple):
     Attributes:
       gram: [C, C] (C + 1 with the intercept row last) mean of x̂x̂ᵀ over calibration tokens.
       intercept: whether the last row is the constant-1 input (the map has a bias).
+      output_weight: None, or [D] the loss sensitivity of each output direction (module
+        docstring, "Output metric"): errors are then weighted by it.
 
     The dampening is the method's option (``scores.ObsOptions.damp``), not the statistics'.
     """
 
     gram: jax.Array
     intercept: bool
+    output_weight: jax.Array | None = None
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -104,38 +118,60 @@ class Removal(NamedTuple):
     errors: jax.Array
 
 
-def _damped(gram: jax.Array, damp: float) -> jax.Array:
-    return gram + damp * jnp.mean(jnp.diag(gram)) * jnp.eye(gram.shape[0], dtype=gram.dtype)
+DAMPINGS = ("mean", "diagonal")
 
 
-@functools.partial(jax.jit, static_argnames=("damp",))
-def _cholesky_inverse(gram: jax.Array, damp: float) -> jax.Array:
+def _damped(gram: jax.Array, damp: float, damping: str = "mean") -> jax.Array:
+    """H + λ·mean(diag H)·I ("mean") or H + λ·diag(H) ("diagonal"; directions with a zero
+    diagonal — dead units — get λ·10⁻⁶·mean(diag H) so the sum stays positive definite)."""
+    diag = jnp.diag(gram)
+    mean = jnp.mean(diag)
+    shift = mean if damping == "mean" else jnp.maximum(diag, 1e-6 * mean)
+    return gram + jnp.diag(damp * shift * jnp.ones_like(diag))
+
+
+@functools.partial(jax.jit, static_argnames=("damp", "damping"))
+def _cholesky_inverse(gram: jax.Array, damp: float, damping: str = "mean") -> jax.Array:
     """(H + λ·mean(diag H)·I)⁻¹ by Cholesky (C³/3 flops), symmetrised; NaN where round-off
     leaves the damped H not positive definite. Holds H, one factor and the result: 3·C²."""
     gram = gram.astype(jnp.float32)
-    factor = jnp.linalg.cholesky(_damped(gram, damp))
+    factor = jnp.linalg.cholesky(_damped(gram, damp, damping))
     inverse = jax.scipy.linalg.cho_solve((factor, True), jnp.eye(gram.shape[0], dtype=gram.dtype))
     return 0.5 * (inverse + inverse.T)
 
 
-@functools.partial(jax.jit, static_argnames=("damp",))
-def _eigh_inverse(gram: jax.Array, damp: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("damp", "damping"))
+def _eigh_inverse(gram: jax.Array, damp: float, damping: str = "mean") -> jax.Array:
     """The same inverse by eigendecomposition with eigenvalues clipped at 10⁻¹²·max."""
-    evals, evecs = jnp.linalg.eigh(_damped(gram.astype(jnp.float32), damp))
+    evals, evecs = jnp.linalg.eigh(_damped(gram.astype(jnp.float32), damp, damping))
     evals = jnp.maximum(evals, 1e-12 * jnp.max(evals))
     return jnp.matmul(evecs / evals[None, :], evecs.T, precision=HIGHEST)
 
 
-def damped_inverse(gram: jax.Array, damp: float = DAMP) -> jax.Array:
-    """(H + λ·mean(diag H)·I)⁻¹: by Cholesky, or by eigendecomposition with clipped
-    eigenvalues when round-off leaves the damped H not positive definite.
+def damped_inverse(gram: jax.Array, damp: float = DAMP, damping: str = "mean") -> jax.Array:
+    """(H + λ·mean(diag H)·I)⁻¹ (``damping="diagonal"``: (H + λ·diag H)⁻¹): by Cholesky, or
+    by eigendecomposition with clipped eigenvalues when round-off leaves the damped H not
+    positive definite.
 
     The fallback is chosen on the host (one scalar read per map), not by ``lax.cond``
     inside one program: a conditional keeps both branches' operands and workspaces live,
     6·C² floats at its peak against 3·C² for the Cholesky path alone (11.5 → 5.7 GiB for
     a 14 336-channel down_proj; ``benchmarks/prune_scale.py``)."""
-    inverse = _cholesky_inverse(gram, damp)
-    return inverse if bool(jnp.all(jnp.isfinite(inverse))) else _eigh_inverse(gram, damp)
+    if damping not in DAMPINGS:
+        raise ValueError(f"damping must be one of {DAMPINGS}, got {damping!r}")
+    inverse = _cholesky_inverse(gram, damp, damping)
+    return inverse if bool(jnp.all(jnp.isfinite(inverse))) else _eigh_inverse(gram, damp, damping)
+
+
+def output_scale(output_weight: jax.Array | None, columns: int) -> jax.Array | None:
+    """√w [D] for the output metric w (module docstring), floored at 10⁻⁶·mean(w) so the
+    scaling can be undone; None: the plain metric."""
+    if output_weight is None:
+        return None
+    w = jnp.asarray(output_weight, jnp.float32).reshape(-1)
+    if w.shape[0] != columns:
+        raise ValueError(f"output_weight has {w.shape[0]} directions, the map has {columns} outputs")
+    return jnp.sqrt(jnp.maximum(w, 1e-6 * jnp.mean(w)))
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -178,22 +214,34 @@ def _unit_errors(inverse: jax.Array, weights: jax.Array, unit_rows: jax.Array, a
     return jnp.where(alive & jnp.isfinite(errors), errors, jnp.inf)
 
 
-def single_errors(gram: jax.Array, weights: jax.Array, unit_rows: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """[U] err({u}) / E‖y‖² of removing each unit alone from the map with Gram H (its OBS
-    score), relative to the map's output energy E‖y‖² = tr(WᵀHW): comparable across maps
-    and layers (the "global" allocation)."""
+def single_errors(gram: jax.Array, weights: jax.Array, unit_rows: np.ndarray, damp: float = DAMP, *,
+                  output_weight: jax.Array | None = None, damping: str = "mean") -> np.ndarray:
+    """[U] the OBS score of removing each unit alone from the map with Gram H: without an
+    output metric err({u}) / E‖y‖², relative to the map's output energy E‖y‖² = tr(WᵀHW);
+    with one (``output_weight`` w [D]) ½·err_w({u}), the second-order estimate of the
+    calibration-loss increase (module docstring). Either is comparable across maps and
+    layers (the "global" allocation)."""
     weights = weights.astype(jnp.float32)
-    inverse = damped_inverse(gram, damp)
+    scale = output_scale(output_weight, weights.shape[1])
+    inverse = damped_inverse(gram, damp, damping)
+    if scale is not None:
+        errors = _unit_errors(inverse, weights * scale[None, :], jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool))
+        return np.asarray(0.5 * errors)
     errors = _unit_errors(inverse, weights, jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool))
     energy = jnp.sum(weights * jnp.matmul(gram.astype(jnp.float32), weights, precision=HIGHEST))
     return np.asarray(errors / energy)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "per_step"), donate_argnums=(0,))
-def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_step: int):
+@functools.partial(jax.jit, static_argnames=("per_step",), donate_argnums=(0,))
+def _greedy(inverse, weights, unit_rows, unit_group, quota, steps, *, per_step: int):
     """The greedy of ``greedy_remove``; ``inverse`` (P, [C, C]) is donated and returned last
-    (its downdated value, unused), so the loop updates it in place: one P, not two."""
+    (its downdated value, unused), so the loop updates it in place: one P, not two.
+
+    ``steps`` is traced (a while loop) and ``order`` / ``errors`` have ⌈U / per_step⌉ rows
+    (rows past ``steps`` stay −1 / 0): maps of equal shapes share one executable whatever
+    their quotas (the global allocation gives every block its own)."""
     num_units, size = unit_rows.shape
+    max_steps = -(-num_units // per_step)
 
     def step(i, carry):
         inverse, weights, removed, taken, order, errors = carry
@@ -219,8 +267,8 @@ def _greedy(inverse, weights, unit_rows, unit_group, quota, *, steps: int, per_s
         order = order.at[i].set(jnp.where(valid, chosen, -1))
         return inverse, weights, removed, taken, order, errors.at[i].set(step_err)
 
-    carry = (inverse, weights, jnp.zeros(num_units, bool), jnp.zeros_like(quota), jnp.full((steps, per_step), -1, jnp.int32),
-             jnp.zeros(steps, weights.dtype))  # fmt: skip
+    carry = (inverse, weights, jnp.zeros(num_units, bool), jnp.zeros_like(quota), jnp.full((max_steps, per_step), -1, jnp.int32),
+             jnp.zeros(max_steps, weights.dtype))  # fmt: skip
     inverse, weights, removed, _, order, errors = jax.lax.fori_loop(0, steps, step, carry)
     removed_rows = jnp.zeros(weights.shape[0], bool).at[unit_rows.reshape(-1)].set(jnp.repeat(removed, size))
     return jnp.where(removed_rows[:, None], 0.0, weights), removed, order, errors, inverse  # 0: round-off of later downdates
@@ -235,6 +283,8 @@ def greedy_remove(
     unit_group: np.ndarray | None = None,
     per_step: int = 1,
     damp: float = DAMP,
+    damping: str = "mean",
+    output_weight: jax.Array | None = None,
 ) -> Removal:
     """Removes units of the map y = xW greedily by their OBS error (module docstring).
 
@@ -246,10 +296,14 @@ def greedy_remove(
       quota: units to remove per group ([G] ints, or one int with one group).
       unit_group: [U] the group of each unit (default: all in group 0).
       per_step: units removed jointly per step (one group only).
-      damp: relative dampening λ of H.
+      damp: relative dampening λ of H; ``damping`` its form ("mean" | "diagonal").
+      output_weight: None, or [D] weights of the output directions (module docstring,
+        "Output metric"): the greedy minimises the weighted error; the compensation is
+        the same least-squares optimum.
 
     Returns:
-      ``Removal``; errors are in the units of ``gram`` (per token when it is a mean).
+      ``Removal``; errors are in the units of ``gram`` (per token when it is a mean),
+      weighted by ``output_weight`` when given.
     """
     unit_rows = np.asarray(unit_rows, np.int32)
     if unit_rows.ndim != 2:
@@ -267,6 +321,10 @@ def greedy_remove(
         return Removal(jnp.asarray(weights), jnp.zeros(len(unit_rows), bool), jnp.zeros((0, per_step), jnp.int32), jnp.zeros((0,)))
     steps = -(-total // per_step)
     weights = jnp.asarray(weights, jnp.float32)
-    out = _greedy(damped_inverse(gram, damp), weights, jnp.asarray(unit_rows), jnp.asarray(unit_group), jnp.asarray(quota),
-                  steps=steps, per_step=per_step)  # fmt: skip
-    return Removal(*out[:4])
+    scale = output_scale(output_weight, weights.shape[1])
+    weights = weights if scale is None else weights * scale[None, :]
+    compensated, removed, order, errors, _ = _greedy(damped_inverse(gram, damp, damping), weights, jnp.asarray(unit_rows),
+                                                     jnp.asarray(unit_group), jnp.asarray(quota), jnp.asarray(steps, jnp.int32),
+                                                     per_step=per_step)  # fmt: skip
+    compensated = compensated if scale is None else compensated / scale[None, :]
+    return Removal(compensated, removed, order[:steps], errors[:steps])

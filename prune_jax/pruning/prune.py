@@ -47,6 +47,7 @@ from prune_jax.models.llama.modeling import Llama, num_parameters
 from prune_jax.models.llama.sharding import auto_mesh
 from prune_jax.pruning import resume
 from prune_jax.pruning.allocation import allocate, default_layer_range, prunable_parameters
+from prune_jax.pruning.calibrate import residual_sensitivity
 from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.report import LayerReport, PruneReport
 from prune_jax.pruning.scores import SCORES, gradient_scores
@@ -89,8 +90,9 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
         chunk = max(chunk, tokens.shape[0])  # one step over all sequences: every device works on its shard
     key, score = jax.random.key(config.seed), SCORES[config.method]
     given = gradient_scores(model, tokens, config.method, batch_size=chunk, key=key, options=config.options) if score.needs == "gradients" else None
+    sensitivity = residual_sensitivity(model, tokens, batch_size=chunk) if score.reads_sensitivity(config.options) else None
     return tokens, StageContext(config=config, score=score, positions=positions, inv_freq=model.rope_frequencies(), chunk=chunk,
-                                key=key, given_scores=given)
+                                key=key, given_scores=given, sensitivity=sensitivity)
 
 
 def prune(

@@ -58,7 +58,7 @@ import numpy as np
 
 from prune_jax.models.llama.sharding import to_host
 from prune_jax.pruning.calibrate import AttentionStats, MLPStats, dense_gradients
-from prune_jax.pruning.obs import DAMP, UnitGram, greedy_remove, single_errors, stacked_weights
+from prune_jax.pruning.obs import DAMP, DAMPINGS, UnitGram, greedy_remove, single_errors, stacked_weights
 from skmm_jax.common.registry import Registry
 
 NEEDS = ("statistics", "gradients", "gram", "nothing")
@@ -80,6 +80,9 @@ class NormOptions:
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
 
 
+OBS_METRICS = ("energy", "loss")
+
+
 @dataclasses.dataclass(frozen=True)
 class ObsOptions:
     """Options of dap-obs (``obs``).
@@ -87,13 +90,27 @@ class ObsOptions:
     Attributes:
       damp: relative dampening λ of the second map's input Gram: H + λ·mean(diag H)·I, so
         H⁻¹ exists when the calibration tokens do not span every direction; > 0.
+      damping: "mean" (λ·mean(diag H)·I) or "diagonal" (λ·diag H: every direction damped
+        by its own scale, so a massive-activation unit does not over-damp the others).
+      metric: how output errors are measured, for the removal and the allocation:
+        "energy" (E‖δ‖², and relative to the map's output energy across maps) or "loss"
+        (weighted per residual direction by the dense model's loss sensitivity
+        E[g_d²], ``calibrate.residual_sensitivity``: a second-order estimate of the
+        calibration-loss increase, on one scale across blocks; one backward pass over
+        the calibration set up front).
     """
 
     damp: float = DAMP
+    damping: str = "mean"
+    metric: str = "energy"
 
     def __post_init__(self):
         if not self.damp > 0:
             raise ValueError(f"damp must be > 0, got {self.damp!r}")
+        if self.damping not in DAMPINGS:
+            raise ValueError(f"damping must be one of {DAMPINGS}, got {self.damping!r}")
+        if self.metric not in OBS_METRICS:
+            raise ValueError(f"metric must be one of {OBS_METRICS}, got {self.metric!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +183,9 @@ class Score:
       options: None, or the frozen dataclass (every field with a default) of the
         method's own knobs; ``PruneConfig.options`` holds an instance, the score
         functions read it as ``Evidence.options``.
+      reads_sensitivity: ``reads_sensitivity(options)`` → whether the "gram" evidence
+        carries the dense model's loss sensitivity per residual direction
+        (``UnitGram.output_weight``; one backward pass up front).
     """
 
     channels: ScoreFn
@@ -175,6 +195,7 @@ class Score:
     remove: RemoveFn | None = None
     allocation: str = "uniform"
     options: type | None = None
+    reads_sensitivity: Callable[[Any], bool] = lambda options: False
 
     def __post_init__(self):
         if self.needs not in NEEDS:
@@ -304,26 +325,30 @@ def _depth2_l1_heads(attn, ev: Evidence) -> np.ndarray:
 def _obs_channels(mlp, ev: Evidence) -> np.ndarray:
     bias = mlp.down_bias[...] if ev.stats.intercept else None
     weights = stacked_weights(mlp.down_kernel[...], bias)
-    return single_errors(ev.stats.gram, weights, np.arange(mlp.down_kernel[...].shape[0])[:, None], ev.options.damp)
+    return single_errors(ev.stats.gram, weights, np.arange(mlp.down_kernel[...].shape[0])[:, None], ev.options.damp,
+                         output_weight=ev.stats.output_weight, damping=ev.options.damping)
 
 
 def _obs_heads(attn, ev: Evidence) -> np.ndarray:
     heads, head_dim = attn.o_kernel[...].shape[:2]
     bias = attn.o_bias[...] if ev.stats.intercept else None
     weights = stacked_weights(attn.o_kernel[...], bias)
-    return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.options.damp)
+    return single_errors(ev.stats.gram, weights, np.arange(heads * head_dim).reshape(heads, head_dim), ev.options.damp,
+                         output_weight=ev.stats.output_weight, damping=ev.options.damping)
 
 
 def _obs_remove(units: UnitRemoval, ev: Evidence) -> tuple[jax.Array, np.ndarray]:
     """dap-obs's removal: the OBS greedy on the second map's input Gram (``obs.greedy_remove``):
     each step removes the unit whose removal, with the optimal compensation of the kept rows
     (and of the bias, the intercept row), adds the least output error, and applies that
-    compensation. One group (channels, KV groups): several units per step, so at most
-    ``MAX_GREEDY_STEPS`` downdates; per-group heads: one per step."""
+    compensation. One group (channels, KV groups): several units per step (a power of two),
+    so at most ``MAX_GREEDY_STEPS`` downdates; per-group heads: one per step."""
     quota = units.quota
-    per_step = max(1, -(-int(quota.sum()) // MAX_GREEDY_STEPS)) if len(quota) == 1 else 1
+    # ⌈quota / MAX_GREEDY_STEPS⌉ rounded up to a power of two: blocks with different quotas share
+    # a few executables (the greedy's step count is traced, its per-step width is not).
+    per_step = 1 << max(0, -(-int(quota.sum()) // MAX_GREEDY_STEPS) - 1).bit_length() if len(quota) == 1 else 1
     removal = greedy_remove(ev.stats.gram, units.weights, units.unit_rows, quota, unit_group=units.unit_group, per_step=per_step,
-                            damp=ev.options.damp)
+                            damp=ev.options.damp, damping=ev.options.damping, output_weight=ev.stats.output_weight)
     return removal.weights, np.asarray(removal.removed)
 
 
@@ -344,7 +369,8 @@ SCORES: Registry[Score] = Registry("score method", {
     "dap-data-free": Score(_data_free_channels, _data_free_heads, needs="nothing"),
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
-    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions),
+    "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions,
+                     reads_sensitivity=lambda options: options.metric == "loss"),
 }.items())
 """Every unit score by method name; ``SCORES.register(name, Score(...))`` adds one."""
 

@@ -63,6 +63,9 @@ class StageContext:
       key: the run's PRNG key (folded in per layer and half).
       given_scores: layer → (head scores, channel scores) computed up front from the
         dense model ("gradients" scores), else None.
+      sensitivity: [L, 2, D] the dense model's loss sensitivity per residual direction
+        after each half (``calibrate.residual_sensitivity``) when the score reads it
+        (``Score.reads_sensitivity``), else None.
     """
 
     config: PruneConfig
@@ -72,6 +75,7 @@ class StageContext:
     chunk: int
     key: jax.Array
     given_scores: list[tuple[np.ndarray, np.ndarray]] | None = None
+    sensitivity: np.ndarray | None = None
 
     def bounds(self, num_sequences: int) -> list[tuple[int, int]]:
         return list(chunk_bounds(num_sequences, self.chunk))
@@ -257,16 +261,18 @@ MLP = Half(
 HALVES = (ATTENTION, MLP)
 
 
-def unit_gram(half: Half, block, h: Array, ctx: StageContext) -> UnitGram:
+def unit_gram(half: Half, block, layer: int, h: Array, ctx: StageContext) -> UnitGram:
     """The mean of x̂x̂ᵀ over the calibration tokens of the second map's input x̂ (with the
-    intercept column when the map has a bias) on the stream h, chunk by chunk."""
+    intercept column when the map has a bias) on the stream h, chunk by chunk; with the
+    half's output sensitivity when the context has one."""
     intercept = map_has_bias(half.module(block), (half.second_bias,))
     gram = None
     for s, e in ctx.bounds(h.shape[0]):
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         units = with_intercept(units) if intercept else units
         gram = add_gram(gram, units)
-    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept)
+    weight = None if ctx.sensitivity is None else jnp.asarray(ctx.sensitivity[layer, half.index])
+    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept, weight)
 
 
 def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:
@@ -276,7 +282,7 @@ def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContex
     if h is None:
         stats = None
     elif ctx.score.needs == "gram":
-        stats = unit_gram(half, block, h, ctx)
+        stats = unit_gram(half, block, layer, h, ctx)
     else:
         stats = half.calibrate(module, ctx.inputs(half, block, h), ctx)
     if ctx.given_scores is not None:  # "gradients" scores: from the dense model, up front
@@ -300,7 +306,7 @@ def _removed_by_score(half: Half, block, layer: int, h: Array, cut: int, ctx: St
     weights (the bias as the intercept row, when there is one), which replace the kernel
     and bias before the removed units are sliced away; returns the kept units."""
     module = half.module(block)
-    stats = unit_gram(half, block, h, ctx)
+    stats = unit_gram(half, block, layer, h, ctx)
     kernel = getattr(module, half.second_kernel)[...]
     bias = getattr(module, half.second_bias)[...] if stats.intercept else None
     rows, groups, quota, kept_of = half.removal_units(module, cut, ctx.config.budget.head_mode)

@@ -115,7 +115,7 @@ def test_dap_obs_prunes_a_block_to_the_least_squares_optimum_of_its_kept_units(t
     ctx = StageContext(config=prune_config, score=SCORES["dap-obs"], positions=model.default_positions(jnp.asarray(tokens)),
                        inv_freq=model.rope_frequencies(), chunk=4, key=None)  # fmt: skip
     h = model.embed_tokens(jnp.asarray(tokens))
-    attention_gram = np.asarray(unit_gram(HALVES[0], block, h, ctx).gram, np.float64)
+    attention_gram = np.asarray(unit_gram(HALVES[0], block, 0, h, ctx).gram, np.float64)
     o_before = np.asarray(block.attn.o_kernel[...], np.float64).reshape(-1, config.hidden_size)
     pruned, report = prune(model, tokens, prune_config)
     kept_heads = report.layers[0].attention.kept
@@ -127,3 +127,97 @@ def test_dap_obs_prunes_a_block_to_the_least_squares_optimum_of_its_kept_units(t
     np.testing.assert_allclose(o_after, expected[kept_rows], atol=2e-3)
     assert pruned.layers[0].attn.q_kernel[...].shape[1] == 2
     assert pruned.layers[0].mlp.down_kernel[...].shape[0] == 12
+
+
+def _weighted_refit_error(gram, weights, removed_rows, output_weight):
+    """min over W' with W'[removed] = 0 of Σ_d w_d [(W' − W)ᵀ H (W' − W)]_dd (numpy)."""
+    _, best = _refit_error(gram, weights, removed_rows)  # the unweighted optimum is optimal for every column weight
+    delta = best - weights
+    return float(np.sum(output_weight * np.diag(delta.T @ gram @ delta))), best
+
+
+def test_output_metric_weights_the_errors_and_keeps_the_least_squares_compensation():
+    """With an output weight per direction the greedy minimises the weighted error (against a
+    from-scratch numpy greedy on the weighted error), its compensation is still the
+    least-squares refit of the kept rows, and single errors are half the weighted errors."""
+    gram, weights = _problem(seed=5)
+    output_weight = np.array([10.0, 0.01, 1.0, 0.1, 3.0])
+    unit_rows = np.arange(11)[:, None]
+    removal = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, 4, damp=1e-9,
+                            output_weight=jnp.asarray(output_weight))
+    removed = []
+    for _ in range(4):
+        candidates = [u for u in range(11) if u not in removed]
+        errors = [_weighted_refit_error(gram, weights, removed + [u], output_weight)[0] for u in candidates]
+        removed.append(candidates[int(np.argmin(errors))])
+    assert np.asarray(removal.order).ravel().tolist() == removed
+    unweighted = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, 4, damp=1e-9)
+    assert np.asarray(unweighted.order).ravel().tolist() != removed  # the metric changes the choice on this problem
+    error, refit = _weighted_refit_error(gram, weights, removed, output_weight)
+    np.testing.assert_allclose(np.asarray(removal.weights), refit, atol=5e-4)
+    np.testing.assert_allclose(float(np.sum(removal.errors)), error, rtol=1e-3)
+    singles = single_errors(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, damp=1e-9,
+                            output_weight=jnp.asarray(output_weight))
+    expected = [0.5 * _weighted_refit_error(gram, weights, [u], output_weight)[0] for u in range(11)]
+    np.testing.assert_allclose(singles, expected, rtol=1e-3)
+
+
+def test_a_constant_output_metric_changes_no_choice_and_no_weight():
+    gram, weights = _problem(seed=6)
+    unit_rows = np.arange(10).reshape(5, 2)
+    plain = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, 3)
+    scaled = greedy_remove(jnp.asarray(gram, jnp.float32), jnp.asarray(weights, jnp.float32), unit_rows, 3,
+                           output_weight=jnp.full(weights.shape[1], 7.0))
+    np.testing.assert_array_equal(np.asarray(plain.order), np.asarray(scaled.order))
+    np.testing.assert_allclose(np.asarray(scaled.weights), np.asarray(plain.weights), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scaled.errors), 7.0 * np.asarray(plain.errors), rtol=1e-4)
+
+
+def test_diagonal_damping_is_jacobi_dampening():
+    from prune_jax.pruning.obs import damped_inverse
+
+    gram, _ = _problem(seed=7)
+    gram[0] *= 1e3  # one massive unit
+    gram[:, 0] *= 1e3
+    for damping, shift in (("mean", np.mean(np.diag(gram)) * np.eye(12)), ("diagonal", np.diag(np.diag(gram)))):
+        expected = np.linalg.inv(gram + 0.05 * shift)
+        got = np.asarray(damped_inverse(jnp.asarray(gram, jnp.float32), 0.05, damping), np.float64)
+        np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="damping"):
+        damped_inverse(jnp.asarray(gram, jnp.float32), 0.05, "median")
+    with pytest.raises(ValueError, match="metric"):
+        ObsOptions(metric="kl")
+    with pytest.raises(ValueError, match="output_weight"):
+        greedy_remove(jnp.asarray(gram), jnp.asarray(np.ones((12, 3))), np.arange(11)[:, None], 1, output_weight=jnp.ones(4))
+
+
+def test_residual_sensitivity_is_the_mean_squared_loss_gradient_per_direction(tiny_llama_config, random_llama):
+    """Against central finite differences of the summed token loss, one token and one
+    direction at a time, after the attention half of block 0 and the MLP half of block 1."""
+    from prune_jax.pruning.calibrate import residual_sensitivity
+
+    config = tiny_llama_config(num_layers=2, heads=(4, 2), intermediate=16, hidden_size=16, head_dim=4)
+    model = random_llama(config, seed=1, scale=0.3)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 5))
+    sensitivity = residual_sensitivity(model, tokens, batch_size=1)
+    assert sensitivity.shape == (2, 2, 16)
+
+    def loss(layer, half, perturbation):  # summed next-token NLL with `perturbation` [S, T − 1, D] added after one half
+        inputs = jnp.asarray(tokens[:, :-1])
+        positions, inv_freq = model.default_positions(inputs), model.rope_frequencies()
+        x = model.embed_tokens(inputs)
+        for index, block in enumerate(model.layers):
+            h = block.attention_residual(x, positions, inv_freq) + (perturbation if (index, half) == (layer, 0) else 0.0)
+            x = block.mlp_residual(h) + (perturbation if (index, half) == (layer, 1) else 0.0)
+        return float(jnp.sum(model.next_token_nll(model.norm(x), jnp.asarray(tokens[:, 1:]))))
+
+    step = 1e-2
+    for layer, half in ((0, 0), (1, 1)):
+        for d in (0, 7):
+            squares = []
+            for s in range(2):
+                for t in range(4):
+                    e = np.zeros((2, 4, 16), np.float32)
+                    e[s, t, d] = step
+                    squares.append(((loss(layer, half, jnp.asarray(e)) - loss(layer, half, jnp.asarray(-e))) / (2 * step)) ** 2)
+            np.testing.assert_allclose(sensitivity[layer, half, d], np.mean(squares), rtol=3e-2, atol=1e-6)
