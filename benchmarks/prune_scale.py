@@ -321,7 +321,8 @@ def write_report(result: dict) -> None:
                          f"{per_token / (4 * D):.2f}·D float32 values")
     lines += ["", ("Memory model (bytes; b the stream dtype's bytes): parameters b·P + two calibration streams 2·S·T·D·b (advanced "
                    "in place) + the dense block b·P_block (refit targets) + one chunk's activations ≈ 4·B·T·F·4 + one refit "
-                   "≈ 4·(5·C·O + 4·C²) (C inputs, O outputs; XLA's memory analysis of the solve).")]
+                   "≈ 4·((k + 6)·C·O + (k + 5)·C²) with λ by k-fold CV (the default k = 4; 4·(6·C·O + 4·C²) for one "
+                   "hold-out, --recover-folds 1; C inputs, O outputs; XLA's memory analysis of the solve, ridge toward current).")]
     F = config["intermediate_size"]
     obs_mb = {name: 4 * (3 * c * c + 3 * c * D) / 2**20 for name, c in (("down_proj", F), ("o_proj", config["num_attention_heads"] * config["head_dim"]))}
     lines += ["", ("dap-obs instead holds, per map with C inputs and D outputs (float32): the input Gram H, its damped Cholesky "

@@ -28,12 +28,12 @@ from skmm_jax.common.cli import check_output_dir, fail, flags_of
 
 # library fields → the flags that set them (for error messages)
 PRUNE_FLAGS = {**flags_for(PruneRun),
-               **flags_of(("method", "sparsity", "refit", "ridge_toward", "damp", "head_criterion", "similarity_tau", "allocation",
-                           "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
+               **flags_of(("method", "sparsity", "refit", "ridge_toward", "recover_folds", "damp", "head_criterion", "similarity_tau",
+                           "allocation", "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
                           layer_range="--layer-start/--layer-stop")}
 
 
-def prune_config(*, method, sparsity, recover, refit, ridge_toward, damp, bias_compensation, head_criterion, similarity_tau,
+def prune_config(*, method, sparsity, recover, refit, ridge_toward, recover_folds, damp, bias_compensation, head_criterion, similarity_tau,
                  allocation, seed, head_mode, layer_start, layer_stop, attention_ratio, ffn_ratio) -> PruneConfig:
     """The one place the prune flags become a `PruneConfig`."""
     if (layer_start is None) != (layer_stop is None):
@@ -45,7 +45,8 @@ def prune_config(*, method, sparsity, recover, refit, ridge_toward, damp, bias_c
         return PruneConfig.from_json(dict(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
                                           head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
                                           layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
-                                          ridge_toward=ridge_toward, bias_compensation=bias_compensation, **method_options))
+                                          ridge_toward=ridge_toward, recover_folds=recover_folds, bias_compensation=bias_compensation,
+                                          **method_options))
     except ValueError as err:
         fail_config(err, PRUNE_FLAGS)
 
@@ -57,6 +58,7 @@ def prune_command(
     recover: bool = typer.Option(False, "--recover", help="Layer-wise recovery: ridge refit of the linear maps to the dense outputs."),
     refit: str = typer.Option(default(Recovery, "refit"), help="Maps refit by --recover: full (q,k,v, o, gate,up, down) | second (o and down only)."),
     ridge_toward: str = typer.Option(default(Recovery, "ridge_toward"), help="What the --recover ridge shrinks toward: current (the weights before the refit; default) | zero (classic ridge)."),
+    recover_folds: int = typer.Option(default(Recovery, "folds"), help="How --recover chooses its ridge λ: k-fold cross-validation over the calibration sequences (k contiguous blocks of whole sequences; needs --calib-samples >= k); 1: one hold-out, the last 10 % of the tokens."),
     damp: Optional[float] = typer.Option(None, help=f"dap-obs only: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0 (default {DAMP})."),
     bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
     head_criterion: str = typer.Option(default(HeadCriterion, "criterion"), help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
@@ -96,7 +98,8 @@ def prune_command(
     except ValueError as err:
         fail_config(err, PRUNE_FLAGS)
     check_checkpoint_flags(checkpoint_store, checkpoint, resume=resume, out=out)
-    config = prune_config(method=method, sparsity=sparsity, recover=recover, refit=refit, ridge_toward=ridge_toward, damp=damp,
+    config = prune_config(method=method, sparsity=sparsity, recover=recover, refit=refit, ridge_toward=ridge_toward,
+                          recover_folds=recover_folds, damp=damp,
                           bias_compensation=bias_compensation, head_criterion=head_criterion, similarity_tau=similarity_tau,
                           allocation=allocation, seed=seed, head_mode=head_mode, layer_start=layer_start, layer_stop=layer_stop,
                           attention_ratio=attention_ratio, ffn_ratio=ffn_ratio)

@@ -203,8 +203,9 @@ def select_calibration(
                       diagnostics=diagnostics)
     record["seconds"] = time.perf_counter() - start
     # Shuffled, as calibration_batches' rows are: the pool is in document order, and the
-    # recovery refit holds out the LAST 10 % of the calibration tokens to choose its ridge;
-    # in pool order that hold-out would be the last documents (a shift between fit and hold-out).
+    # recovery refit chooses its ridge on contiguous blocks of sequences (k folds; folds=1:
+    # the LAST 10 % of the tokens); in pool order each block would be a run of documents
+    # (a shift between fit and hold-out).
     indices = np.random.default_rng([seed, 1]).permutation(indices)
     record["indices"] = [int(i) for i in indices]
     return CalibrationChoice(windows[indices], indices, record)

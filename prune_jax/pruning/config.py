@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prune_jax.pruning.allocation import ALLOCATIONS, HEAD_MODES
-from prune_jax.pruning.recover import RIDGE_GRID
+from prune_jax.pruning.recover import FOLDS, RIDGE_GRID
 from prune_jax.pruning.scores import SCORES
 from skmm_jax.common.checks import check_positive_int
 
@@ -114,7 +114,14 @@ class Recovery:
     Attributes:
       enabled: refit the pruned blocks (and every later block: they see a changed stream).
       refit: "full" (q,k,v, o, gate,up, down — the paper's order) or "second" (o and down only).
-      ridge_grid: λ candidates (the held-out error picks one, or keeps the unrefit map).
+      ridge_grid: λ candidates (the validation error picks one, or keeps the unrefit map).
+      folds: how λ is chosen: k ≥ 2 (default 4): k-fold cross-validation over the
+        calibration sequences (k contiguous blocks of whole sequences; the sum of the held-out
+        errors over the folds picks λ, then W is fit on all of them; needs ≥ k sequences);
+        1: one hold-out, the last 10 % of the calibration tokens (the earlier rule: which
+        sequences come last then moves the choice). k-fold keeps k·(C² + C·O) sums per
+        refit instead of 2·(C² + C·O) and takes k + 1 eigendecompositions instead of one
+        (``recover``).
       ridge_toward: what the ridge shrinks the refit toward: "current" (default: the weights
         before the refit, so directions the calibration set does not excite keep them;
         ``recover.ridge_path``) or "zero" (classic ridge: erases those directions, which made
@@ -129,11 +136,13 @@ class Recovery:
     refit: str = "full"
     ridge_grid: tuple[float, ...] = RIDGE_GRID
     ridge_toward: str = "current"
+    folds: int = FOLDS
     bias_compensation: bool | None = None
 
     def __post_init__(self):
         _one_of("refit", self.refit, REFITS)
         _one_of("ridge_toward", self.ridge_toward, RIDGE_TOWARD)
+        check_positive_int(self.folds, "recover_folds")
 
     @property
     def toward_current(self) -> bool:
@@ -157,6 +166,7 @@ _RECORD: dict[str, tuple[str | None, str]] = {
     "refit": ("recovery", "refit"),
     "ridge_grid": ("recovery", "ridge_grid"),
     "ridge_toward": ("recovery", "ridge_toward"),
+    "recover_folds": ("recovery", "folds"),
     "bias_compensation": ("recovery", "bias_compensation"),
     "batch_size": (None, "batch_size"),
     "seed": (None, "seed"),

@@ -49,6 +49,7 @@ from prune_jax.pruning import resume
 from prune_jax.pruning.allocation import allocate, default_layer_range, prunable_parameters
 from prune_jax.pruning.calibrate import residual_sensitivity
 from prune_jax.pruning.config import PruneConfig
+from prune_jax.pruning.recover import check_folds
 from prune_jax.pruning.report import LayerReport, PruneReport
 from prune_jax.pruning.scores import SCORES, gradient_scores
 from prune_jax.pruning.slicing import add_zero_biases, record_widths
@@ -131,6 +132,8 @@ def prune(
       (model, report); ``report.to_json()`` is the ``pruning.json`` record.
     """
     calibration = _check_calibration(model, calibration)
+    if config.recovery.enabled:  # before any block: the refits fold whole calibration sequences
+        check_folds(calibration.shape[0], config.recovery.folds)
     start_time = time.perf_counter()
     layers = _layer_range(model, config)
     resumed, stamp, run_settings = None, None, None

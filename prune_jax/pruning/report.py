@@ -13,17 +13,23 @@ from prune_jax.pruning.config import PruneConfig
 
 @dataclasses.dataclass(frozen=True)
 class Refit:
-    """One ridge refit (``recover.refit_linear``).
+    """One ridge refit (``recover.refit_from_grams``).
 
     Attributes:
       ridge: the chosen λ, None when the unrefit map won on held-out tokens.
-      held_out_error: its held-out reconstruction error Σ‖X̂W − Y‖².
-      errors: held-out error of "unrefit" and of every λ of the grid (keyed f"{λ:g}").
+      cv_error: its validation error Σ‖X̂W − Y‖²: with k ≥ 2 folds, the k-fold
+        cross-validation error (each fold scored by the fit on the other folds, summed over
+        the folds: every calibration token once); with 1, on the held-out tokens (the last
+        10 %).
+      errors: the same error of "unrefit" (the weights before the refit, on the same
+        tokens) and of every λ of the grid (keyed f"{λ:g}").
+      folds: k (``Recovery.folds``).
     """
 
     ridge: float | None
-    held_out_error: float
+    cv_error: float
     errors: dict[str, float]
+    folds: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +73,7 @@ class LayerReport:
 
 
 def _refit_json(refit: Refit | None) -> dict | None:
-    return None if refit is None else {"ridge": refit.ridge, "held_out_error": refit.held_out_error, "errors": dict(refit.errors)}
+    return None if refit is None else {"ridge": refit.ridge, "cv_error": refit.cv_error, "folds": refit.folds, "errors": dict(refit.errors)}
 
 
 @dataclasses.dataclass(frozen=True)

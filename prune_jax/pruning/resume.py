@@ -281,7 +281,7 @@ def restore_block(resumed: Resumed, layer: int, block) -> None:
 
 
 def _refit(d: dict | None) -> Refit | None:
-    return None if d is None else Refit(ridge=d["ridge"], held_out_error=d["held_out_error"], errors=dict(d["errors"]))
+    return None if d is None else Refit(ridge=d["ridge"], cv_error=d["cv_error"], errors=dict(d["errors"]), folds=d["folds"])
 
 
 def _half(d: dict) -> HalfReport:

@@ -41,7 +41,7 @@ from prune_jax.models.llama.sharding import replace_param
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
 from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.obs import UnitGram, add_gram, stacked_weights
-from prune_jax.pruning.recover import accumulate_grams, held_out_split, map_has_bias, refit_maps, with_intercept
+from prune_jax.pruning.recover import accumulate_grams, map_has_bias, refit_maps, refit_split, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, UnitRemoval, prefer_marked, similar_heads
 from prune_jax.pruning.slicing import head_keep_set, heads_of_groups, keep_top, slice_channels, slice_heads
@@ -342,7 +342,8 @@ def _remove_units(half: Half, block, layer: int, h: Array, cut: int, ctx: StageC
 def _refit_first_maps(half: Half, block, dense_block, h: Array, h_dense: Array, ctx: StageContext) -> Refit:
     """One pass over both streams: the refit of the first maps (q,k,v | gate,up: one
     input, one Gram) on the pruned stream to the dense maps' outputs."""
-    module, tokens_per_sequence, split = half.module(block), h.shape[1], held_out_split(h.shape[0] * h.shape[1])
+    module, tokens_per_sequence = half.module(block), h.shape[1]
+    split = refit_split(h.shape[0], tokens_per_sequence, ctx.config.recovery.folds)  # folds of whole sequences (or the last 10 %)
     intercept = map_has_bias(module, half.first_biases)
     grams = None
     for s, e in ctx.bounds(h.shape[0]):
@@ -358,7 +359,8 @@ def _refit_second_map(half: Half, block, dense_block, h: Array, h_dense: Array, 
     units to the dense half's update, which is computed chunk by chunk from the dense
     block and added to the dense stream in place (never stored for the whole set);
     returns (the advanced dense stream, the refit)."""
-    module, tokens_per_sequence, split = half.module(block), h.shape[1], held_out_split(h.shape[0] * h.shape[1])
+    module, tokens_per_sequence = half.module(block), h.shape[1]
+    split = refit_split(h.shape[0], tokens_per_sequence, ctx.config.recovery.folds)  # folds of whole sequences (or the last 10 %)
     intercept = map_has_bias(module, (half.second_bias,))
     grams = None
     for s, e in ctx.bounds(h.shape[0]):

@@ -82,6 +82,7 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
     from prune_jax.models.llama import save_hf
     from prune_jax.models.llama.export import load_note, model_card
     from prune_jax.pruning import prune
+    from prune_jax.pruning.recover import check_folds
     from prune_jax.zero_shot.tasks import builtin_task, evaluate_task
 
     def scores(net, which: str) -> tuple[float, dict, float]:
@@ -95,6 +96,8 @@ def run_demo(run: DemoRun, *, reporter: Reporter = QUIET) -> DemoOutcome:
         return ppl, accuracy, speed
 
     config = run.pruning
+    if config.recovery.enabled:  # before the model: every fold of the refits holds whole calibration sequences
+        check_folds(run.calib_samples, config.recovery.folds)
     net, tok = load_model_for_run(DEMO_MODEL, reporter=reporter)
     calibration_docs, evaluation_docs = split_documents(load_documents("wiki-sample"), seed=0)
     calib = calibration_batches(tokenize(calibration_docs, tok, reporter), num_samples=run.calib_samples, seq_len=SEQ_LEN, seed=0)

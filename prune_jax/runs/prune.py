@@ -182,8 +182,11 @@ def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutc
     from prune_jax.models.llama import save_hf
     from prune_jax.models.llama.export import load_note, model_card
     from prune_jax.pruning import prune
+    from prune_jax.pruning.recover import check_folds
 
     start = time.perf_counter()
+    if config.recovery.enabled:  # before the model: every fold of the refits holds whole calibration sequences
+        check_folds(run.calib_samples, config.recovery.folds)
     docs = read_documents(run.calib, run.resolved_split, run.seed)  # before the model: a bad corpus costs no load
     net, tok = load_model_for_run(run.model, run.dtype, run.mesh, reporter)
     net.config.check_sequence_length(run.calib_seq_len, name="calib_seq_len")

@@ -68,6 +68,8 @@ PRUNE_CASES = [
     (["--refit", "everything"], "refit must be one of"),
     (["--ridge-toward", "one"], "--ridge-toward must be one of"),
     (["--damp", "0"], "damp must be > 0"),
+    (["--recover", "--recover-folds", "0"], "--recover-folds must be a positive int"),
+    (["--recover", "--recover-folds", "5"], "--recover-folds=5 needs at least 5 calibration sequences"),
     (["--calib-split", "train"], "--calib-split must be one of"),
     (["--layer-stop", "9"], "must satisfy 0 <= start < stop <= 3"),
     (["--layer-start", "-1"], "Invalid value for '--layer-start'"),

@@ -80,7 +80,7 @@ def test_select_calibration_records_the_choice_and_checks_input(tiny):
     assert chosen.record["moment_error"] == pytest.approx(moment_error(input_moments(model, chosen.windows), full), rel=1e-4)
     random = select_calibration(model, tokens, 6, method="random", seq_len=8, seed=2)
     assert random.windows.shape == (6, 8) and "moment_error" not in random.record
-    # rows are shuffled (seeded), not in pool (document) order: recovery holds out the last rows
+    # rows are shuffled (seeded), not in pool (document) order: recovery holds out contiguous blocks of rows
     assert np.any(np.diff(chosen.indices) < 0) and len(set(chosen.indices.tolist())) == 6
     again = select_calibration(model, tokens, 6, method="skmm", seq_len=8, pool=30, seed=2)
     assert np.array_equal(again.indices, chosen.indices)

@@ -114,7 +114,7 @@ def test_recovery_is_exact_with_full_rank_gram_and_never_hurts():
     # held-out tokens, so the current weights are kept.
     y = jnp.asarray(rng.standard_normal((400, 5)), jnp.float32)
     w2, info2 = refit_linear(x, y, w_bad + 0.0, grid=(1e-4, 1.0))
-    assert info2["held_out_error"] <= info2["errors"]["unrefit"]
+    assert info2["cv_error"] <= info2["errors"]["unrefit"] and info2["folds"] == 4
 
 
 def test_streamed_grams_ridge_path_equals_numpy_ridge_and_direct_held_out_errors():
@@ -186,7 +186,7 @@ def test_recovery_lowers_the_block_reconstruction_error(refit):
     assert all((half.first_refit is not None) == (refit == "full") for pair in halves[1:] for half in pair)
     for pair in halves[1:]:  # the chosen refit never loses to the unrefit map on held-out tokens
         for fit in [half.second_refit for half in pair] + ([half.first_refit for half in pair] if refit == "full" else []):
-            assert fit.held_out_error <= fit.errors["unrefit"]
+            assert fit.cv_error <= fit.errors["unrefit"] and fit.folds == 4
 
 
 def test_attention_probabilities_are_causal_rows_that_reproduce_the_heads():
@@ -316,7 +316,7 @@ def test_bias_compensation_exports_with_biases(tmp_path: Path, method, recover):
                          recovery=Recovery(enabled=recover, bias_compensation=True))
     pruned, report = prune(tiny(), calib(), config)
     if recover:
-        assert all(layer.mlp.second_refit.held_out_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
+        assert all(layer.mlp.second_refit.cv_error <= layer.mlp.second_refit.errors["unrefit"] for layer in report.layers)
     assert pruned.config.attention_bias and pruned.config.mlp_bias
     assert save_hf(pruned, None, tmp_path / "flap") is None  # uniform widths: stock-loadable
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "flap").eval()

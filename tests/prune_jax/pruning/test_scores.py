@@ -90,12 +90,12 @@ def test_the_flat_record_round_trips_and_names_every_setting():
     from_json inverts it, so a CLI flag or a benchmark variant is one key."""
     config = PruneConfig(method="dap-obs", budget=Budget(sparsity=0.3, layer_range=(1, 3), allocation="uniform", max_block_removal=0.7),
                          heads=HeadCriterion("similarity", similarity_tau=0.1), options=ObsOptions(damp=0.05),
-                         recovery=Recovery(enabled=True, refit="second", ridge_toward="zero", bias_compensation=True), batch_size=4, seed=3)
+                         recovery=Recovery(enabled=True, refit="second", ridge_toward="zero", folds=3, bias_compensation=True), batch_size=4, seed=3)
     record = config.to_json()
     assert set(record) == {"method", "sparsity", "attention_ratio", "ffn_ratio", "layer_range", "head_mode", "allocation", "max_block_removal",
-                           "head_criterion", "similarity_tau", "recover", "refit", "ridge_grid", "ridge_toward", "bias_compensation",
+                           "head_criterion", "similarity_tau", "recover", "refit", "ridge_grid", "ridge_toward", "recover_folds", "bias_compensation",
                            "batch_size", "seed", "damp"}
-    assert record["damp"] == 0.05 and record["recover"] is True and record["head_criterion"] == "similarity"
+    assert record["damp"] == 0.05 and record["recover"] is True and record["head_criterion"] == "similarity" and record["recover_folds"] == 3
     assert PruneConfig.from_json(json.loads(json.dumps(record))) == config
 
 
@@ -176,7 +176,7 @@ def test_report_json_has_the_pruning_json_keys(tiny, calib):
     assert list(record["layers"][1]) == ["layer", "qkv_proj_recovery", "similar_heads_marked", "heads_kept", "o_proj_recovery",
                                          "gate_up_proj_recovery", "channels_kept", "down_proj_recovery"]
     assert record["layers"][1]["channels_kept"] == report.layer_intermediate[1]
-    assert set(record["layers"][1]["down_proj_recovery"]) == {"ridge", "held_out_error", "errors"}
+    assert set(record["layers"][1]["down_proj_recovery"]) == {"ridge", "cv_error", "folds", "errors"}
     assert list(record["layers"][3]) == ["layer", "qkv_proj_recovery", "o_proj_recovery", "gate_up_proj_recovery", "down_proj_recovery"]
 
 
