@@ -84,6 +84,14 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     # λ by 4-fold cross-validation over the calibration sequences (the default) instead of one hold-out.
     "dap + recovery (4-fold λ)": dict(method="dap", recover=True, ridge_toward="zero", recover_folds=4),
     "dap + recovery (ridge toward current, 4-fold λ)": dict(method="dap", recover=True, ridge_toward="current", recover_folds=4),
+    # Loss-aware dap-obs: output errors weighted per residual direction by the dense model's loss sensitivity
+    # E[g_d²] (a second-order estimate of the calibration-loss increase, one scale across blocks), and
+    # per-direction (Jacobi) dampening; "≤ 90 %" = no cap beyond keeping 10 % of a block's channels.
+    "dap-obs loss": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9),
+    "dap-obs loss (≤ 50 % per block)": dict(method="dap-obs", metric="loss", allocation="global"),
+    "dap-obs diagonal damping (≤ 50 % per block)": dict(method="dap-obs", damping="diagonal", allocation="global"),
+    "dap-obs loss + diagonal damping": dict(method="dap-obs", metric="loss", damping="diagonal", allocation="global", max_block_removal=0.9),
+    "dap-obs loss uniform": dict(method="dap-obs", metric="loss", allocation="uniform"),
 }
 
 
