@@ -46,6 +46,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # this CPU): items per built-in task (standard errors ≈ 5 points at 100 four-way items).
 TASK_ITEMS = {"wiki-next-sentence": 100, "wiki-last-word": 200, "python-docs-next-sentence": 60}
 TASK_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", "dap-obs global (≤ 50 % per block)", "dap-obs global")
+# The plot's methods (the main ones; the table has every row), in legend order; absent ones are skipped.
+PLOT_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", "dap-obs global (≤ 50 % per block)", "dap-obs loss-aware")
+PLOT_CORPORA = {"ppl_128": "Wikipedia (evaluation split)", "ppl_python_docs_128": "python-docs (not Wikipedia)"}
 VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit order; rows without
     # "ridge toward current" were measured with the classic ridge toward 0, and rows without "4-fold λ" chose λ on one
     # hold-out (the last 10 % of the tokens): both stated explicitly since neither is the default any more)
@@ -307,20 +310,62 @@ def main() -> None:
         lines += ["", f"Export check: {export_check['method']} → save_hf → stock transformers: perplexity {export_check['ours_perplexity']:.4f} (ours) "
                   f"vs {export_check['transformers_perplexity']:.4f} (transformers), relative difference {export_check['relative_difference']:.1e}."]
     (RESULTS / "prune_llama.md").write_text("\n".join(lines) + "\n")
+    plot(rows, dense_row, RESULTS / "prune_llama.png")
+
+
+def plot(rows: list[dict], dense_row: dict, path: Path) -> None:
+    """PPL@128 (log) against sparsity for `PLOT_METHODS`, one panel per corpus of `PLOT_CORPORA`:
+    mean ± std (error bars) over calibration seeds, default calibration size (64) only; the
+    dense model is a dashed horizontal line; the legend sits below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(label(r) for r in rows if r["method"] != "dense"):
-        pts = sorted((r["sparsity"], r["ppl_128"]) for r in rows if label(r) == name and r.get("calib_seed", 0) == 0)
-        ax.plot([0.0] + [p[0] for p in pts], [dense_row["ppl_128"]] + [p[1] for p in pts], marker="o", label=name)
-    ax.set(yscale="log", xlabel="fraction of prunable parameters removed", ylabel="perplexity (128-token windows)",
-           title="SmolLM2-135M structured pruning")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "prune_llama.png", dpi=120)
+    fig, axes = plt.subplots(1, len(PLOT_CORPORA), figsize=(12, 5.2), sharex=True)
+    methods = [m for m in PLOT_METHODS if any(r["method"] == m for r in rows)]
+    colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
+    markers = dict(zip(methods, "osD^v", strict=False))
+    for ax, (key, corpus) in zip(np.atleast_1d(axes), PLOT_CORPORA.items(), strict=True):
+        for method in methods:
+            by_sparsity: dict[float, list[float]] = {}
+            for r in rows:
+                if r["method"] == method and r.get("calib_samples", 64) == 64 and key in r:
+                    by_sparsity.setdefault(r["sparsity"], []).append(r[key])
+            if not by_sparsity:
+                continue
+            xs = sorted(by_sparsity)
+            means = [float(np.mean(by_sparsity[x])) for x in xs]
+            stds = [float(np.std(by_sparsity[x], ddof=1)) if len(by_sparsity[x]) > 1 else 0.0 for x in xs]
+            ax.errorbar(xs, means, yerr=stds, color=colors[method], marker=markers[method], markersize=7, linewidth=2,
+                        capsize=5, elinewidth=1.5, label=method)
+        if key in dense_row:
+            ax.axhline(dense_row[key], color="black", linestyle="--", linewidth=1.5, label="dense")
+            ax.annotate(f"dense {dense_row[key]:.1f}", (0.01, dense_row[key]), textcoords="offset points", xytext=(0, 4),
+                        fontsize=10)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.yaxis.set_minor_locator(LogLocator(subs=(4.0, 6.0, 7.0, 8.0, 9.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(0.0, 0.5)
+        ax.set_title(corpus, fontsize=13)
+        ax.set_xlabel("fraction of prunable parameters removed", fontsize=12)
+        ax.set_ylabel("perplexity, 128-token windows (log)", fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.grid(True, which="both", alpha=0.3)
+    by_label = {}
+    for ax in np.atleast_1d(axes):
+        by_label.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)})
+    labels = [label for label in (*methods, "dense") if label in by_label]  # PLOT_METHODS' order, dense last
+    handles = [by_label[label] for label in labels]
+    fig.suptitle("SmolLM2-135M structured pruning (64 × 128 calibration tokens; error bars: std over calibration seeds)",
+                 fontsize=13)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=11, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

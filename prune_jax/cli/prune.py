@@ -23,14 +23,15 @@ from prune_jax.cli.shared import (
 from prune_jax.pruning import Budget, HeadCriterion, PruneConfig, Recovery
 from prune_jax.pruning.obs import DAMP
 from prune_jax.pruning.scores import METHODS
-from prune_jax.runs.prune import PruneRun
+from prune_jax.runs.prune import HEALING_FLAGS, Healing, PruneRun
 from skmm_jax.common.cli import check_output_dir, fail, flags_of
 
 # library fields → the flags that set them (for error messages)
 PRUNE_FLAGS = {**flags_for(PruneRun),
                **flags_of(("method", "sparsity", "refit", "ridge_toward", "recover_folds", "damp", "head_criterion", "similarity_tau",
                            "allocation", "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
-                          layer_range="--layer-start/--layer-stop")}
+                          layer_range="--layer-start/--layer-stop"),
+               **HEALING_FLAGS}
 
 
 def prune_config(*, method, sparsity, recover, refit, ridge_toward, recover_folds, damp, bias_compensation, head_criterion, similarity_tau,
@@ -83,6 +84,9 @@ def prune_command(
     mesh: Optional[str] = typer.Option(None, help='Device mesh, e.g. "data=4,model=2": parameters FSDP-sharded over data and tensor-parallel over model, calibration sequences over data.'),
     checkpoint: Optional[Path] = typer.Option(None, help="Directory for a checkpoint after every block (pruned blocks, both calibration streams); deleted once --out is written."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run whose checkpoint is in --checkpoint (same flags and model)."),
+    heal_steps: int = typer.Option(default(Healing, "steps"), help="Heal after pruning: LoRA updates on the calibration split's windows, merged into the weights; held-out perplexity before and after goes to pruning.json (0: none, one-shot pruning)."),
+    heal_lr: float = typer.Option(default(Healing, "learning_rate"), help="--heal-steps: AdamW learning rate."),
+    heal_rank: int = typer.Option(default(Healing, "rank"), help="--heal-steps: LoRA rank."),
 ) -> None:
     """Prune a LLaMA model structurally and save it as an HF directory."""
     from prune_jax.pruning.resume import checkpoint_store
@@ -94,7 +98,8 @@ def prune_command(
         run = PruneRun(out=out, model=model, calib=calib, calib_split=calib_split, calib_samples=calib_samples,
                        calib_seq_len=calib_seq_len, calib_select=calib_select, calib_pool=calib_pool,
                        calib_representation=calib_representation, seed=seed, dtype=dtype, mesh=parse_mesh_flag(mesh),
-                       checkpoint=checkpoint, overwrite=overwrite)
+                       checkpoint=checkpoint, overwrite=overwrite,
+                       healing=Healing(steps=heal_steps, learning_rate=heal_lr, rank=heal_rank))
     except ValueError as err:
         fail_config(err, PRUNE_FLAGS)
     check_checkpoint_flags(checkpoint_store, checkpoint, resume=resume, out=out)
@@ -115,4 +120,10 @@ def prune_command(
         f"({report.fraction_of_all_removed:.1%} of all) parameters, {report.parameters_before:,} → "
         f"{report.parameters_after:,}; wrote {out} in {outcome.record['total_seconds']:.0f} s"
     )
+    healing = outcome.record.get("healing")
+    if healing is not None:
+        held = healing["held_out_perplexity"]
+        console.print(f"healed {healing['steps']} LoRA updates on {healing['data']['rows']} calibration windows: loss "
+                      f"{healing['loss_first']:.3f} → {healing['loss_last']:.3f}; held-out PPL ({held['windows']}×{held['seq_len']}, "
+                      f"{held['split']} split) {held['before']:.2f} → {held['after']:.2f}")
     note(outcome.note)

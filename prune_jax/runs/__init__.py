@@ -19,9 +19,9 @@ from prune_jax.runs.demo import DEMO_MODEL, DEMO_TASK, DemoOutcome, DemoRun, run
 from prune_jax.runs.evaluate import EvalModel, PerplexityRun, TasksRun, run_perplexity, run_tasks
 from prune_jax.runs.finetune import FinetuneRun, run_finetune
 from prune_jax.runs.inputs import DTYPES, SPLITS
-from prune_jax.runs.prune import PruneRun, run_prune
+from prune_jax.runs.prune import Healing, PruneRun, run_prune
 from prune_jax.runs.reporting import QUIET, Reporter
 
-__all__ = ["DEMO_MODEL", "DEMO_TASK", "DTYPES", "DemoOutcome", "DemoRun", "EvalModel", "FinetuneRun", "PerplexityRun",
+__all__ = ["DEMO_MODEL", "DEMO_TASK", "DTYPES", "DemoOutcome", "DemoRun", "EvalModel", "FinetuneRun", "Healing", "PerplexityRun",
            "PruneRun", "QUIET", "Reporter", "SPLITS", "TasksRun", "run_demo", "run_finetune", "run_perplexity", "run_prune",
            "run_tasks"]

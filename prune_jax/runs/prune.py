@@ -1,11 +1,11 @@
-"""A prune run: calibration documents → model → calibration windows → `prune` → an HF
-directory with its ``pruning.json`` record.
+"""A prune run: calibration documents → model → calibration windows → `prune` → (optional
+healing) → an HF directory with its ``pruning.json`` record.
 
 ``PruneRun`` says where the run reads and writes and how it calibrates; *what* is
 pruned and how is the library's ``PruneConfig``. `run_prune` performs the sequence;
 `pruning_record` is the provenance written next to the weights: the pruning report,
 the dtype and mesh, the calibration (corpus, split, document ids, token count,
-windows and how they were chosen), the model and the wall time; the model card
+windows and how they were chosen), the healing if any, the model and the wall time; the model card
 (README.md) says the same for a reader, with `prune_command_line` that reproduces the run.
 """
 
@@ -21,6 +21,7 @@ from prune_jax.runs.inputs import (
     check_choice,
     check_label_free,
     gather_to_writer,
+    held_out_split,
     load_model_for_run,
     read_documents,
     resolve_split,
@@ -28,7 +29,54 @@ from prune_jax.runs.inputs import (
 )
 from prune_jax.runs.reporting import QUIET, Reporter
 
-__all__ = ["PruneOutcome", "PruneRun", "calibration_record", "prune_command_line", "pruning_record", "run_prune"]
+__all__ = ["Healing", "PruneOutcome", "PruneRun", "calibration_record", "heal", "held_out_windows", "prune_command_line",
+           "pruning_record", "run_prune"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Healing:
+    """Optional healing after pruning (LLM-Pruner's "with tune" setting): a short LoRA
+    finetune of the pruned model (`prune_jax.finetune.finetune`) on every non-overlapping
+    ``calib_seq_len`` window of the calibration split (the documents the pruning calibrated
+    on), the adapters merged into the kernels (the per-layer widths stay) before export.
+    Perplexity is scored before and after on the held-out split (document-disjoint).
+
+    Attributes:
+      steps: optimizer updates; 0 (the default) = no healing, the one-shot run.
+      learning_rate: AdamW's (``FinetuneConfig.learning_rate``).
+      rank, alpha: LoRA's r and α on ``FinetuneConfig``'s default targets of every block.
+      batch_size: windows per update.
+      eval_windows: held-out windows (the first ones of the other half of the document
+        split, ``calib_seq_len`` tokens each) scored before and after healing.
+    """
+
+    steps: int = 0
+    learning_rate: float = 2e-4
+    rank: int = 8
+    alpha: float = 16.0
+    batch_size: int = 8
+    eval_windows: int = 64
+
+    def __post_init__(self):
+        import numpy as np
+
+        from skmm_jax.common.checks import check_positive_int
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
+            raise ValueError(f"steps must be an int >= 0 (0: no healing), got {self.steps!r}")
+        check_positive_int(self.eval_windows, "eval_windows")
+        self.finetune_config(seed=0)  # FinetuneConfig's own checks of the rest (rank, learning_rate, ...)
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
+
+    def finetune_config(self, *, seed: int):
+        """The ``FinetuneConfig`` of the healing (LoRA on every block; ``seed``: its init and row order)."""
+        from prune_jax.finetune import FinetuneConfig
+
+        return FinetuneConfig(trainable="lora", rank=self.rank, alpha=self.alpha, learning_rate=self.learning_rate,
+                              steps=max(self.steps, 1), batch_size=self.batch_size, seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +96,7 @@ class PruneRun:
       seed: the document split, the windows (and ``PruneConfig.seed``).
       mesh: a device mesh (calibration windows over its "data" axis), or None.
       checkpoint: a directory for per-block checkpoints, removed once ``out`` is written.
+      healing: LoRA healing after pruning (`Healing`; default none: one-shot pruning).
     """
 
     out: Path
@@ -64,6 +113,7 @@ class PruneRun:
     mesh: Any = None
     checkpoint: Path | None = None
     overwrite: bool = False
+    healing: Healing = Healing()
 
     def __post_init__(self):
         from prune_jax.pruning.calib_select import REPRESENTATIONS
@@ -80,6 +130,17 @@ class PruneRun:
             raise ValueError(f"calib_pool {self.calib_pool} is smaller than `calib_samples` {self.calib_samples}")
         if self.calib_pool is not None and self.calib_select == "random":
             raise ValueError("calib_pool applies to a `calib_select` other than random")
+        if not isinstance(self.healing, Healing):
+            raise TypeError(f"healing must be a Healing, got {type(self.healing).__name__}")
+        if self.healing.enabled and self.mesh is not None:
+            import jax
+
+            if jax.process_count() > 1:
+                raise ValueError(f"healing runs in one process (this run has {jax.process_count()}): prune without it, "
+                                 "then heal the pruned model with `prune-jax finetune`")
+        if self.healing.enabled and held_out_split(self.resolved_split) is None:
+            raise ValueError(f"a healed run is scored on the held-out half of the document split, and `calib_split` "
+                             f"{self.calib_split} of `calib` {self.calib} holds none: pass `calib_split` calibration")
 
     @property
     def resolved_split(self) -> str:
@@ -107,12 +168,16 @@ def calibration_record(source: str, split: str, docs: list, windows, *, samples:
     return record
 
 
-def pruning_record(report, run: PruneRun, docs: list, windows, selection: dict, *, seconds: float) -> dict:
-    """``pruning.json``: the pruning report, then dtype, mesh, calibration, model and total_seconds."""
+def pruning_record(report, run: PruneRun, docs: list, windows, selection: dict, *, seconds: float,
+                   healing: dict | None = None) -> dict:
+    """``pruning.json``: the pruning report, then dtype, mesh, calibration, healing (only
+    where the run healed: `heal`'s record), model and total_seconds."""
     record = report.to_json()
     record["dtype"], record["mesh"] = run.dtype, None if run.mesh is None else dict(run.mesh.shape)
     record["calibration"] = calibration_record(run.calib, run.resolved_split, docs, windows, samples=run.calib_samples,
                                                seq_len=run.calib_seq_len, seed=run.seed, selection=selection)
+    if healing is not None:
+        record["healing"] = healing
     record["model"] = str(run.model)
     record["total_seconds"] = seconds
     return record
@@ -134,6 +199,12 @@ def prune_command_line(run: PruneRun, config) -> str:
             words += [_flag(field), str(value)]
     if run.mesh is not None:
         words += ["--mesh", ",".join(f"{axis}={size}" for axis, size in dict(run.mesh.shape).items())]
+    if run.healing.enabled:
+        default_healing = Healing()
+        for field, flag in HEALING_FLAGS.items():
+            value = getattr(run.healing, field)
+            if field == "steps" or value != getattr(default_healing, field):
+                words += [flag, str(value)]
     settings, default_settings = config.to_json(), PruneConfig(method=config.method).to_json()
     for key, value in settings.items():
         if key not in ("method", "sparsity") and (value == default_settings.get(key) or key in _NO_FLAG):
@@ -150,6 +221,7 @@ def prune_command_line(run: PruneRun, config) -> str:
 
 
 _NO_FLAG = ("ridge_grid", "max_block_removal", "batch_size")  # PruneConfig settings the command line does not set
+HEALING_FLAGS = {"steps": "--heal-steps", "learning_rate": "--heal-lr", "rank": "--heal-rank"}  # `Healing` fields with a flag
 
 
 def _flag(field: str) -> str:
@@ -172,6 +244,46 @@ def _calibration_windows(net, tokens, run: PruneRun, reporter: Reporter):
     return chosen.windows, chosen.record
 
 
+def held_out_windows(run: PruneRun, tokenizer, reporter: Reporter = QUIET):
+    """The windows a healed run is scored on: the first ``healing.eval_windows`` windows of
+    ``calib_seq_len`` tokens of the other half of the document split."""
+    from prune_jax.data import eval_windows
+
+    docs = read_documents(run.calib, held_out_split(run.resolved_split), run.seed)
+    return eval_windows(tokenize(docs, tokenizer, reporter), run.calib_seq_len, run.healing.eval_windows)
+
+
+def heal(net, tokens, held, run: PruneRun, reporter: Reporter = QUIET):
+    """(the healed model, the "healing" entry of ``pruning.json``): ``run.healing`` of the
+    pruned ``net`` on every non-overlapping ``calib_seq_len`` window of ``tokens`` (the
+    stream of the calibration documents, the ones the pruning calibrated on), the LoRA
+    adapters merged into the kernels; perplexity on the held-out windows ``held``
+    (`held_out_windows`) before and after."""
+    import numpy as np
+
+    from prune_jax.evaluate import perplexity
+    from prune_jax.finetune import finetune
+    from prune_jax.pruning.calib_select import window_pool
+
+    start = time.perf_counter()
+    config = run.healing.finetune_config(seed=run.seed)
+    rows = window_pool(tokens, run.calib_seq_len).astype(np.int32)
+    with reporter.bar("held-out perplexity before healing", unit="window", total=len(held)) as progress:
+        before = perplexity(net, held, progress=progress).perplexity
+    with reporter.bar(f"heal: LoRA r={config.rank} on {len(rows)} calibration windows", unit="update", total=config.steps) as progress:
+        result = finetune(net, rows, config, progress=progress)  # the adapters come back merged into the kernels
+    with reporter.bar("held-out perplexity after healing", unit="window", total=len(held)) as progress:
+        after = perplexity(result.model, held, progress=progress).perplexity
+    losses = [float(x) for x in result.losses]
+    record = {"steps": config.steps, "config": config.to_json(),
+              "data": {"source": run.calib, "split": run.resolved_split, "seq_len": run.calib_seq_len, "rows": int(len(rows))},
+              "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
+              "held_out_perplexity": {"split": held_out_split(run.resolved_split), "windows": int(len(held)),
+                                      "seq_len": run.calib_seq_len, "before": before, "after": after},
+              "seconds": time.perf_counter() - start}
+    return result.model, record
+
+
 def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutcome:
     """Prunes ``run.model`` by ``config`` (a ``PruneConfig``) on ``run``'s calibration and
     writes ``run.out`` with ``pruning.json``; the checkpoint (if any) goes once it is written.
@@ -190,13 +302,24 @@ def run_prune(run: PruneRun, config, *, reporter: Reporter = QUIET) -> PruneOutc
     docs = read_documents(run.calib, run.resolved_split, run.seed)  # before the model: a bad corpus costs no load
     net, tok = load_model_for_run(run.model, run.dtype, run.mesh, reporter)
     net.config.check_sequence_length(run.calib_seq_len, name="calib_seq_len")
-    windows, selection = _calibration_windows(net, tokenize(docs, tok, reporter), run, reporter)
+    tokens = tokenize(docs, tok, reporter)
+    held = held_out_windows(run, tok, reporter) if run.healing.enabled else None  # before the pruning: a bad held-out half costs none
+    windows, selection = _calibration_windows(net, tokens, run, reporter)
     with reporter.bar(f"prune {config.method}", unit="block", total=net.config.num_layers) as progress:
         net, report = prune(net, windows, config, mesh=run.mesh, progress=progress, checkpoint=run.checkpoint)
-    record = pruning_record(report, run, docs, windows, selection, seconds=time.perf_counter() - start)
+    healing = None
+    if run.healing.enabled:
+        net, healing = heal(net, tokens, held, run, reporter)
+    record = pruning_record(report, run, docs, windows, selection, seconds=time.perf_counter() - start, healing=healing)
     if not gather_to_writer(net):
         return PruneOutcome(report, record, None, written=False)
-    card = model_card(net.config, run.out, parameters=report.parameters_after, record=record, command=prune_command_line(run, config))
+    measured = ()
+    if healing is not None:
+        held = healing["held_out_perplexity"]
+        measured = [(f"perplexity, `{run.calib}` {held['split']} split ({held['windows']}×{held['seq_len']} tokens), after healing",
+                     None, held["after"])]
+    card = model_card(net.config, run.out, parameters=report.parameters_after, record=record, measured=measured,
+                      command=prune_command_line(run, config))
     save_hf(net, tok, run.out, extra_files={"pruning.json": record, "README.md": card}, overwrite=run.overwrite)
     note = load_note(run.out, uniform=net.config.uniform)
     if run.checkpoint is not None:  # the output is complete: the checkpoint has served (only its own files go)

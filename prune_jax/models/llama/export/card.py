@@ -53,6 +53,16 @@ def _pruning_lines(record: Mapping[str, Any]) -> list[str]:
             f"{calibration.get('samples')} windows × {calibration.get('seq_len')} tokens = {calibration.get('tokens'):,} tokens "
             f"from {len(calibration.get('documents', []))} documents, windows chosen by `{selection}`, seed {calibration.get('seed')}."
         )
+    healing = record.get("healing")
+    if healing:
+        settings, data, held = healing.get("config", {}), healing.get("data", {}), healing.get("held_out_perplexity", {})
+        lines.append(
+            f"- **Healing** (after pruning): LoRA rank {settings.get('rank')} (α {settings.get('alpha')}), {healing.get('steps')} updates "
+            f"of {settings.get('batch_size')} windows at learning rate {settings.get('learning_rate')} on the {data.get('rows')} "
+            f"windows × {data.get('seq_len')} tokens of the calibration split, merged into the weights; training loss "
+            f"{healing.get('loss_first'):.3f} → {healing.get('loss_last'):.3f}, held-out perplexity ({held.get('split')} split) "
+            f"{held.get('before'):.4g} → {held.get('after'):.4g}."
+        )
     return lines
 
 
