@@ -95,6 +95,8 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "dap-obs diagonal damping (≤ 50 % per block)": dict(method="dap-obs", damping="diagonal", allocation="global"),
     "dap-obs loss + diagonal damping": dict(method="dap-obs", metric="loss", damping="diagonal", allocation="global", max_block_removal=0.9),
     "dap-obs loss uniform": dict(method="dap-obs", metric="loss", allocation="uniform"),
+    "dap-obs loss (16 allocation sequences)": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9,
+                                                   allocation_samples=16),
 }
 
 

@@ -59,6 +59,11 @@ class Budget:
         (``Score.allocation``, "global" for dap-obs, "uniform" otherwise).
       max_block_removal: for "adaptive" / "global": the largest fraction of a block's FFN
         channels removed (None: 0.9 adaptive, 0.5 global — ``allocation.GLOBAL_MAX_REMOVED``).
+      allocation_samples: calibration sequences read by the allocation's first pass over
+        the dense model (the modes that read scores, and a score's loss sensitivity): the
+        first n (rounded up to a multiple of the data-parallel devices); None: all. The
+        pass only ranks units across blocks, and costs a forward (and the Grams) over what
+        it reads; the units themselves are removed on the whole calibration set.
     """
 
     sparsity: float = 0.2
@@ -68,6 +73,7 @@ class Budget:
     head_mode: str = "per-group"
     allocation: str | None = None
     max_block_removal: float | None = None
+    allocation_samples: int | None = None
 
     def __post_init__(self):
         if not (isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0):
@@ -80,6 +86,8 @@ class Budget:
         _one_of("allocation", self.allocation, tuple(ALLOCATIONS) + (None,))  # the registry: a mode registered at run time is valid
         if self.max_block_removal is not None and not 0.0 < self.max_block_removal < 1.0:
             raise ValueError(f"max_block_removal must lie in (0, 1), got {self.max_block_removal!r}")
+        if self.allocation_samples is not None and not (isinstance(self.allocation_samples, int) and self.allocation_samples >= 1):
+            raise ValueError(f"allocation_samples must be an int >= 1 (or None: all), got {self.allocation_samples!r}")
 
     @property
     def fixed_ratios(self) -> bool:
@@ -160,6 +168,7 @@ _RECORD: dict[str, tuple[str | None, str]] = {
     "head_mode": ("budget", "head_mode"),
     "allocation": ("budget", "allocation"),
     "max_block_removal": ("budget", "max_block_removal"),
+    "allocation_samples": ("budget", "allocation_samples"),
     "head_criterion": ("heads", "criterion"),
     "similarity_tau": ("heads", "similarity_tau"),
     "recover": ("recovery", "enabled"),

@@ -224,12 +224,19 @@ def single_errors(gram: jax.Array, weights: jax.Array, unit_rows: np.ndarray, da
     weights = weights.astype(jnp.float32)
     scale = output_scale(output_weight, weights.shape[1])
     inverse = damped_inverse(gram, damp, damping)
+    return np.asarray(_scored_errors(inverse, gram, weights, jnp.asarray(unit_rows), scale))
+
+
+@jax.jit
+def _scored_errors(inverse, gram, weights, unit_rows, scale):
+    """``single_errors``'s arithmetic as one program (eagerly, its per-unit solves dispatched
+    op by op and dominated the scoring pass)."""
+    alive = jnp.ones(unit_rows.shape[0], bool)
     if scale is not None:
-        errors = _unit_errors(inverse, weights * scale[None, :], jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool))
-        return np.asarray(0.5 * errors)
-    errors = _unit_errors(inverse, weights, jnp.asarray(unit_rows), jnp.ones(len(unit_rows), bool))
+        return 0.5 * _unit_errors(inverse, weights * scale[None, :], unit_rows, alive)
+    errors = _unit_errors(inverse, weights, unit_rows, alive)
     energy = jnp.sum(weights * jnp.matmul(gram.astype(jnp.float32), weights, precision=HIGHEST))
-    return np.asarray(errors / energy)
+    return errors / energy
 
 
 @functools.partial(jax.jit, static_argnames=("per_step",), donate_argnums=(0,))

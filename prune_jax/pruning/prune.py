@@ -36,6 +36,7 @@ calibrate → score → keep → slice → refit step both halves of a block sha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -74,6 +75,14 @@ def _layer_range(model: Llama, config: PruneConfig) -> range:
     return range(start, stop)
 
 
+def _allocation_sequences(config: PruneConfig, num_sequences: int, mesh, axis: str) -> int:
+    """How many of the first calibration sequences the allocation's dense pass reads
+    (``Budget.allocation_samples``, rounded up to a multiple of the devices on ``axis``)."""
+    wanted = config.budget.allocation_samples
+    devices = mesh.shape[axis] if mesh is not None and axis in mesh.shape else 1
+    return num_sequences if wanted is None else min(num_sequences, -(-wanted // devices) * devices)
+
+
 def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, axis: str) -> tuple[jax.Array, StageContext]:
     """(tokens [S, T] on the device(s), the stages' shared context)."""
     tokens = jnp.asarray(calibration, jnp.int32)
@@ -91,7 +100,8 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
         chunk = max(chunk, tokens.shape[0])  # one step over all sequences: every device works on its shard
     key, score = jax.random.key(config.seed), SCORES[config.method]
     given = gradient_scores(model, tokens, config.method, batch_size=chunk, key=key, options=config.options) if score.needs == "gradients" else None
-    sensitivity = residual_sensitivity(model, tokens, batch_size=chunk) if score.reads_sensitivity(config.options) else None
+    scored = _allocation_sequences(config, tokens.shape[0], mesh, axis)
+    sensitivity = residual_sensitivity(model, tokens[:scored], batch_size=chunk) if score.reads_sensitivity(config.options) else None
     return tokens, StageContext(config=config, score=score, positions=positions, inv_freq=model.rope_frequencies(), chunk=chunk,
                                 key=key, given_scores=given, sensitivity=sensitivity)
 
@@ -148,7 +158,9 @@ def prune(
     # Several processes save and restore their own rows of the streams: sequences over the data axis, as the tokens.
     rows = tokens.sharding if jax.process_count() > 1 else None
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
-    allocation = allocate(model, layers, config.budget, config.allocation_mode, lambda: dense_unit_scores(model, h, layers, ctx))
+    scored = _allocation_sequences(config, h.shape[0], mesh, axis)  # the allocation's pass reads the first `scored` sequences
+    allocation = allocate(model, layers, config.budget, config.allocation_mode,
+                          lambda: dense_unit_scores(model, h[:scored], layers, dataclasses.replace(ctx, positions=ctx.positions[:scored])))
 
     h_dense, layer_reports, first = None, [], 0  # the dense stream, from the first refit block on
     if resumed is not None:  # blocks [0, first) are done: their parameters, the streams into `first`

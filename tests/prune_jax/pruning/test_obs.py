@@ -221,3 +221,30 @@ def test_residual_sensitivity_is_the_mean_squared_loss_gradient_per_direction(ti
                     e[s, t, d] = step
                     squares.append(((loss(layer, half, jnp.asarray(e)) - loss(layer, half, jnp.asarray(-e))) / (2 * step)) ** 2)
             np.testing.assert_allclose(sensitivity[layer, half, d], np.mean(squares), rtol=3e-2, atol=1e-6)
+
+
+def test_loss_aware_dap_obs_end_to_end_and_the_allocation_subset(tiny_llama):
+    """metric="loss" prunes to the budget with the sensitivity of the first
+    ``allocation_samples`` sequences; reading all of them equals the default (None); the
+    sensitivity changes which units go (against the energy metric); bad values are refused."""
+    tokens = np.random.default_rng(1).integers(0, 64, size=(8, 10))
+
+    def run(**budget_and_options):
+        options = {k: budget_and_options.pop(k) for k in ("metric", "damping") if k in budget_and_options}
+        config = PruneConfig(method="dap-obs", budget=Budget(sparsity=0.3, layer_range=(0, 3), allocation="global", **budget_and_options),
+                             options=ObsOptions(**options))
+        model, report = prune(tiny_llama(seed=2, num_layers=3, vocab_size=64), tokens, config)
+        return report
+
+    loss_all = run(metric="loss")
+    assert abs(loss_all.fraction_of_prunable_removed - 0.3) < 0.1
+    assert run(metric="loss", allocation_samples=8).layer_cuts == loss_all.layer_cuts
+    assert [layer.mlp.kept for layer in run(metric="loss", allocation_samples=8).layers] == [layer.mlp.kept for layer in loss_all.layers]
+    energy = run()
+    assert ([layer.mlp.kept for layer in energy.layers], energy.layer_cuts) != ([layer.mlp.kept for layer in loss_all.layers], loss_all.layer_cuts)
+    subset = run(metric="loss", allocation_samples=2)
+    assert abs(subset.fraction_of_prunable_removed - 0.3) < 0.1
+    record = PruneConfig(method="dap-obs", budget=Budget(allocation_samples=4), options=ObsOptions(metric="loss", damping="diagonal")).to_json()
+    assert record["allocation_samples"] == 4 and record["metric"] == "loss" and PruneConfig.from_json(record).to_json() == record
+    with pytest.raises(ValueError, match="allocation_samples"):
+        Budget(allocation_samples=0)

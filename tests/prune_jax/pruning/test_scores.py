@@ -93,8 +93,8 @@ def test_the_flat_record_round_trips_and_names_every_setting():
                          recovery=Recovery(enabled=True, refit="second", ridge_toward="zero", folds=3, bias_compensation=True), batch_size=4, seed=3)
     record = config.to_json()
     assert set(record) == {"method", "sparsity", "attention_ratio", "ffn_ratio", "layer_range", "head_mode", "allocation", "max_block_removal",
-                           "head_criterion", "similarity_tau", "recover", "refit", "ridge_grid", "ridge_toward", "recover_folds", "bias_compensation",
-                           "batch_size", "seed", "damp"}
+                           "allocation_samples", "head_criterion", "similarity_tau", "recover", "refit", "ridge_grid", "ridge_toward",
+                           "recover_folds", "bias_compensation", "batch_size", "seed", "damp", "damping", "metric"}
     assert record["damp"] == 0.05 and record["recover"] is True and record["head_criterion"] == "similarity" and record["recover_folds"] == 3
     assert PruneConfig.from_json(json.loads(json.dumps(record))) == config
 
