@@ -45,10 +45,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Zero-shot accuracy next to perplexity, for --task-methods only (a few minutes per model on
 # this CPU): items per built-in task (standard errors ≈ 5 points at 100 four-way items).
 TASK_ITEMS = {"wiki-next-sentence": 100, "wiki-last-word": 200, "python-docs-next-sentence": 60}
-TASK_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", "dap-obs global (≤ 50 % per block)", "dap-obs global")
+DEFAULT = "dap-obs global (≤ 50 % per block)"  # the library's default: PruneConfig(method="dap-obs")
+LOSS_AWARE = "dap-obs loss (16 allocation sequences)"
+TASK_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", DEFAULT, "dap-obs global", LOSS_AWARE)
 # The plot's methods (the main ones; the table has every row), in legend order; absent ones are skipped.
-PLOT_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", "dap-obs global (≤ 50 % per block)", "dap-obs loss-aware")
+PLOT_METHODS = ("flap", "wanda-sp", "dap + recovery (ridge toward current)", DEFAULT, LOSS_AWARE)
 PLOT_CORPORA = {"ppl_128": "Wikipedia (evaluation split)", "ppl_python_docs_128": "python-docs (not Wikipedia)"}
+ALL = 10**9  # allocation_samples: every calibration sequence (stated for the dap-obs rows: they all read every one)
 VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit order; rows without
     # "ridge toward current" were measured with the classic ridge toward 0, and rows without "4-fold λ" chose λ on one
     # hold-out (the last 10 % of the tokens): both stated explicitly since neither is the default any more)
@@ -76,25 +79,27 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "flap + recovery (ridge toward current)": dict(method="flap", recover=True, ridge_toward="current", recover_folds=1),
     "dap + recovery (ridge toward current)": dict(method="dap", recover=True, ridge_toward="current", recover_folds=1),
     "dap + recovery + bias (ridge toward current)": dict(method="dap", recover=True, bias_compensation=True, ridge_toward="current", recover_folds=1),
-    "dap-obs": dict(method="dap-obs", allocation="uniform"),
-    "dap-obs + bias": dict(method="dap-obs", bias_compensation=True, allocation="uniform"),
-    "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive"),
-    "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current", allocation="uniform", recover_folds=1),
-    "dap-obs + recovery": dict(method="dap-obs", recover=True, ridge_toward="zero", allocation="uniform", recover_folds=1),
-    "dap-obs global": dict(method="dap-obs", allocation="global", max_block_removal=0.9),
-    "dap-obs global (≤ 50 % per block)": dict(method="dap-obs", allocation="global"),
-    "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1, allocation="uniform"),
+    "dap-obs": dict(method="dap-obs", allocation="uniform", metric="energy", allocation_samples=ALL),
+    "dap-obs + bias": dict(method="dap-obs", bias_compensation=True, allocation="uniform", metric="energy", allocation_samples=ALL),
+    "dap-obs adaptive": dict(method="dap-obs", allocation="adaptive", metric="energy", allocation_samples=ALL),
+    "dap-obs + recovery (ridge toward current)": dict(method="dap-obs", recover=True, ridge_toward="current", allocation="uniform", recover_folds=1, metric="energy", allocation_samples=ALL),
+    "dap-obs + recovery": dict(method="dap-obs", recover=True, ridge_toward="zero", allocation="uniform", recover_folds=1, metric="energy", allocation_samples=ALL),
+    "dap-obs global": dict(method="dap-obs", allocation="global", max_block_removal=0.9, metric="energy", allocation_samples=ALL),
+    "dap-obs global (≤ 50 % per block)": dict(method="dap-obs", allocation="global", max_block_removal=0.5, metric="energy", allocation_samples=ALL),
+    "dap-obs damp 0.1": dict(method="dap-obs", damp=0.1, allocation="uniform", metric="energy", allocation_samples=ALL),
     # λ by 4-fold cross-validation over the calibration sequences (the default) instead of one hold-out.
     "dap + recovery (4-fold λ)": dict(method="dap", recover=True, ridge_toward="zero", recover_folds=4),
     "dap + recovery (ridge toward current, 4-fold λ)": dict(method="dap", recover=True, ridge_toward="current", recover_folds=4),
     # Loss-aware dap-obs: output errors weighted per residual direction by the dense model's loss sensitivity
     # E[g_d²] (a second-order estimate of the calibration-loss increase, one scale across blocks), and
     # per-direction (Jacobi) dampening; "≤ 90 %" = no cap beyond keeping 10 % of a block's channels.
-    "dap-obs loss": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9),
-    "dap-obs loss (≤ 50 % per block)": dict(method="dap-obs", metric="loss", allocation="global"),
-    "dap-obs diagonal damping (≤ 50 % per block)": dict(method="dap-obs", damping="diagonal", allocation="global"),
-    "dap-obs loss + diagonal damping": dict(method="dap-obs", metric="loss", damping="diagonal", allocation="global", max_block_removal=0.9),
-    "dap-obs loss uniform": dict(method="dap-obs", metric="loss", allocation="uniform"),
+    "dap-obs loss": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9, allocation_samples=ALL),
+    "dap-obs loss (≤ 50 % per block)": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.5, allocation_samples=ALL),
+    "dap-obs diagonal damping (≤ 50 % per block)": dict(method="dap-obs", damping="diagonal", allocation="global", max_block_removal=0.5,
+                                                        metric="energy", allocation_samples=ALL),
+    "dap-obs loss + diagonal damping": dict(method="dap-obs", metric="loss", damping="diagonal", allocation="global", max_block_removal=0.9,
+                                            allocation_samples=ALL),
+    "dap-obs loss uniform": dict(method="dap-obs", metric="loss", allocation="uniform", allocation_samples=ALL),
     "dap-obs loss (16 allocation sequences)": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9,
                                                    allocation_samples=16),
 }

@@ -28,23 +28,24 @@ from skmm_jax.common.cli import check_output_dir, fail, flags_of
 
 # library fields → the flags that set them (for error messages)
 PRUNE_FLAGS = {**flags_for(PruneRun),
-               **flags_of(("method", "sparsity", "refit", "ridge_toward", "recover_folds", "damp", "head_criterion", "similarity_tau",
-                           "allocation", "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
+               **flags_of(("method", "sparsity", "refit", "ridge_toward", "recover_folds", "damp", "metric", "head_criterion", "similarity_tau",
+                           "allocation", "allocation_samples", "attention_ratio", "ffn_ratio", "head_mode", "seed", "bias_compensation"),
                           layer_range="--layer-start/--layer-stop"),
                **HEALING_FLAGS}
 
 
-def prune_config(*, method, sparsity, recover, refit, ridge_toward, recover_folds, damp, bias_compensation, head_criterion, similarity_tau,
-                 allocation, seed, head_mode, layer_start, layer_stop, attention_ratio, ffn_ratio) -> PruneConfig:
+def prune_config(*, method, sparsity, recover, refit, ridge_toward, recover_folds, damp, metric, bias_compensation, head_criterion, similarity_tau,
+                 allocation, allocation_samples, seed, head_mode, layer_start, layer_stop, attention_ratio, ffn_ratio) -> PruneConfig:
     """The one place the prune flags become a `PruneConfig`."""
     if (layer_start is None) != (layer_stop is None):
         fail("--layer-start and --layer-stop go together")
     layer_range = None if layer_start is None else (layer_start, layer_stop)
     try:
-        # The flat record form: a method option (--damp) given for another method is refused by name.
-        method_options = {} if damp is None else {"damp": damp}
+        # The flat record form: a method option (--damp, --metric) given for another method is refused by name.
+        method_options = {key: value for key, value in (("damp", damp), ("metric", metric)) if value is not None}
         return PruneConfig.from_json(dict(method=method, sparsity=sparsity, recover=recover, refit=refit, head_mode=head_mode,
                                           head_criterion=head_criterion, similarity_tau=similarity_tau, allocation=allocation,
+                                          allocation_samples=allocation_samples,
                                           layer_range=layer_range, attention_ratio=attention_ratio, ffn_ratio=ffn_ratio, seed=seed,
                                           ridge_toward=ridge_toward, recover_folds=recover_folds, bias_compensation=bias_compensation,
                                           **method_options))
@@ -61,10 +62,12 @@ def prune_command(
     ridge_toward: str = typer.Option(default(Recovery, "ridge_toward"), help="What the --recover ridge shrinks toward: current (the weights before the refit; default) | zero (classic ridge)."),
     recover_folds: int = typer.Option(default(Recovery, "folds"), help="How --recover chooses its ridge λ: k-fold cross-validation over the calibration sequences (k contiguous blocks of whole sequences; needs --calib-samples >= k); 1: one hold-out, the last 10 % of the tokens."),
     damp: Optional[float] = typer.Option(None, help=f"dap-obs only: relative dampening of the input Gram, H + damp·mean(diag H)·I, > 0 (default {DAMP})."),
+    metric: Optional[str] = typer.Option(None, help="dap-obs only: energy (output error E‖δ‖², relative to each map's energy across blocks; default) | loss (output error weighted per residual direction by the dense model's loss sensitivity: a second-order estimate of the calibration-loss increase; one backward pass more)."),
     bias_compensation: Optional[bool] = typer.Option(None, "--bias-compensation/--no-bias-compensation", help="Add zero biases and compensate into them (FLAP's mean; dap-obs: the intercept row). Default: on for flap only."),
     head_criterion: str = typer.Option(default(HeadCriterion, "criterion"), help="score (the method's head score) | similarity (Jensen–Shannon greedy, then score)."),
     similarity_tau: float = typer.Option(default(HeadCriterion, "similarity_tau"), help="τ of the head-similarity criterion (nats), > 0."),
     allocation: Optional[str] = typer.Option(None, help="Default: the method's (global for dap-obs, else uniform). uniform (one ratio over the layer range) | adaptive (FLAP: global threshold on standardised scores) | global (raw scores per parameter, one threshold: dap-obs)."),
+    allocation_samples: Optional[int] = typer.Option(None, min=1, help="Calibration sequences the allocation's dense scoring pass (and --metric loss's backward pass) reads: the first n; default all."),
     calib: str = typer.Option(default(PruneRun, "calib"), help="Calibration corpus: wiki-sample | path.txt | path.jsonl | ..."),
     calib_split: str = typer.Option(default(PruneRun, "calib_split"), help="Part of --calib to calibrate on: auto (the calibration half of wiki-sample, all of a user's file) | calibration | eval | all."),
     calib_samples: int = typer.Option(default(PruneRun, "calib_samples"), min=1, help="Calibration sequences."),
@@ -104,7 +107,7 @@ def prune_command(
         fail_config(err, PRUNE_FLAGS)
     check_checkpoint_flags(checkpoint_store, checkpoint, resume=resume, out=out)
     config = prune_config(method=method, sparsity=sparsity, recover=recover, refit=refit, ridge_toward=ridge_toward,
-                          recover_folds=recover_folds, damp=damp,
+                          recover_folds=recover_folds, damp=damp, metric=metric, allocation_samples=allocation_samples,
                           bias_compensation=bias_compensation, head_criterion=head_criterion, similarity_tau=similarity_tau,
                           allocation=allocation, seed=seed, head_mode=head_mode, layer_start=layer_start, layer_stop=layer_stop,
                           attention_ratio=attention_ratio, ffn_ratio=ffn_ratio)

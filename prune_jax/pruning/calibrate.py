@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prune_jax.models.llama.sharding import to_host
 from skmm_jax.common.gram import add_to
 from skmm_jax.common.streaming import chunk_bounds
 
@@ -208,4 +209,4 @@ def residual_sensitivity(model, tokens: np.ndarray, *, batch_size: int = 8) -> n
     for start, stop in chunk_bounds(tokens.shape[0], batch_size):
         total = add_to(total, squared_gradients(params, tokens[start:stop]))
     count = tokens.shape[0] * (tokens.shape[1] - 1)
-    return np.asarray(total / count, np.float32).reshape(num_layers, 2, hidden)
+    return to_host(total / count, np.float32).reshape(num_layers, 2, hidden)  # a collective on a multi-host mesh

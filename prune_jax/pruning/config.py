@@ -61,7 +61,8 @@ class Budget:
         channels removed (None: 0.9 adaptive, 0.5 global — ``allocation.GLOBAL_MAX_REMOVED``).
       allocation_samples: calibration sequences read by the allocation's first pass over
         the dense model (the modes that read scores, and a score's loss sensitivity): the
-        first n (rounded up to a multiple of the data-parallel devices); None: all. The
+        first n (rounded up to a multiple of the data-parallel devices); None: the
+        method's own (``Score.allocation_samples``; all when it has none). The
         pass only ranks units across blocks, and costs a forward (and the Grams) over what
         it reads; the units themselves are removed on the whole calibration set.
     """
@@ -227,6 +228,13 @@ class PruneConfig:
     def allocation_mode(self) -> str:
         """The allocation used: ``budget.allocation``, or the method's own when it is None."""
         return SCORES[self.method].allocation if self.budget.allocation is None else self.budget.allocation
+
+    @property
+    def allocation_samples(self) -> int | None:
+        """Sequences the allocation's dense pass reads: ``budget.allocation_samples``, or the
+        method's own (``Score.allocation_samples``) when it is None; None: all."""
+        given = self.budget.allocation_samples
+        return SCORES[self.method].allocation_samples if given is None else given
 
     @property
     def compensate(self) -> bool:

@@ -78,7 +78,7 @@ def _layer_range(model: Llama, config: PruneConfig) -> range:
 def _allocation_sequences(config: PruneConfig, num_sequences: int, mesh, axis: str) -> int:
     """How many of the first calibration sequences the allocation's dense pass reads
     (``Budget.allocation_samples``, rounded up to a multiple of the devices on ``axis``)."""
-    wanted = config.budget.allocation_samples
+    wanted = config.allocation_samples
     devices = mesh.shape[axis] if mesh is not None and axis in mesh.shape else 1
     return num_sequences if wanted is None else min(num_sequences, -(-wanted // devices) * devices)
 

@@ -93,7 +93,7 @@ class ObsOptions:
       damping: "mean" (λ·mean(diag H)·I) or "diagonal" (λ·diag H: every direction damped
         by its own scale, so a massive-activation unit does not over-damp the others).
       metric: how output errors are measured, for the removal and the allocation:
-        "energy" (E‖δ‖², and relative to the map's output energy across maps) or "loss"
+        "energy" (the default: E‖δ‖², and relative to the map's output energy across maps) or "loss"
         (weighted per residual direction by the dense model's loss sensitivity
         E[g_d²], ``calibrate.residual_sensitivity``: a second-order estimate of the
         calibration-loss increase, on one scale across blocks; one backward pass over
@@ -183,6 +183,8 @@ class Score:
       options: None, or the frozen dataclass (every field with a default) of the
         method's own knobs; ``PruneConfig.options`` holds an instance, the score
         functions read it as ``Evidence.options``.
+      allocation_samples: the calibration sequences the allocation's dense pass reads when
+        ``Budget.allocation_samples`` is None (the first n; None: all).
       reads_sensitivity: ``reads_sensitivity(options)`` → whether the "gram" evidence
         carries the dense model's loss sensitivity per residual direction
         (``UnitGram.output_weight``; one backward pass up front).
@@ -195,6 +197,7 @@ class Score:
     remove: RemoveFn | None = None
     allocation: str = "uniform"
     options: type | None = None
+    allocation_samples: int | None = None
     reads_sensitivity: Callable[[Any], bool] = lambda options: False
 
     def __post_init__(self):

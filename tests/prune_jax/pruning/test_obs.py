@@ -231,7 +231,8 @@ def test_loss_aware_dap_obs_end_to_end_and_the_allocation_subset(tiny_llama):
 
     def run(**budget_and_options):
         options = {k: budget_and_options.pop(k) for k in ("metric", "damping") if k in budget_and_options}
-        config = PruneConfig(method="dap-obs", budget=Budget(sparsity=0.3, layer_range=(0, 3), allocation="global", **budget_and_options),
+        config = PruneConfig(method="dap-obs", budget=Budget(sparsity=0.3, layer_range=(0, 3), allocation="global", max_block_removal=0.9,
+                                                                   **budget_and_options),
                              options=ObsOptions(**options))
         model, report = prune(tiny_llama(seed=2, num_layers=3, vocab_size=64), tokens, config)
         return report
@@ -240,11 +241,14 @@ def test_loss_aware_dap_obs_end_to_end_and_the_allocation_subset(tiny_llama):
     assert abs(loss_all.fraction_of_prunable_removed - 0.3) < 0.1
     assert run(metric="loss", allocation_samples=8).layer_cuts == loss_all.layer_cuts
     assert [layer.mlp.kept for layer in run(metric="loss", allocation_samples=8).layers] == [layer.mlp.kept for layer in loss_all.layers]
-    energy = run()
+    energy = run(metric="energy")
     assert ([layer.mlp.kept for layer in energy.layers], energy.layer_cuts) != ([layer.mlp.kept for layer in loss_all.layers], loss_all.layer_cuts)
     subset = run(metric="loss", allocation_samples=2)
     assert abs(subset.fraction_of_prunable_removed - 0.3) < 0.1
     record = PruneConfig(method="dap-obs", budget=Budget(allocation_samples=4), options=ObsOptions(metric="loss", damping="diagonal")).to_json()
     assert record["allocation_samples"] == 4 and record["metric"] == "loss" and PruneConfig.from_json(record).to_json() == record
+    default = PruneConfig(method="dap-obs")
+    assert default.options.metric == "energy" and default.allocation_samples is None and default.allocation_mode == "global"
+    assert PruneConfig(method="flap").allocation_samples is None  # every sequence for methods without their own
     with pytest.raises(ValueError, match="allocation_samples"):
         Budget(allocation_samples=0)
