@@ -21,6 +21,7 @@ batch's activations, not the calibration set's):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable
 
 import jax
@@ -167,6 +168,27 @@ def dense_gradients(model, tokens: np.ndarray, *, batch_size: int = 8):
     return nnx.merge(graphdef, grads, rest)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _squared_residual_gradients(graphdef, params, rest, batch: jax.Array) -> jax.Array:
+    """[2L, D]: Σ over the batch's predicted tokens of g², g = ∂(summed next-token NLL)/∂ε
+    for zero perturbations ε added to the residual stream after every half (module level:
+    one compiled program per model structure and batch shape, across calls)."""
+
+    def loss_sum(eps, p):
+        m = nnx.merge(graphdef, p, rest)
+        inputs = batch[:, :-1]
+        positions, inv_freq = m.default_positions(inputs), m.rope_frequencies()
+        x = m.embed_tokens(inputs)
+        for layer, block in enumerate(m.layers):
+            h = block.attention_residual(x, positions, inv_freq) + eps[2 * layer].astype(x.dtype)
+            x = block.mlp_residual(h) + eps[2 * layer + 1].astype(x.dtype)
+        return jnp.sum(m.next_token_nll(m.norm(x), batch[:, 1:]))
+
+    m = nnx.merge(graphdef, params, rest)
+    eps = jnp.zeros((2 * len(m.layers), batch.shape[0], batch.shape[1] - 1, m.config.hidden_size), jnp.float32)
+    return jnp.sum(jnp.square(jax.grad(loss_sum)(eps, params)), axis=(1, 2))
+
+
 def residual_sensitivity(model, tokens: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
     """[L, 2, D]: E_t[g_t,d²], the mean over predicted tokens of the squared gradient of
     the dense model's summed next-token loss with respect to the residual stream right
@@ -189,24 +211,8 @@ def residual_sensitivity(model, tokens: np.ndarray, *, batch_size: int = 8) -> n
     tokens = jnp.asarray(tokens, jnp.int32)
     num_layers, hidden = len(model.layers), model.config.hidden_size
 
-    def loss_sum(eps, p, batch):
-        m = nnx.merge(graphdef, p, rest)
-        inputs = batch[:, :-1]
-        positions, inv_freq = m.default_positions(inputs), m.rope_frequencies()
-        x = m.embed_tokens(inputs)
-        for layer, block in enumerate(m.layers):
-            h = block.attention_residual(x, positions, inv_freq) + eps[2 * layer].astype(x.dtype)
-            x = block.mlp_residual(h) + eps[2 * layer + 1].astype(x.dtype)
-        return jnp.sum(m.next_token_nll(m.norm(x), batch[:, 1:]))
-
-    @jax.jit
-    def squared_gradients(p, batch):
-        eps = jnp.zeros((2 * num_layers, batch.shape[0], batch.shape[1] - 1, hidden), jnp.float32)
-        g = jax.grad(loss_sum)(eps, p, batch)
-        return jnp.sum(jnp.square(g), axis=(1, 2))  # [2L, D]
-
     total = None
     for start, stop in chunk_bounds(tokens.shape[0], batch_size):
-        total = add_to(total, squared_gradients(params, tokens[start:stop]))
+        total = add_to(total, _squared_residual_gradients(graphdef, params, rest, tokens[start:stop]))
     count = tokens.shape[0] * (tokens.shape[1] - 1)
     return to_host(total / count, np.float32).reshape(num_layers, 2, hidden)  # a collective on a multi-host mesh

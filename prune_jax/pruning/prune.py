@@ -103,7 +103,7 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
     scored = _allocation_sequences(config, tokens.shape[0], mesh, axis)
     sensitivity = residual_sensitivity(model, tokens[:scored], batch_size=chunk) if score.reads_sensitivity(config.options) else None
     return tokens, StageContext(config=config, score=score, positions=positions, inv_freq=model.rope_frequencies(), chunk=chunk,
-                                key=key, given_scores=given, sensitivity=sensitivity)
+                                key=key, given_scores=given, sensitivity=sensitivity, allocation_sequences=scored)
 
 
 def prune(
@@ -158,7 +158,7 @@ def prune(
     # Several processes save and restore their own rows of the streams: sequences over the data axis, as the tokens.
     rows = tokens.sharding if jax.process_count() > 1 else None
     h = model.embed_tokens(tokens)  # [S, T, D] the pruned stream, in the model's dtype (Grams and statistics accumulate in float32)
-    scored = _allocation_sequences(config, h.shape[0], mesh, axis)  # the allocation's pass reads the first `scored` sequences
+    scored = ctx.allocation_sequences  # the allocation's pass reads the first `scored` sequences
     allocation = allocate(model, layers, config.budget, config.allocation_mode,
                           lambda: dense_unit_scores(model, h[:scored], layers, dataclasses.replace(ctx, positions=ctx.positions[:scored])))
 

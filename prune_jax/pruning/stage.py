@@ -66,6 +66,9 @@ class StageContext:
       sensitivity: [L, 2, D] the dense model's loss sensitivity per residual direction
         after each half (``calibrate.residual_sensitivity``) when the score reads it
         (``Score.reads_sensitivity``), else None.
+      allocation_sequences: how many of the first calibration sequences the allocation's
+        dense pass and the sensitivity read (``Budget.allocation_samples``, rounded up to
+        the devices of the data axis).
     """
 
     config: PruneConfig
@@ -76,6 +79,7 @@ class StageContext:
     key: jax.Array
     given_scores: list[tuple[np.ndarray, np.ndarray]] | None = None
     sensitivity: np.ndarray | None = None
+    allocation_sequences: int | None = None
 
     def bounds(self, num_sequences: int) -> list[tuple[int, int]]:
         return list(chunk_bounds(num_sequences, self.chunk))

@@ -27,6 +27,7 @@ from prune_jax.runs.inputs import (
     resolve_split,
     tokenize,
 )
+from prune_jax.finetune import FinetuneConfig
 from prune_jax.runs.reporting import QUIET, Reporter
 
 __all__ = ["Healing", "PruneOutcome", "PruneRun", "calibration_record", "heal", "held_out_windows", "prune_command_line",
@@ -51,10 +52,10 @@ class Healing:
     """
 
     steps: int = 0
-    learning_rate: float = 2e-4
-    rank: int = 8
-    alpha: float = 16.0
-    batch_size: int = 8
+    learning_rate: float = FinetuneConfig.learning_rate  # the finetune's defaults, not a second copy
+    rank: int = FinetuneConfig.rank
+    alpha: float = FinetuneConfig.alpha
+    batch_size: int = FinetuneConfig.batch_size
     eval_windows: int = 64
 
     def __post_init__(self):
@@ -73,8 +74,6 @@ class Healing:
 
     def finetune_config(self, *, seed: int):
         """The ``FinetuneConfig`` of the healing (LoRA on every block; ``seed``: its init and row order)."""
-        from prune_jax.finetune import FinetuneConfig
-
         return FinetuneConfig(trainable="lora", rank=self.rank, alpha=self.alpha, learning_rate=self.learning_rate,
                               steps=max(self.steps, 1), batch_size=self.batch_size, seed=seed)
 
