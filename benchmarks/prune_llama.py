@@ -102,6 +102,9 @@ VARIANTS = {  # name: PruneConfig options ("recovery" = the paper's full refit o
     "dap-obs loss uniform": dict(method="dap-obs", metric="loss", allocation="uniform", allocation_samples=ALL),
     "dap-obs loss (16 allocation sequences)": dict(method="dap-obs", metric="loss", allocation="global", max_block_removal=0.9,
                                                    allocation_samples=16),
+    # Each residual direction's error relative to its energy in the stream (1 / E[h_d²]): scale-free across blocks
+    # without a backward pass; no cap beyond the 10 % floor.
+    "dap-obs stream": dict(method="dap-obs", metric="stream", allocation="global", max_block_removal=0.9, allocation_samples=ALL),
 }
 
 

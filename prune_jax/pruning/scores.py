@@ -80,7 +80,7 @@ class NormOptions:
             raise ValueError(f"norm must be 'l1' or 'l2', got {self.norm!r}")
 
 
-OBS_METRICS = ("energy", "loss")
+OBS_METRICS = ("energy", "loss", "stream")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,10 @@ class ObsOptions:
         (weighted per residual direction by the dense model's loss sensitivity
         E[g_d²], ``calibrate.residual_sensitivity``: a second-order estimate of the
         calibration-loss increase, on one scale across blocks; one backward pass over
-        the calibration set up front).
+        the calibration set up front) or "stream" (each residual direction's error
+        relative to that direction's energy in the half's input stream, 1 / E[h_d²]: a
+        massive-activation direction no longer dominates the error of the blocks that
+        write it, and the errors of all maps are on one scale, with no backward pass).
     """
 
     damp: float = DAMP
@@ -188,6 +191,8 @@ class Score:
       reads_sensitivity: ``reads_sensitivity(options)`` → whether the "gram" evidence
         carries the dense model's loss sensitivity per residual direction
         (``UnitGram.output_weight``; one backward pass up front).
+      weighs_by_stream: ``weighs_by_stream(options)`` → whether the "gram" evidence's
+        output weight is 1 / E[h_d²] of the half's input stream (``stage.unit_gram``).
     """
 
     channels: ScoreFn
@@ -199,6 +204,7 @@ class Score:
     options: type | None = None
     allocation_samples: int | None = None
     reads_sensitivity: Callable[[Any], bool] = lambda options: False
+    weighs_by_stream: Callable[[Any], bool] = lambda options: False
 
     def __post_init__(self):
         if self.needs not in NEEDS:
@@ -373,7 +379,8 @@ SCORES: Registry[Score] = Registry("score method", {
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
     "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions,
-                     reads_sensitivity=lambda options: options.metric == "loss"),
+                     reads_sensitivity=lambda options: options.metric == "loss",
+                     weighs_by_stream=lambda options: options.metric == "stream"),
 }.items())
 """Every unit score by method name; ``SCORES.register(name, Score(...))`` adds one."""
 

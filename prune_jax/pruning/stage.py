@@ -41,6 +41,7 @@ from prune_jax.models.llama.sharding import replace_param
 from prune_jax.pruning.calibrate import attention_stats, head_divergence, mlp_stats
 from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.obs import UnitGram, add_gram, stacked_weights
+from skmm_jax.common.gram import add_to
 from prune_jax.pruning.recover import accumulate_grams, map_has_bias, refit_maps, refit_split, with_intercept
 from prune_jax.pruning.report import HalfReport, LayerReport, Refit
 from prune_jax.pruning.scores import Evidence, Score, UnitRemoval, prefer_marked, similar_heads
@@ -270,13 +271,31 @@ def unit_gram(half: Half, block, layer: int, h: Array, ctx: StageContext) -> Uni
     intercept column when the map has a bias) on the stream h, chunk by chunk; with the
     half's output sensitivity when the context has one."""
     intercept = map_has_bias(half.module(block), (half.second_bias,))
-    gram = None
+    by_stream = ctx.score.weighs_by_stream(ctx.config.options)
+    gram = energy = None
     for s, e in ctx.bounds(h.shape[0]):
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
         units = with_intercept(units) if intercept else units
         gram = add_gram(gram, units)
-    weight = None if ctx.sensitivity is None else jnp.asarray(ctx.sensitivity[layer, half.index])
-    return UnitGram(gram / (h.shape[0] * h.shape[1]), intercept, weight)
+        if by_stream:  # Σ h_d² chunk by chunk: no float32 copy of the whole stream
+            energy = add_to(energy, jnp.sum(jnp.square(h[s:e].astype(jnp.float32)), axis=(0, 1)))
+    tokens = h.shape[0] * h.shape[1]
+    if by_stream:
+        weight = stream_weight(energy / tokens)
+    else:
+        weight = None if ctx.sensitivity is None else jnp.asarray(ctx.sensitivity[layer, half.index])
+    return UnitGram(gram / tokens, intercept, weight)
+
+
+def stream_weight(energy: Array) -> jax.Array:
+    """[D] 1 / E[h_d²] from the residual stream's mean energy per direction E[h_d²] [D]
+    (dap-obs's "stream" metric): a map's output error δ weighted by it is
+    Σ_d E[δ_d²] / E[h_d²], each direction's error relative to the signal the stream
+    carries there — scale-free, so comparable across blocks, and a massive-activation
+    direction (E[h_d²] thousands of times the others) counts for its share of the signal,
+    not for its energy. Floored at 10⁻⁶ of the mean energy (a direction the stream never
+    uses)."""
+    return 1.0 / jnp.maximum(energy, 1e-6 * jnp.mean(energy))
 
 
 def unit_scores(half: Half, block, layer: int, h: Array | None, ctx: StageContext) -> tuple[np.ndarray, Any]:

@@ -252,3 +252,43 @@ def test_loss_aware_dap_obs_end_to_end_and_the_allocation_subset(tiny_llama):
     assert PruneConfig(method="flap").allocation_samples is None  # every sequence for methods without their own
     with pytest.raises(ValueError, match="allocation_samples"):
         Budget(allocation_samples=0)
+
+
+def test_stream_metric_weights_errors_by_the_inverse_stream_energy(tiny_llama_config, random_llama, tiny_llama):
+    """metric="stream": a half's output weight is 1 / E[h_d²] of its input stream (numpy,
+    whatever the chunking), its single errors are ½·Σ_d w_d err_d of that weight (numpy),
+    and a prune with it meets the budget and removes other units than the energy metric."""
+    from prune_jax.pruning.scores import SCORES, _obs_channels, Evidence
+    from prune_jax.pruning.stage import HALVES, StageContext, unit_gram
+
+    config = tiny_llama_config(num_layers=1, heads=(4, 2), intermediate=16, hidden_size=16, head_dim=4)
+    model = random_llama(config, seed=4, scale=0.3)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(6, 12))
+    prune_config = PruneConfig(method="dap-obs", options=ObsOptions(metric="stream"))
+    h = model.embed_tokens(jnp.asarray(tokens))
+    grams = []
+    for chunk in (2, 6):
+        ctx = StageContext(config=prune_config, score=SCORES["dap-obs"], positions=model.default_positions(jnp.asarray(tokens)),
+                           inv_freq=model.rope_frequencies(), chunk=chunk, key=None)  # fmt: skip
+        grams.append(unit_gram(HALVES[1], model.layers[0], 0, h, ctx))
+    h64 = np.asarray(h, np.float64)
+    expected = 1.0 / np.mean(h64**2, axis=(0, 1))
+    for stats in grams:
+        np.testing.assert_allclose(np.asarray(stats.output_weight), expected, rtol=1e-5)
+    mlp = model.layers[0].mlp
+    errors = _obs_channels(mlp, Evidence(key=None, stats=grams[0], options=prune_config.options))
+    gram, down = np.asarray(grams[0].gram, np.float64), np.asarray(mlp.down_kernel[...], np.float64)
+    inverse = np.linalg.inv(gram + prune_config.options.damp * np.mean(np.diag(gram)) * np.eye(len(gram)))
+    reference = 0.5 * np.array([np.sum(expected * down[u] ** 2) / inverse[u, u] for u in range(len(down))])
+    np.testing.assert_allclose(errors, reference, rtol=2e-3)
+
+    tokens = np.random.default_rng(1).integers(0, 64, size=(8, 10))
+
+    def run(metric):
+        config = PruneConfig(method="dap-obs", budget=Budget(sparsity=0.3, layer_range=(0, 3), allocation="global", max_block_removal=0.9),
+                             options=ObsOptions(metric=metric))
+        return prune(tiny_llama(seed=2, num_layers=3, vocab_size=64), tokens, config)[1]
+
+    stream, energy = run("stream"), run("energy")
+    assert abs(stream.fraction_of_prunable_removed - 0.3) < 0.1
+    assert ([layer.mlp.kept for layer in stream.layers], stream.layer_cuts) != ([layer.mlp.kept for layer in energy.layers], energy.layer_cuts)
