@@ -8,13 +8,16 @@ each residual direction by what it does to the loss instead. This benchmark reco
 widths each variant keeps (same calibration: 64 × 128 tokens, seed 0, as prune_llama.py;
 its table has the perplexities of the same variants).
 
-    python benchmarks/block_widths.py
+    python benchmarks/block_widths.py                          # every variant of SHOWN not measured yet
+    python benchmarks/block_widths.py --redo "dap-obs stream"  # measure that one again
 
 Results: benchmarks/results/block_widths.{json,md,png}.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,24 +35,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SPARSITY = 0.2
 # Before (energy ratio, no cap beyond the 10 % floor), the default (the hand-set 50 % cap),
 # and the direction-aware variants.
-SHOWN = ("dap-obs global", DEFAULT, "dap-obs diagonal damping (≤ 50 % per block)", LOSS_AWARE, "dap-obs loss")
+SHOWN = ("dap-obs global", DEFAULT, "dap-obs diagonal damping (≤ 50 % per block)", LOSS_AWARE, "dap-obs loss", "dap-obs stream")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--redo", default="", help="comma-separated variants to measure again")
+    args = parser.parse_args()
+    out_json = RESULTS / "block_widths.json"
+    rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
+    rows = [r for r in rows if r["method"] in SHOWN and r["method"] not in args.redo.split(",")]
     dense, tokenizer = load_model("smollm2-135m", tokenizer=True)
     config = dense.config
     calibration_docs, _ = split_documents(load_documents("wiki-sample"))
     calib = calibration_batches(tokenize_corpus(calibration_docs, tokenizer), num_samples=64, seq_len=128, seed=0)
-    rows = []
     for name in SHOWN:
+        if any(r["method"] == name for r in rows):
+            continue
         model, _ = load_model("smollm2-135m", tokenizer=False)
         _, report = prune(model, calib, PruneConfig.from_json({"sparsity": SPARSITY, **VARIANTS[name]}))
         rows.append({"method": name, "heads": [h for h, _ in report.layer_heads], "channels": list(report.layer_intermediate),
                      "fraction_of_prunable_removed": report.fraction_of_prunable_removed})
         print(name, rows[-1]["heads"], rows[-1]["channels"], flush=True)
+    rows.sort(key=lambda r: SHOWN.index(r["method"]))
     dense_widths = {"heads": [h for h, _ in config.layer_heads], "channels": list(config.layer_intermediate)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    save_json_atomic(RESULTS / "block_widths.json", {"sparsity": SPARSITY, "calibration": "64 x 128, seed 0", "dense": dense_widths,
+    save_json_atomic(out_json, {"sparsity": SPARSITY, "calibration": "64 x 128, seed 0", "dense": dense_widths,
                                                      "rows": rows})
     layers = range(len(config.layer_heads))
     lines = [
@@ -75,7 +86,7 @@ def plot(rows: list[dict], dense: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharex=True)
     for ax, key, title in zip(axes, ("heads", "channels"), ("attention heads kept", "FFN channels kept"), strict=True):
         ax.step(range(len(dense[key])), dense[key], where="mid", color="black", linestyle="--", label="dense")
-        for r, marker in zip(rows, "osD^v", strict=False):
+        for r, marker in zip(rows, "osD^vP", strict=False):
             ax.plot(range(len(r[key])), r[key], marker=marker, linewidth=1.6, markersize=5, label=r["method"])
         ax.axvspan(8.5, 11.5, color="grey", alpha=0.15)
         ax.set_title(title + " (blocks 9–11 shaded: the sink blocks)", fontsize=12)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prune_jax.runs.inputs import load_model_for_run, tokenize
-from prune_jax.runs.prune import calibration_record
+from prune_jax.runs.prune import CALIB_SAMPLES, calibration_record
 from prune_jax.runs.reporting import QUIET, Reporter
 
 __all__ = ["DEMO_MODEL", "DEMO_TASK", "DemoModelScores", "DemoOutcome", "DemoRun", "demo_command_line", "run_demo"]
@@ -34,7 +34,7 @@ class DemoRun:
 
     pruning: Any
     out: Path = Path("pruned/smollm2-135m-demo")
-    calib_samples: int = 64
+    calib_samples: int = CALIB_SAMPLES
     eval_windows: int = 64
     task_items: int = 100
     overwrite: bool = False
