@@ -23,7 +23,7 @@ from rich.table import Table
 from skmm_jax.common.cli import check_output_file, fail, fail_config, flags_of, progress_bar, run_app
 from skmm_jax.draw import DRAW_RULES
 from skmm_jax.moments import PREPROCESSING
-from skmm_jax.select import SkMMConfig
+from skmm_jax.select import AUTO_CANDIDATES_RULE, SkMMConfig
 from skmm_jax.sketch.make import SKETCH_KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sketchy Moment Matching data selection in JAX.")
@@ -165,15 +165,18 @@ def select(
     relax: Optional[bool] = typer.Option(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
         "the greedy draw does not)."),
-    candidates: Optional[int] = typer.Option(
-        None, help="SkMM: pre-filter for very large pools: the greedy picks among this many uniformly drawn rows, "
-        "scored against the moments of all rows (needs the greedy draw without the relaxation)."),
+    candidates: Optional[str] = typer.Option(
+        None, help="SkMM: the greedy picks the coreset among this many uniformly drawn rows, scored against the moments "
+        f"of all rows. auto (default): {AUTO_CANDIDATES_RULE}, every row "
+        "for pools whose exact greedy is cheap; all: every row (the exact greedy); or a count >= n. The pre-filter needs the "
+        "greedy draw without the relaxation (with it every row is a candidate)."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
 
     SkMM's default: rows standardized then scaled to unit length, the greedy draw without
-    the relaxation (no solves). With --relax and the default c_S it solves its relaxation
+    the relaxation (no solves), on large pools among an automatic number of uniformly
+    drawn candidates (--candidates all: every row). With --relax and the default c_S it solves its relaxation
     1 + 10 times (a bisection on c_S); on a large pool each solve can take a minute, and
     progress is shown per solve.
     """
@@ -187,6 +190,8 @@ def select(
 
     if method not in METHODS:
         fail(f"--method {method!r} is not one of {sorted(METHODS)}")
+    if candidates is not None and candidates.strip().isdigit():
+        candidates = int(candidates)  # a count; anything else goes to SkMMConfig, which names what is valid
     given = {k: v for k, v in zip(SKMM_FLAGS, (c_s, draw, preprocess, ridge, relax, candidates)) if v is not None}
     if given and method != "skmm":
         fail("--c-s, --draw, --preprocess, --ridge, --relax and --candidates apply to --method skmm only")
@@ -225,6 +230,10 @@ def select(
         f"wrote {out}: {method} selected {n} of {rows.shape[0]} in {seconds:.2f} s; "
         f"subset coverage {diag['subset_coverage']:.3f}" + (f", c_S {diag['c_s']:.3f}" if "c_s" in diag else "")
     )
+    if diag.get("candidates", rows.shape[0]) < rows.shape[0]:
+        rule = f"auto: {AUTO_CANDIDATES_RULE}" if diag.get("candidates_auto") else "--candidates"
+        console.print(f"the greedy picked among {diag['candidates']:,} uniformly drawn rows of {rows.shape[0]:,} ({rule}); "
+                      "--candidates all for the exact greedy over every row", highlight=False)
     if "candidates_requested" in diag:
         console.print(f"[yellow]note:[/yellow] --candidates {candidates} >= N = {rows.shape[0]}: no pre-filter, every row was a candidate")
 

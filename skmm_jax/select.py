@@ -58,6 +58,44 @@ ZERO_FEATURES = (
 )
 
 
+CANDIDATE_RULES = ("auto", "all")
+CANDIDATES_PER_PICK = 16
+GREEDY_WORK = 2**33
+AUTO_CANDIDATES_RULE = f"min(N, max({CANDIDATES_PER_PICK}·n, 2^{GREEDY_WORK.bit_length() - 1}/(n·m)))"  # as text, for help and messages
+
+
+def auto_candidates(num: int, n: int, dim: int) -> int:
+    """The candidate count ``SkMMConfig(candidates="auto")`` uses for N = ``num`` rows of
+    width m = ``dim`` and a coreset of n:
+
+        c = min(N, max(K n, ⌊W / (n m)⌋)),    K = CANDIDATES_PER_PICK, W = GREEDY_WORK.
+
+    Cost model of the greedy (``draw.draw_greedy``) over c candidates: each of its n
+    picks reads Z_C and A = Z_C K⁻¹ and writes A, [c, m] float32 each, and forms Z_C u:
+    ≈ 4 c m flops and 16 c m bytes, so it is memory-bound and costs ∝ n c m in all, with
+    8 c m bytes of running state next to the pool's Z [N, m]. Z, Σ̃ and its eigenbasis
+    come from all N rows whatever c is (O(N m²), once).
+
+    - ⌊W / (n m)⌋: as many candidates as W multiply-adds of greedy work afford, so the
+      pre-filter only engages when the exact greedy would cost more than W (N n m > W);
+      below that c = N and the subset is the exact greedy's, bit for bit. W = 2³³ ≈ 8.6·10⁹
+      is about 20 s of greedy on a 2-core CPU.
+    - K n: at least K candidates per coreset member, the quality floor. The greedy's
+      objective on the candidates, relative to the exact greedy's, depends mainly on c/n
+      (each pick needs rows that are still extreme in the directions left uncovered);
+      K = 32 keeps it within a few percent on the measured pools (docs/scale.md,
+      ``benchmarks/skmm_scale.py --part auto``).
+
+    Past the budget the greedy costs ∝ K n² m, independent of N: for large pools only
+    the spectrum grows with N.
+
+    Raises:
+      ValueError: a size that is not a positive int.
+    """
+    num, n, dim = (check_positive_int(v, name) for v, name in ((num, "num"), (n, "n"), (dim, "dim")))
+    return min(num, max(CANDIDATES_PER_PICK * n, GREEDY_WORK // (n * dim)))
+
+
 @functools.partial(dataclasses.dataclass, frozen=True)
 class SkMMConfig:
     """Settings of SkMM steps 2–4 (hashable, so it can be a static jit argument).
@@ -67,9 +105,10 @@ class SkMMConfig:
     ``benchmarks/selection_suite.py`` (best mean validation rank against the label-free
     baselines over 7 real tasks × 5 budgets; docs/selection.md states the rule and the
     numbers): rows standardized then scaled to unit length, the greedy draw with
-    ρ = 1.0, no relaxation. The theory's own inputs (as in the paper and
-    ``benchmarks/synthetic_regression.py``) are ``SkMMConfig(preprocess="none",
-    ridge=0.2, relax=True)``.
+    ρ = 1.0, no relaxation, and on large pools the greedy among an automatic number of
+    uniformly drawn candidates (``candidates="auto"``; "all" for every row). The
+    theory's own inputs (as in the paper and ``benchmarks/synthetic_regression.py``) are
+    ``SkMMConfig(preprocess="none", ridge=0.2, relax=True)``.
 
     Attributes:
       preprocess: the geometry moments are matched in (``moments.PREPROCESSING``,
@@ -100,14 +139,25 @@ class SkMMConfig:
         it skips every solve — most of SkMM's time on large pools — and draws with
         uniform p; the relaxation's diagnostics (c_s, relaxed_coverage, loss curve,
         ...) are then absent. False needs a rule without ``uses_relaxation``.
-      candidates: the candidate pre-filter for very large pools (without the
-        relaxation only): the
-        greedy picks among a uniform random subset C of this many rows (drawn from the
+      candidates: the candidate pre-filter for large pools (without the relaxation
+        only): the greedy picks among a uniform random subset C of c rows (drawn from the
         key) while Σ̃, its eigenbasis and Λ still come from all N rows, so every pick is
-        scored against the full pool's moments. A step then costs O(|C| m) instead of
-        O(N m) and the greedy's running matrix is [|C|, m]. None: every row is a
-        candidate. A uniform C is itself a sample of the pool's distribution, so it
-        keeps every region in proportion (a top-k by a score would not).
+        scored against the full pool's moments. A step then costs O(c m) instead of
+        O(N m) and the greedy's running matrix is [c, m]. A uniform C is itself a sample
+        of the pool's distribution, so it keeps every region in proportion (a top-k by a
+        score would not). One of
+          - "auto" (default): c = ``auto_candidates(N, n, m)``, the rule and its reasons
+            are there: min(N, max(CANDIDATES_PER_PICK·n, ⌊GREEDY_WORK / (n m)⌋)). Pools
+            whose exact greedy costs at most GREEDY_WORK multiply-adds get c = N, the
+            exact greedy, bit for bit. Applied only where the pre-filter is valid, i.e.
+            without the relaxation (``solves_relaxation`` False: the relaxation weighs
+            every row, so with it, or with a c_s or a draw that uses p, every row stays
+            a candidate and "auto" is not an error).
+          - "all": every row is a candidate (the exact greedy, whatever N).
+          - a positive int c ≥ n: this many candidates (every row when c ≥ N); needs
+            the greedy without the relaxation.
+        ``skmm`` reports the count used (``candidates``) and whether the rule chose it
+        (``candidates_auto``).
     """
 
     preprocess: str = "standardize-unit"
@@ -119,7 +169,7 @@ class SkMMConfig:
     max_swaps: int | None = None
     bisection_steps: int = 10
     relax: bool | None = None
-    candidates: int | None = None
+    candidates: int | str = "auto"
 
     def __post_init__(self):
         if self.preprocess not in PREPROCESSING:
@@ -132,8 +182,13 @@ class SkMMConfig:
             raise ValueError(f"c_s must be a positive finite number or None (the smallest feasible c_S), got {self.c_s!r}")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge > 0):
             raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
-        check_positive_int(self.candidates, "candidates", allow_none=True)
-        if self.candidates is not None and self.solves_relaxation:
+        counted = isinstance(self.candidates, (int, np.integer)) and not isinstance(self.candidates, bool)
+        if not (self.candidates in CANDIDATE_RULES if isinstance(self.candidates, str) else counted and self.candidates >= 1):
+            raise ValueError(
+                f"candidates must be 'auto' (the count chosen from N, n and m), 'all' (every row: the exact greedy) "
+                f"or a positive int, got {self.candidates!r}"
+            )
+        if counted and self.solves_relaxation:
             raise ValueError(
                 "candidates (the pre-filter) needs relax=False, the greedy draw and no c_s: the relaxation weighs every row"
             )
@@ -145,6 +200,16 @@ class SkMMConfig:
         if self.relax is not None:
             return bool(self.relax)
         return draw_rule(self.draw).uses_relaxation or self.c_s is not None
+
+    def candidate_count(self, num: int, n: int, dim: int) -> int:
+        """Rows the greedy picks among for a pool of ``num`` rows of width ``dim`` and a
+        coreset of n: ``num`` with the relaxation or "all", ``auto_candidates`` for
+        "auto", else the given count (at most ``num``)."""
+        if self.solves_relaxation or self.candidates == "all":
+            return num
+        if self.candidates == "auto":
+            return auto_candidates(num, n, dim)
+        return min(int(self.candidates), num)
 
 
 def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
@@ -183,7 +248,9 @@ def skmm(
       1/Σp_i² and exp(entropy) of p, and for the FINAL subset S: its diagonal
       coverage min_j (v_jᵀ Σ̃_S v_j)/λ_j, its full-matrix coverage 1/c_S(S) =
       λ_min(Σ̃^{-½} Σ̃_S Σ̃^{-½}), its sketched variance tr(Λ(Z_SᵀZ_S + ρI)⁻¹) and its
-      moment-matching loss.
+      moment-matching loss; ``candidates``, the rows the draw picked among (N unless
+      the pre-filter ran), and ``candidates_auto``, whether ``auto_candidates`` chose
+      that count (``candidates_requested`` too when a given count was ≥ N).
 
     Raises:
       ValueError: n out of range, or ``sketched`` all zero (no direction carries
@@ -191,25 +258,28 @@ def skmm(
     """
     num = sketched.shape[0]
     check_subset_size(n, num)
-    if config.candidates is not None and config.candidates < n:
+    if not isinstance(config.candidates, str) and config.candidates < n:  # "auto" is ≥ n (or N) by its rule
         raise ValueError(f"candidates {config.candidates} is smaller than the coreset size n = {n}: the greedy picks the coreset among the candidates")
     spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     if not bool(jnp.any(spectrum.active)):
         raise ValueError(f"sketched gradients {ZERO_FEATURES}")
     solver = config.solver
+    count = config.candidate_count(num, n, int(sketched.shape[1]))
+    chosen_by = {"candidates": count, "candidates_auto": config.candidates == "auto" and not config.solves_relaxation}
+    if not isinstance(config.candidates, str) and config.candidates >= num:
+        chosen_by["candidates_requested"] = int(config.candidates)
     if not config.solves_relaxation:
-        if config.candidates is None or config.candidates >= num:
+        if count >= num:
             indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-            extra = {} if config.candidates is None else {"candidates": num, "candidates_requested": config.candidates}  # ≥ N: every row
-            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **extra}
+            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by}
         # Uniform candidate rows (sorted: the draw's ties then still go to the lower index);
         # the spectrum's eigenbasis and Λ stay the full pool's.
-        rows = jnp.sort(jax.random.permutation(jax.random.fold_in(key, 1), num)[: config.candidates]).astype(jnp.int32)
+        rows = jnp.sort(jax.random.permutation(jax.random.fold_in(key, 1), num)[:count]).astype(jnp.int32)
         candidates = spectrum._replace(projections=spectrum.projections[rows])
-        uniform = jnp.full((config.candidates,), 1.0 / config.candidates, jnp.float32)
+        uniform = jnp.full((count,), 1.0 / count, jnp.float32)
         local, _ = _draw(key, candidates, uniform, jnp.float32(1.0), n, config, None if labels is None else jnp.asarray(labels)[rows])
         indices = rows[local]
-        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, "candidates": config.candidates}
+        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by}
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:
@@ -237,6 +307,7 @@ def skmm(
         "effective_support": float(1.0 / jnp.sum(p * p)),
         "perplexity_of_p": math.exp(entropy),
         "swaps": int(swaps),
+        **chosen_by,
     }
     return indices, diagnostics
 

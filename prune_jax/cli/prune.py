@@ -21,6 +21,7 @@ from prune_jax.cli.shared import (
     parse_mesh_flag,
 )
 from prune_jax.pruning import Budget, HeadCriterion, PruneConfig, Recovery
+from prune_jax.pruning.calib_select import POOL_MIN, POOL_PER_WINDOW
 from prune_jax.pruning.obs import DAMP
 from prune_jax.pruning.scores import METHODS
 from prune_jax.runs.prune import HEALING_FLAGS, Healing, PruneRun
@@ -73,7 +74,7 @@ def prune_command(
     calib_samples: int = typer.Option(default(PruneRun, "calib_samples"), min=1, help="Calibration sequences."),
     calib_seq_len: int = typer.Option(default(PruneRun, "calib_seq_len"), min=2, help="Tokens per calibration sequence (at most the model's context)."),
     calib_select: str = typer.Option(default(PruneRun, "calib_select"), help="How the --calib-samples windows are chosen: random (non-overlapping random windows) | skmm | kcenter | herding | ... (any label-free selection method, on the windows' sketched layer-input moments)."),
-    calib_pool: Optional[int] = typer.Option(None, help="--calib-select other than random: candidate windows (a uniform subset of every non-overlapping window of the split; default all)."),
+    calib_pool: Optional[str] = typer.Option(None, help=f"--calib-select other than random: candidate windows, a uniform subset of the split's non-overlapping windows that one forward pass reads before the selection (its cost): a count, or all (every window). Default: max({POOL_PER_WINDOW}·--calib-samples, {POOL_MIN}), at most every window."),
     calib_representation: str = typer.Option(default(PruneRun, "calib_representation"), help="--calib-select other than random: moments (sketched per-window x xᵀ of a few blocks' MLP inputs) | hidden (mean-pooled states)."),
     seed: int = typer.Option(default(PruneRun, "seed"), help="Seed of the document split, the calibration windows and random scores."),
     head_mode: str = typer.Option(default(Budget, "head_mode"), help="per-group (same query heads removed in every KV group) | kv-groups."),
@@ -97,6 +98,8 @@ def prune_command(
 
     # Every cheap check first: a bad flag must not cost a model load.
     check_output_dir(out, overwrite=overwrite)
+    if calib_pool is not None and calib_pool.strip().isdigit():
+        calib_pool = int(calib_pool)  # a count; anything else goes to PruneRun, which names what is valid
     try:
         run = PruneRun(out=out, model=model, calib=calib, calib_split=calib_split, calib_samples=calib_samples,
                        calib_seq_len=calib_seq_len, calib_select=calib_select, calib_pool=calib_pool,

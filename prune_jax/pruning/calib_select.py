@@ -6,8 +6,10 @@ second moment of some layer's input, e.g. for the MLP input x_t of block l
     M_l = Σ_w M_{l,w},     M_{l,w} = Σ_{t∈w} x_t x_tᵀ   (D × D),
 
 so n windows calibrate well when their average M_{l,w} is close to the pool's at every
-layer. The pool is every non-overlapping ``seq_len`` window of the calibration split
-(or a uniform subset of ``pool`` of them); a window's representation is one of
+layer. The pool is a uniform subset of the calibration split's non-overlapping ``seq_len``
+windows: ``default_pool_size(n)`` = max(16 n, 512) of them by default (every window of a
+smaller split), ``pool`` of them when given, or every one (``pool="all"``); a window's
+representation is one of
 
 * ``"moments"``: the Kronecker sketch of (1/T) M_{l,w} at a few layers, i.e.
   (1/T) Σ_t (Γ_aᵀ x_t) ⊗ (Γ_bᵀ x_t) (``KroneckerSketch.apply_factors``), the layers'
@@ -21,7 +23,10 @@ the mean over ALL blocks of ‖M̄_{l,S} − M̄_l‖_F / ‖M̄_l‖_F (per-tok
 how ``benchmarks/calib_select.py`` chooses the representation, never on evaluation text.
 
 Cost: one forward pass over the pool (P · T tokens) plus the selection; memory: the
-[P, m] representations and L D × D float32 sums.
+[P, m] representations and L D × D float32 sums. That pass is why the default pool is
+bounded: every window of a 2.3 MB text is ~550 K tokens (over 17 minutes of SmolLM2-135M
+on a 2-core CPU) to pick 16 windows, while 512 windows of 128 tokens take ~90 s there
+(``benchmarks/calib_select.py``, whose measurements used a pool of 512).
 """
 
 from __future__ import annotations
@@ -45,8 +50,38 @@ from skmm_jax.sketch import kronecker_sketch
 REPRESENTATIONS = ("moments", "hidden")
 CALIB_SELECTIONS = ("random", "skmm", "kcenter", "herding", "uniform", "leverage", "ridge-leverage", "adaptive")
 
-__all__ = ["CALIB_SELECTIONS", "REPRESENTATIONS", "CalibrationChoice", "input_moments", "moment_error", "select_calibration",
-           "window_pool", "window_representations"]
+POOL_PER_WINDOW = 16  # candidate windows per window kept, in the default pool
+POOL_MIN = 512  # the default pool's floor: the pool benchmarks/calib_select.py measured
+
+__all__ = ["CALIB_SELECTIONS", "POOL_MIN", "POOL_PER_WINDOW", "REPRESENTATIONS", "CalibrationChoice", "default_pool_size",
+           "input_moments", "moment_error", "pool_size", "select_calibration", "window_pool", "window_representations"]
+
+
+def default_pool_size(n: int) -> int:
+    """Candidate windows of the default pool for n windows kept: max(16 n, 512).
+
+    The pool's forward pass dominates the cost (P · T tokens), so it is bounded by n, not
+    by the corpus: 16 candidates per kept window gives the selection as much choice per
+    pick as it needs, and the floor of 512 is the pool ``benchmarks/calib_select.py``
+    measured for n = 16, 32, 64. A split with fewer windows uses all of them."""
+    return max(POOL_PER_WINDOW * check_positive_int(n, "n"), POOL_MIN)
+
+
+def pool_size(pool: int | str | None, n: int, available: int) -> int:
+    """Windows in the pool: ``default_pool_size(n)`` for None, ``available`` for "all",
+    else ``pool``; never more than the ``available`` windows of the split.
+
+    Raises:
+      ValueError: ``pool`` is not None, "all" or a positive int.
+    """
+    if pool is None:
+        return min(default_pool_size(n), available)
+    if pool == "all":
+        return available
+    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
+        raise ValueError(f"pool must be a number of windows, 'all' (every window) or None (the default: max({POOL_PER_WINDOW}·n, "
+                         f"{POOL_MIN}) windows), got {pool!r}")
+    return min(int(pool), available)
 
 
 def window_pool(tokens: np.ndarray, seq_len: int, *, pool: int | None = None, seed: int = 0) -> np.ndarray:
@@ -54,7 +89,7 @@ def window_pool(tokens: np.ndarray, seq_len: int, *, pool: int | None = None, se
     a uniform subset of ``pool`` of them when given, in stream order."""
     check_positive_int(pool, "pool", allow_none=True)
     windows = eval_windows(np.asarray(tokens).reshape(-1), seq_len)
-    if pool is not None and pool < len(windows):
+    if pool is not None and pool < len(windows):  # the same rng draw as select_calibration's pool
         keep = np.sort(np.random.default_rng(seed).choice(len(windows), size=pool, replace=False))
         windows = windows[keep]
     return windows
@@ -126,6 +161,8 @@ def window_representations(
     sketches = [kronecker_sketch(jax.random.fold_in(key, i), (width, width), sketch_dim) for i in layers]
     graphdef, state = nnx.split(model)
     features, total = [], None
+    if progress is not None:
+        progress(0, len(windows))  # the pool's size shows before the first (compiling) batch
     for start, stop, chunk, valid in _batches(windows, batch):
         inputs = _block_inputs(graphdef, state, chunk)
         total = add_to(total, _grams(inputs, valid))
@@ -156,7 +193,7 @@ def select_calibration(
     method: str = "skmm",
     representation: str = "moments",
     seq_len: int = 128,
-    pool: int | None = None,
+    pool: int | str | None = None,
     seed: int = 0,
     sketch_dim: int = 256,
     progress: Progress | None = None,
@@ -170,11 +207,15 @@ def select_calibration(
       method: "random" (n uniform windows of the pool, no forward pass) or any method of
         ``skmm_jax.select.METHODS`` that needs no labels.
       representation: see ``REPRESENTATIONS``.
-      pool: windows in the candidate pool (default: all of them).
+      pool: windows in the candidate pool, a uniform subset of the split's windows: None
+        (default) ``default_pool_size(n)`` = max(16 n, 512) (every window for "random",
+        which runs no forward pass), "all" every window, or a count (every window when
+        the split has fewer).
       seed: the pool subset, "random" and the selection key.
 
     Raises:
-      ValueError: unknown method or representation, an empty corpus, a pool smaller than n.
+      ValueError: unknown method or representation, an empty corpus, a bad ``pool`` or one
+        smaller than n.
     """
     from skmm_jax.select import METHODS, select
 
@@ -185,11 +226,15 @@ def select_calibration(
     if representation not in REPRESENTATIONS:
         raise ValueError(f"unknown calibration representation {representation!r}; choose one of {REPRESENTATIONS}")
     check_positive_int(n, "n")
-    windows = window_pool(tokens, seq_len, pool=pool, seed=seed)
+    every = window_pool(tokens, seq_len)
+    # "random" runs no forward pass, so its pool needs no bound: every window by default
+    size = pool_size("all" if pool is None and method == "random" else pool, n, len(every))
+    windows = window_pool(tokens, seq_len, pool=size, seed=seed)
     if len(windows) < n:
         raise ValueError(f"the calibration pool has {len(windows)} windows of {seq_len} tokens, fewer than the {n} asked for")
     start = time.perf_counter()
-    record: dict = {"method": method, "pool": int(len(windows)), "seq_len": seq_len, "n": int(n), "seed": seed}
+    record: dict = {"method": method, "pool": int(len(windows)), "pool_available": int(len(every)),
+                    "pool_requested": "default" if pool is None else pool, "seq_len": seq_len, "n": int(n), "seed": seed}
     if method == "random":
         indices = np.sort(np.random.default_rng(seed).choice(len(windows), size=n, replace=False))
     else:

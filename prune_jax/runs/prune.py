@@ -98,7 +98,10 @@ class PruneRun:
         calibration | eval | all.
       calib_samples, calib_seq_len: calibration windows and their length.
       calib_select: "random" (non-overlapping random windows) or a label-free selection
-        method on ``calib_representation`` of ``calib_pool`` candidate windows.
+        method on ``calib_representation`` of ``calib_pool`` candidate windows: None
+        (default) max(16·calib_samples, 512) of them (``calib_select.default_pool_size``;
+        the pool's forward pass is the selection's cost), "all" every window of the
+        split, or a count; a uniform subset of the split's windows either way.
       seed: the document split, the windows (and ``PruneConfig.seed``).
       mesh: a device mesh (calibration windows over its "data" axis), or None.
       checkpoint: a directory for per-block checkpoints, removed once ``out`` is written.
@@ -112,7 +115,7 @@ class PruneRun:
     calib_samples: int = CALIB_SAMPLES
     calib_seq_len: int = 128
     calib_select: str = "random"
-    calib_pool: int | None = None
+    calib_pool: int | str | None = None
     calib_representation: str = "moments"
     seed: int = 0
     dtype: str = "float32"
@@ -132,7 +135,10 @@ class PruneRun:
         check_label_free("calib_select", self.calib_select, also="random")
         if self.calib_representation not in REPRESENTATIONS:
             raise ValueError(f"calib_representation {self.calib_representation!r} is not one of {', '.join(REPRESENTATIONS)}")
-        if self.calib_pool is not None and self.calib_pool < self.calib_samples:
+        counted = isinstance(self.calib_pool, int) and not isinstance(self.calib_pool, bool)
+        if self.calib_pool not in (None, "all") and not (counted and self.calib_pool > 0):
+            raise ValueError(f"calib_pool must be a positive number of windows or 'all' (every window of the split), got {self.calib_pool!r}")
+        if counted and self.calib_pool < self.calib_samples:
             raise ValueError(f"calib_pool {self.calib_pool} is smaller than `calib_samples` {self.calib_samples}")
         if self.calib_pool is not None and self.calib_select == "random":
             raise ValueError("calib_pool applies to a `calib_select` other than random")
@@ -244,7 +250,7 @@ def _calibration_windows(net, tokens, run: PruneRun, reporter: Reporter):
         return windows, {"method": "random"}
     from prune_jax.pruning.calib_select import select_calibration
 
-    with reporter.bar(f"calibration windows ({run.calib_representation})", unit="window") as progress:
+    with reporter.bar(f"calibration pool: forward pass ({run.calib_representation})", unit="window") as progress:
         chosen = select_calibration(net, tokens, run.calib_samples, method=run.calib_select, representation=run.calib_representation,
                                     seq_len=run.calib_seq_len, pool=run.calib_pool, seed=run.seed, progress=progress)
     return chosen.windows, chosen.record

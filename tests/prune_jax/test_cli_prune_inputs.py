@@ -81,6 +81,7 @@ PRUNE_CASES = [
     (["--calib-select", "skmm", "--calib-representation", "pixels"], "--calib-representation 'pixels' is not one of"),
     (["--calib-select", "skmm", "--calib-pool", "2"], "--calib-pool 2 is smaller than --calib-samples 4"),
     (["--calib-pool", "10"], "--calib-pool applies to a --calib-select other than random"),
+    (["--calib-select", "skmm", "--calib-pool", "most"], "--calib-pool must be a positive number of windows or 'all' (every window of the split), got 'most'"),
 ]
 
 

@@ -1,5 +1,7 @@
 """SkMM steps 2–4: spectrum, exact capped-simplex projection, the optax solver, draw rules, select()."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,7 @@ from skmm_jax.moments import (
     subset_weights,
 )
 from skmm_jax.sampling import class_quotas
-from skmm_jax.select import METHODS, SkMMConfig, select, skmm, skmm_indices
+from skmm_jax.select import METHODS, SkMMConfig, auto_candidates, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
 
@@ -216,6 +218,69 @@ def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_s
             SkMMConfig(candidates=100, **relaxed)
     with pytest.raises(ValueError, match="positive int"):
         SkMMConfig(relax=False, candidates=0)
+
+
+def _low_rank_rows(seed=3, num=600):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((num, 6)) @ rng.standard_normal((6, 24)) + 0.05 * rng.standard_normal((num, 24))).astype(np.float32)
+
+
+def test_auto_candidate_count_follows_its_rule():
+    # c = min(N, max(16 n, ⌊2³³ / (n m)⌋))
+    assert auto_candidates(200_000, 2_000, 512) == 32_000  # 16 n: past the work budget
+    assert auto_candidates(10**6, 10**4, 512) == 160_000
+    assert auto_candidates(100_000, 500, 512) == 33_554  # ⌊2³³ / (n m)⌋ > 16 n
+    assert auto_candidates(20_000, 500, 512) == 20_000  # N n m ≤ 2³³: every row, the exact greedy
+    assert auto_candidates(600, 20, 24) == 600
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
+        auto_candidates(100, 0, 8)
+    # the config applies the rule only where the pre-filter is valid (no relaxation)
+    assert SkMMConfig().candidate_count(200_000, 2_000, 512) == 32_000
+    assert SkMMConfig(candidates="all").candidate_count(200_000, 2_000, 512) == 200_000
+    for relaxed in ({"relax": True}, {"c_s": 0.5}, {"draw": "sample"}):
+        assert SkMMConfig(**relaxed).candidate_count(200_000, 2_000, 512) == 200_000
+    assert SkMMConfig(candidates=5_000).candidate_count(200_000, 2_000, 512) == 5_000
+    assert SkMMConfig(candidates=5_000).candidate_count(3_000, 2_000, 512) == 3_000
+
+
+def test_auto_candidates_on_a_small_pool_is_the_exact_greedy_bit_for_bit():
+    x, key, n = _low_rank_rows(), jax.random.key(4), 20
+    auto, auto_diag = skmm(key, x, n)  # SkMMConfig(): N n m ≤ 2³³, so every row is a candidate
+    exact, exact_diag = skmm(key, x, n, config=SkMMConfig(candidates="all"))
+    spectrum = sketched_spectrum(preprocess_pool(jnp.asarray(x), "standardize-unit"))
+    by_hand = draw_greedy(spectrum, jnp.full((600,), 1 / 600, jnp.float32), jnp.float32(1.0), n)  # the greedy over all rows
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(by_hand))
+    np.testing.assert_array_equal(np.asarray(exact), np.asarray(by_hand))
+    assert auto_diag["subset_variance"] == exact_diag["subset_variance"]
+    assert (auto_diag["candidates"], auto_diag["candidates_auto"]) == (600, True)
+    assert (exact_diag["candidates"], exact_diag["candidates_auto"]) == (600, False)
+
+
+def test_auto_candidates_prefilter_past_the_budget_and_all_stays_exact(monkeypatch):
+    select_module = importlib.import_module("skmm_jax.select")  # the package exports a function named select
+
+    monkeypatch.setattr(select_module, "GREEDY_WORK", 0)  # every pool past the work budget: c = K n
+    monkeypatch.setattr(select_module, "CANDIDATES_PER_PICK", 8)
+    x, key, n = _low_rank_rows(), jax.random.key(4), 20
+    auto, diag = skmm(key, x, n, config=SkMMConfig(**THEORY))
+    given, given_diag = skmm(key, x, n, config=SkMMConfig(**THEORY, candidates=160))
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(given))
+    assert (diag["candidates"], diag["candidates_auto"]) == (160, True) and (given_diag["candidates"], given_diag["candidates_auto"]) == (160, False)
+    exact, exact_diag = skmm(key, x, n, config=SkMMConfig(**THEORY, candidates="all"))
+    by_hand = draw_greedy(sketched_spectrum(jnp.asarray(x)), jnp.full((600,), 1 / 600, jnp.float32), jnp.float32(0.2), n)
+    np.testing.assert_array_equal(np.asarray(exact), np.asarray(by_hand))
+    assert (exact_diag["candidates"], exact_diag["candidates_auto"]) == (600, False)
+    # with the relaxation "auto" keeps every row (the pre-filter is not valid there): same subset as "all"
+    relaxed, relaxed_diag = skmm(key, x, n, config=SkMMConfig(**THEORY, c_s=2.0))
+    relaxed_all, _ = skmm(key, x, n, config=SkMMConfig(**THEORY, c_s=2.0, candidates="all"))
+    np.testing.assert_array_equal(np.asarray(relaxed), np.asarray(relaxed_all))
+    assert (relaxed_diag["candidates"], relaxed_diag["candidates_auto"]) == (600, False)
+
+
+@pytest.mark.parametrize("value", ["most", "ALL", None, 0, -3, 2.5, True])
+def test_candidates_rejects_what_is_not_auto_all_or_a_count(value):
+    with pytest.raises(ValueError, match=r"candidates must be 'auto' \(the count chosen from N, n and m\), 'all' \(every row: the exact greedy\) or a positive int, got"):
+        SkMMConfig(candidates=value)
 
 
 def test_subset_loss_is_the_relaxation_objective_at_the_indicator():

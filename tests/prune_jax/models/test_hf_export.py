@@ -273,10 +273,12 @@ def test_the_recorded_command_lines_rebuild_the_same_runs(monkeypatch, tmp_path:
     out = str(tmp_path / "p")
     args = ["prune", "--model", "some/dir", "--method", "dap", "--sparsity", "0.3", "--recover", "--allocation", "uniform",
             "--calib-samples", "8", "--calib-seq-len", "32", "--seed", "3", "--layer-start", "1", "--layer-stop", "3",
-            "--no-bias-compensation", "--dtype", "bfloat16", "--out", out]
+            "--no-bias-compensation", "--dtype", "bfloat16", "--calib-select", "skmm", "--calib-pool", "all", "--out", out]
     run, config = _captured_run(monkeypatch, prune, "run_prune", args)
+    assert run.calib_pool == "all"
     line = prune.prune_command_line(run, config)
     assert line.startswith("prune-jax prune --model some/dir ") and "--recover" in line and "--layer-start 1 --layer-stop 3" in line
+    assert "--calib-select skmm --calib-pool all" in line
     assert _captured_run(monkeypatch, prune, "run_prune", shlex.split(line)[1:]) == (run, config)
 
     (run,) = _captured_run(monkeypatch, demo, "run_demo", ["demo", "--sparsity", "0.4", "--calib-samples", "8", "--out", out])

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from prune_jax.pruning.calib_select import (
+    default_pool_size,
     input_moments,
     moment_error,
+    pool_size,
     select_calibration,
     window_pool,
     window_representations,
@@ -95,3 +97,30 @@ def test_select_calibration_records_the_choice_and_checks_input(tiny):
         select_calibration(model, tokens, 6, representation="pixels", seq_len=8)
     with pytest.raises(ValueError, match="fewer than one window"):
         select_calibration(model, np.zeros(0, np.int32), 6, seq_len=8)
+
+
+def test_the_default_pool_is_bounded_by_n_and_all_is_every_window(tiny, monkeypatch):
+    assert (default_pool_size(1), default_pool_size(16), default_pool_size(32), default_pool_size(64)) == (512, 512, 512, 1024)
+    assert pool_size(None, 16, 2828) == 512 and pool_size(None, 64, 20_000) == 1024 and pool_size(None, 64, 300) == 300
+    assert pool_size("all", 16, 20_000) == 20_000 and pool_size(100, 16, 5_000) == 100 and pool_size(100, 16, 50) == 50
+    for bad in ("most", 0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"pool must be a number of windows, 'all' \(every window\) or None"):
+            pool_size(bad, 16, 100)
+    # the rule scaled down to the tiny corpus (40 windows): 2 windows per kept window, no floor
+    import prune_jax.pruning.calib_select as calib_select
+
+    monkeypatch.setattr(calib_select, "POOL_PER_WINDOW", 2)
+    monkeypatch.setattr(calib_select, "POOL_MIN", 0)
+    model, tokens = tiny
+    seen = []
+    chosen = select_calibration(model, tokens, 6, seq_len=8, seed=2, progress=lambda done, total: seen.append((done, total)))
+    assert (chosen.record["pool"], chosen.record["pool_available"], chosen.record["pool_requested"]) == (12, 40, "default")
+    assert np.array_equal(chosen.windows, window_pool(tokens, 8, pool=12, seed=2)[chosen.indices])
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12)  # the pool's forward pass, its size shown from the start
+    every = select_calibration(model, tokens, 6, seq_len=8, seed=2, pool="all")
+    assert (every.record["pool"], every.record["pool_requested"]) == (40, "all")
+    assert np.array_equal(every.windows, window_pool(tokens, 8)[every.indices])
+    # "random" runs no forward pass: its default pool is every window
+    assert select_calibration(model, tokens, 6, method="random", seq_len=8, seed=2).record["pool"] == 40
+    with pytest.raises(ValueError, match="pool must be a number of windows"):
+        select_calibration(model, tokens, 6, seq_len=8, pool="most")
