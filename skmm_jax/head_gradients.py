@@ -20,9 +20,12 @@ fitted on a few supplied labels, predicting the rest. The head the gradient is t
   moment is block-structured by pseudo-class, Σ = Σ_c a_c a_cᵀ ⊗ Σ_{ẑ,c} with
   a_c = 1/C − e_c, so matching it asks the coreset to carry each pseudo-class's own
   feature moments (⟨a_b, a_c⟩ = δ_bc − 1/C: the blocks are nearly orthogonal for
-  large C). With C = 2, a_1 = −a_0: every row is ±ẑ_i/√2 ⊗ (1, −1)/√2, i.e. the raw
-  rows up to sign, which a moment-matching selector cannot tell apart from ẑ itself:
-  binary pseudo-labels at W = 0 change nothing; use more clusters (k > 2) or a fitted head.
+  large C). With C = 2, a_1 = −a_0: every row is s_i (½, −½) ⊗ ẑ_i, s_i = ±1 by
+  pseudo-class, so the UNCENTRED moment (``preprocess="none"``) is that of ẑ itself and
+  the pseudo-labels do nothing there. Centring (SkMM's default preprocessing) does see
+  them: s_i ẑ_i − mean(s ẑ) is, up to sign, ẑ_i ∓ (π₊μ₊ − π₋μ₋) (μ_c the pseudo-class
+  means of ẑ, π_c their shares): each pseudo-class is moved by its own offset, to its own
+  mean exactly when the two are equally large (Σ_c π_c μ_c = 0 for standardised ẑ).
 - ``gradient_head="fitted"``: the head that made the pseudo-labels (the supplied one, the one fitted
   on the supplied labels, or for k-means a softmax fitted to the clusters with
   ``skmm_jax.train.probe.fit_linear_softmax``, L2-regularised so separable clusters keep
@@ -85,8 +88,9 @@ class PseudoLabelGradientConfig:
         ``kmeans.default_num_clusters(N)``. For a supplied head, C is its width; for
         supplied labels, this or max label + 1.
       gradient_head: the head the gradient is taken at, "zero" (W = 0: p = 1/C) or "fitted".
-      gradient_dim: m, the width of the returned rows: rows wider than m (C·d' > m) are
-        Kronecker-sketched to m; narrower ones are returned exactly (width C·d').
+      gradient_dim: m, the most columns of the returned rows: rows wider than m (C·d' > m)
+        are Kronecker-sketched to m_C·m_d ≤ m columns (``head_gradient_sketch``); narrower
+        ones are returned exactly (width C·d').
       standardize_head_input: the head's input z is x standardised over the pool (the LP
         probe's geometry); False: x as given.
       head_intercept: append the constant 1 to z (the bias's gradient p − e joins the row).
@@ -143,14 +147,14 @@ def head_gradient_rows(z: Array, labels: Array, probabilities: Array) -> Array:
 def head_gradient_sketch(key: Array, num_classes: int, dim: int, gradient_dim: int) -> KroneckerSketch | None:
     """Γ_C ⊗ Γ_d for [C, d] gradients, or None when C·d ≤ m (the rows are then exact).
 
-    Split m = m_C · m_d: m_C the largest divisor of m not above min(C, ⌊√m⌋), so the class
-    factor is kept whole (m_C = C) while C ≤ √m and the feature factor gets the rest.
+    Split: m_C = min(C, ⌊√m⌋), m_d = ⌊m / m_C⌋, so the class factor is kept whole while
+    C ≤ √m, the feature factor gets the rest, and the width m_C·m_d ≤ m (= m when m_C
+    divides m).
     """
     num_classes, dim, m = (check_positive_int(v, n) for v, n in ((num_classes, "num_classes"), (dim, "dim"), (gradient_dim, "gradient_dim")))
     if num_classes * dim <= m:
         return None
-    cap = min(num_classes, math.isqrt(m))
-    m_c = max(d for d in range(1, cap + 1) if m % d == 0)
+    m_c = min(num_classes, math.isqrt(m))
     return kronecker_sketch(key, (num_classes, dim), (m_c, m // m_c))
 
 

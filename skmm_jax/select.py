@@ -144,7 +144,11 @@ class SkMMConfig:
         if not isinstance(self.pseudo_labels, PseudoLabelGradientConfig):
             raise ValueError(f"pseudo_labels must be a PseudoLabelGradientConfig, got {type(self.pseudo_labels).__name__}")
         if self.gradients == "given" and self.pseudo_labels != PseudoLabelGradientConfig():
-            raise ValueError('pseudo_labels settings need gradients="pseudo-label" (with gradients="given" they would be ignored)')
+            default = PseudoLabelGradientConfig()
+            changed = [f.name for f in dataclasses.fields(default) if getattr(self.pseudo_labels, f.name) != getattr(default, f.name)]
+            raise ValueError(
+                f"{', '.join(changed)}: the pseudo-label settings need `gradients` = \"pseudo-label\" (with gradients=\"given\" they would be ignored)"
+            )
         rule = draw_rule(self.draw)
         if self.relax is False and rule.uses_relaxation:
             without = " or ".join(f'draw="{r.name}"' for r in DRAW_RULES.values() if not r.uses_relaxation)

@@ -41,7 +41,7 @@ def test_kronecker_sketched_rows_equal_dense_sketch():
     p = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
     y = rng.integers(0, c, n)
     sketch = head_gradient_sketch(jax.random.key(4), c, d, m)
-    assert (sketch.left.out_dim, sketch.right.out_dim) == (4, 8)  # C = 5 > √32: m_C = 4, the largest divisor
+    assert (sketch.left.out_dim, sketch.right.out_dim) == (5, 6)  # m_C = min(C, ⌊√32⌋) = 5, m_d = ⌊32/5⌋
     gamma = np.kron(np.asarray(sketch.left.matrix(), np.float64), np.asarray(sketch.right.matrix(), np.float64))  # [C·d, m]
     dense = kron_rows(p - np.eye(c)[y], z.astype(np.float64))  # (p − e) ⊗ z, formed
     ours = np.asarray(sketch_head_gradients(sketch, z, y, p))
@@ -122,7 +122,7 @@ def test_bad_inputs_raise_naming_the_argument():
         pseudo_label_gradients(jax.random.key(0), x, kernel=np.zeros((6, 3), np.float32), labelled=(np.array([0]), np.array([0])))
     with pytest.raises(ValueError, match="gradients must be one of"):
         SkMMConfig(gradients="pseudo-labels")
-    with pytest.raises(ValueError, match='need gradients="pseudo-label"'):
+    with pytest.raises(ValueError, match='gradient_head: the pseudo-label settings need `gradients` = "pseudo-label"'):
         skmm_config({"gradient_head": "fitted"})
 
 
