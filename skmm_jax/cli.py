@@ -33,7 +33,7 @@ SEED_MAX = 2**32 - 1  # jax.random.key(seed) keeps only the low 32 bits: 2**32 w
 INPUT_ERRORS = (TypeError, FileNotFoundError)  # ValueErrors go through fail_config
 SKETCH_FLAGS = flags_of(("kind", "nnz", "hashing", "chunk_size"))
 DEFAULT = SkMMConfig()  # the library's SkMM defaults, quoted in the help
-SKMM_FLAGS = ("c_s", "draw", "preprocess", "ridge", "relax", "candidates")
+SKMM_FLAGS = ("c_s", "draw", "preprocess", "ridge", "relax", "candidates", "gradients", "num_pseudo_classes", "gradient_head")
 DEMO_FLAGS = flags_of(("samples", "sketch_dim", "seed"))
 SELECT_FLAGS = flags_of((*SKMM_FLAGS, "n", "method", "labels", "sketch_kind", "sketch_dim"), **{"relax=False": "--no-relax"})
 
@@ -170,6 +170,14 @@ def select(
         f"of all rows. auto (default): {AUTO_CANDIDATES_RULE}, every row "
         "for pools whose exact greedy is cheap; all: every row (the exact greedy); or a count >= n. The pre-filter needs the "
         "greedy draw without the relaxation (with it every row is a candidate)."),
+    gradients: Optional[str] = typer.Option(
+        None, help="SkMM: given (default: the rows as they are) | pseudo-label: the rows are a linear probe's features; "
+        "match the per-sample gradients of a linear head with k-means pseudo-labels instead (label-free)."),
+    num_pseudo_classes: Optional[int] = typer.Option(
+        None, help="SkMM --gradients pseudo-label: k of the k-means pseudo-labels (default: round(sqrt(N/20)) in [2, 32]; "
+        "pass the number of classes when known)."),
+    gradient_head: Optional[str] = typer.Option(
+        None, help="SkMM --gradients pseudo-label: the head the gradient is taken at: zero (default) | fitted (to the clusters)."),
     labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
@@ -192,9 +200,10 @@ def select(
         fail(f"--method {method!r} is not one of {sorted(METHODS)}")
     if candidates is not None and candidates.strip().isdigit():
         candidates = int(candidates)  # a count; anything else goes to SkMMConfig, which names what is valid
-    given = {k: v for k, v in zip(SKMM_FLAGS, (c_s, draw, preprocess, ridge, relax, candidates)) if v is not None}
+    values = (c_s, draw, preprocess, ridge, relax, candidates, gradients, num_pseudo_classes, gradient_head)
+    given = {k: v for k, v in zip(SKMM_FLAGS, values) if v is not None}
     if given and method != "skmm":
-        fail("--c-s, --draw, --preprocess, --ridge, --relax and --candidates apply to --method skmm only")
+        fail(f"{', '.join(SELECT_FLAGS[k] for k in given)}: apply to --method skmm only")
     if array is not None and features.suffix == ".npy":
         fail(f"--array {array!r} applies to .npz / .safetensors files; {features} is a .npy holding one array")
     if sketch_kind is not None and sketch_dim is None:

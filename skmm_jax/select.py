@@ -35,6 +35,7 @@ from skmm_jax.common.registry import Registry
 from skmm_jax.common.streaming import Progress
 from skmm_jax.deepcore import DEEPCORE
 from skmm_jax.draw import DRAW_RULES, draw, draw_rule, subset_loss
+from skmm_jax.head_gradients import PseudoLabelGradientConfig, pseudo_label_gradients
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     PREPROCESSING,
@@ -50,6 +51,10 @@ from skmm_jax.sampling import check_subset_size
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, solve_moment_matching
 
 Array = jax.Array
+
+GRADIENTS = ("given", "pseudo-label")
+"""What ``skmm`` matches moments of: the rows as given, or the pseudo-label gradients of a
+linear head made from them (``skmm_jax.head_gradients``)."""
 
 ZERO_FEATURES = (
     "are all zero: their second moment Σ = GᵀG/N has zero trace, so SkMM has no moments "
@@ -111,6 +116,14 @@ class SkMMConfig:
     ``SkMMConfig(preprocess="none", ridge=0.2, relax=True)``.
 
     Attributes:
+      gradients: "given" (default: the rows are the sketched gradients or features) or
+        "pseudo-label": the rows are features x of a linear probe, and SkMM matches the
+        per-sample gradients (p − e_ỹ) ⊗ [x̂, 1] of a C-class linear head with label-free
+        k-means pseudo-labels ỹ instead (``head_gradients.pseudo_label_gradients``, made
+        with ``fold_in(key, 2)``; Kronecker-sketched to ``pseudo_labels.gradient_dim``
+        columns when wider). ``preprocess`` then applies to those rows.
+      pseudo_labels: the settings of "pseudo-label" (``PseudoLabelGradientConfig``: k,
+        the head at 0 or fitted, the sketch width, ...).
       preprocess: the geometry moments are matched in (``moments.PREPROCESSING``,
         applied by ``moments.preprocess_pool``): "standardize-unit" (default), "none"
         (the sketched gradients as given), "center", "standardize", "unit", "center-unit".
@@ -161,6 +174,8 @@ class SkMMConfig:
     """
 
     preprocess: str = "standardize-unit"
+    gradients: str = "given"
+    pseudo_labels: PseudoLabelGradientConfig = PseudoLabelGradientConfig()
     c_s: float | None = None
     draw: str = "greedy"
     ridge: float = 1.0
@@ -174,6 +189,16 @@ class SkMMConfig:
     def __post_init__(self):
         if self.preprocess not in PREPROCESSING:
             raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {self.preprocess!r}")
+        if self.gradients not in GRADIENTS:
+            raise ValueError(f"gradients must be one of {GRADIENTS}, got {self.gradients!r}")
+        if not isinstance(self.pseudo_labels, PseudoLabelGradientConfig):
+            raise ValueError(f"pseudo_labels must be a PseudoLabelGradientConfig, got {type(self.pseudo_labels).__name__}")
+        if self.gradients == "given" and self.pseudo_labels != PseudoLabelGradientConfig():
+            default = PseudoLabelGradientConfig()
+            changed = [f.name for f in dataclasses.fields(default) if getattr(self.pseudo_labels, f.name) != getattr(default, f.name)]
+            raise ValueError(
+                f"{', '.join(changed)}: the pseudo-label settings need `gradients` = \"pseudo-label\" (with gradients=\"given\" they would be ignored)"
+            )
         rule = draw_rule(self.draw)
         if self.relax is False and rule.uses_relaxation:
             without = " or ".join(f'draw="{r.name}"' for r in DRAW_RULES.values() if not r.uses_relaxation)
@@ -260,6 +285,10 @@ def skmm(
     check_subset_size(n, num)
     if not isinstance(config.candidates, str) and config.candidates < n:  # "auto" is ≥ n (or N) by its rule
         raise ValueError(f"candidates {config.candidates} is smaller than the coreset size n = {n}: the greedy picks the coreset among the candidates")
+    made: dict = {}
+    if config.gradients == "pseudo-label":
+        made_rows = pseudo_label_gradients(jax.random.fold_in(key, 2), sketched, config=config.pseudo_labels)
+        sketched, made = made_rows.features, {"gradients": made_rows.info}
     spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     if not bool(jnp.any(spectrum.active)):
         raise ValueError(f"sketched gradients {ZERO_FEATURES}")
@@ -271,7 +300,7 @@ def skmm(
     if not config.solves_relaxation:
         if count >= num:
             indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by}
+            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by, **made}
         # Uniform candidate rows (sorted: the draw's ties then still go to the lower index);
         # the spectrum's eigenbasis and Λ stay the full pool's.
         rows = jnp.sort(jax.random.permutation(jax.random.fold_in(key, 1), num)[:count]).astype(jnp.int32)
@@ -279,7 +308,7 @@ def skmm(
         uniform = jnp.full((count,), 1.0 / count, jnp.float32)
         local, _ = _draw(key, candidates, uniform, jnp.float32(1.0), n, config, None if labels is None else jnp.asarray(labels)[rows])
         indices = rows[local]
-        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by}
+        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by, **made}
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:
@@ -308,6 +337,7 @@ def skmm(
         "perplexity_of_p": math.exp(entropy),
         "swaps": int(swaps),
         **chosen_by,
+        **made,
     }
     return indices, diagnostics
 
@@ -329,16 +359,21 @@ def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: S
 
     Composes under ``jit``/``vmap`` over keys (n and config static); ``skmm`` adds
     the default-c_S bisection and the diagnostics around the same steps (it always
-    solves the relaxation, at the given κ). Not for the draw rules that need labels.
+    solves the relaxation, at the given κ). Not for the draw rules that need labels, nor
+    for ``gradients="pseudo-label"`` (make the rows with
+    ``head_gradients.pseudo_label_gradients`` first).
     """
+    if config.gradients != "given":
+        raise ValueError('skmm_indices takes the gradients as given: make pseudo-label rows with head_gradients.pseudo_label_gradients first')
     spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     solved = solve_moment_matching(spectrum, coverage, n, config.solver)
     return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
 
 
 def skmm_config(options: dict[str, Any]) -> SkMMConfig:
-    """``SkMMConfig`` from flat ``SkMMConfig`` and ``SolverConfig`` fields (what ``select``'s
-    ``**options`` and the command line give); unset fields keep ``SkMMConfig``'s defaults.
+    """``SkMMConfig`` from flat ``SkMMConfig``, ``SolverConfig`` and ``PseudoLabelGradientConfig``
+    fields (what ``select``'s ``**options`` and the command line give); unset fields keep
+    ``SkMMConfig``'s defaults.
 
     Raises:
       ValueError: a field's value is bad (the message starts with the field's name).
@@ -347,9 +382,13 @@ def skmm_config(options: dict[str, Any]) -> SkMMConfig:
     options = dict(options)
     solver_fields = {f.name for f in dataclasses.fields(SolverConfig)}
     solver_options = {k: options.pop(k) for k in list(options) if k in solver_fields}
-    if not (options or solver_options):
+    label_fields = {f.name for f in dataclasses.fields(PseudoLabelGradientConfig)}
+    label_options = {k: options.pop(k) for k in list(options) if k in label_fields}
+    if not (options or solver_options or label_options):
         return SkMMConfig()
     solver = dataclasses.replace(SkMMConfig.__dataclass_fields__["solver"].default, **solver_options)
+    if label_options:
+        options["pseudo_labels"] = dataclasses.replace(options.get("pseudo_labels", PseudoLabelGradientConfig()), **label_options)
     return SkMMConfig(**options, solver=solver)
 
 

@@ -124,6 +124,12 @@ def test_select_command_reads_npz_and_safetensors_and_sketches(pool_file: Path, 
     assert result.exit_code == 0, result.output
     diag = json.loads(out.read_text())["diagnostics"]
     assert diag["sketch"] == {"kind": "gaussian", "dim": 4} and abs(diag["c_s"] - 0.9) < 1e-6
+    out = tmp_path / "pseudo.json"
+    args = ["--n", "5", "--gradients", "pseudo-label", "--num-pseudo-classes", "3", "--out", str(out)]
+    result = runner.invoke(skmm_app, ["select", "--features", str(pool_file), *args])
+    assert result.exit_code == 0, result.output
+    made = json.loads(out.read_text())["diagnostics"]["gradients"]
+    assert (made["source"], made["head"], made["classes"], sum(made["pseudo_class_sizes"])) == ("kmeans", "zero", 3, len(x))
 
 
 def test_select_command_errors_leave_no_output(pool_file: Path, tmp_path: Path):
