@@ -16,7 +16,7 @@ from prune_jax.runs import QUIET, EvalModel, FinetuneRun, PerplexityRun, PruneRu
     (lambda: PruneRun(out=Path("o"), calib_split="train"), "calib_split must be one of"),
     (lambda: PruneRun(out=Path("o"), calib_select="el2n"), "calib_select 'el2n' is not random or a label-free"),
     (lambda: PruneRun(out=Path("o"), calib_select="skmm", calib_pool=2, calib_samples=4), "calib_pool 2 is smaller than `calib_samples` 4"),
-    (lambda: PruneRun(out=Path("o"), calib_pool=100), "calib_pool applies to a `calib_select` other than random"),
+    (lambda: PruneRun(out=Path("o"), calib_pool=1000), "calib_pool applies to a `calib_select` other than random"),
     (lambda: PruneRun(out=Path("o"), calib_select="skmm", calib_pool="most"), "calib_pool must be a positive number of windows or 'all'"),
     (lambda: PruneRun(out=Path("o"), calib_select="skmm", calib_pool=0), "calib_pool must be a positive number of windows or 'all'"),
     (lambda: PruneRun(out=Path("o"), calib_pool="all"), "calib_pool applies to a `calib_select` other than random"),
