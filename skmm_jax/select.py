@@ -147,7 +147,8 @@ class SkMMConfig:
             default = PseudoLabelGradientConfig()
             changed = [f.name for f in dataclasses.fields(default) if getattr(self.pseudo_labels, f.name) != getattr(default, f.name)]
             raise ValueError(
-                f"{', '.join(changed)}: the pseudo-label settings need `gradients` = \"pseudo-label\" (with gradients=\"given\" they would be ignored)"
+                f"{', '.join(f'`{name}`' for name in changed)}: the pseudo-label settings need `gradients` = \"pseudo-label\" "
+                "(with gradients=\"given\" they would be ignored)"
             )
         rule = draw_rule(self.draw)
         if self.relax is False and rule.uses_relaxation:

@@ -122,7 +122,7 @@ def test_bad_inputs_raise_naming_the_argument():
         pseudo_label_gradients(jax.random.key(0), x, kernel=np.zeros((6, 3), np.float32), labelled=(np.array([0]), np.array([0])))
     with pytest.raises(ValueError, match="gradients must be one of"):
         SkMMConfig(gradients="pseudo-labels")
-    with pytest.raises(ValueError, match='gradient_head: the pseudo-label settings need `gradients` = "pseudo-label"'):
+    with pytest.raises(ValueError, match='`gradient_head`: the pseudo-label settings need `gradients` = "pseudo-label"'):
         skmm_config({"gradient_head": "fitted"})
 
 
