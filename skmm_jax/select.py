@@ -88,7 +88,7 @@ def auto_candidates(num: int, n: int, dim: int) -> int:
     - K n: at least K candidates per coreset member, the quality floor. The greedy's
       objective on the candidates, relative to the exact greedy's, depends mainly on c/n
       (each pick needs rows that are still extreme in the directions left uncovered);
-      K = 32 keeps it within a few percent on the measured pools (docs/scale.md,
+      K = 16 keeps it within a few percent on the measured pools (docs/scale.md,
       ``benchmarks/skmm_scale.py --part auto``).
 
     Past the budget the greedy costs ∝ K n² m, independent of N: for large pools only
