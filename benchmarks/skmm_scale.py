@@ -18,12 +18,26 @@ Three parts, each rewriting its own section of the results (the others are kept)
     python benchmarks/skmm_scale.py --sizes 100000 --dims 512 --budgets 500
     python benchmarks/skmm_scale.py --part prefilter   # the candidate pre-filter: quality vs |C|, and N = 10⁶
     python benchmarks/skmm_scale.py --part grads       # LM per-sample gradients, factored vs materialised
+    python benchmarks/skmm_scale.py --part auto        # the automatic candidate count: rule, objective vs exact (~8 min)
+    python benchmarks/skmm_scale.py --part auto-scale  # `skmm-jax select` defaults on 200,000 × 512, n = 2,000 (~3 min)
+    python benchmarks/skmm_scale.py --part auto-exact  # the same with --candidates all, the reference (~13 min; once)
+    python benchmarks/skmm_scale.py --part auto-filter # the pre-filter's rows there: uniform vs half by leverage (~5 min)
 
 Pre-filter (``SkMMConfig(candidates=c)``): the greedy picks among c uniformly drawn rows,
 scored against the full pool's spectrum; quality is the greedy's own objective, the
 sketched variance tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of the returned subset on the FULL spectrum,
 relative to the all-candidates greedy, and the full-matrix coverage 1/c_S(S). Memory
 model with the pre-filter: Z [N, m] plus A [c, m] (f32): 4 N m + 4 c m bytes.
+
+Automatic candidate count (``SkMMConfig()``'s ``candidates="auto"``, ``select.auto_candidates``:
+c = min(N, max(16 n, ⌊2³³/(n m)⌋))): its values on a grid of (N, n, m); on a 50,000 × 512
+pool with the select defaults, the greedy's objective V(S) = tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of the
+auto subset (and of 8 n and 32 n candidates, the neighbours of the rule's 16 n) relative
+to the exact greedy (``candidates="all"``), per n; and ``skmm-jax select --features
+pool.npy --n 2000`` with no options on a 200,000 × 512 pool, wall time and peak RSS of the
+process (``/usr/bin/time``), next to the same command with ``--candidates all``; on that
+pool, the objective with c uniform candidates (the filter before the leverage half) and
+with ``select.candidate_rows``' half by leverage, against the exact run's.
 
 Per-sample gradients: SmolLM2-135M (the shipped model, float32) on rows of T + 1 random
 token ids (the cost does not depend on the ids), trainable = the last 2 blocks (r ≈ 7.1 M)
@@ -44,7 +58,9 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,7 +98,8 @@ def timed(fn) -> tuple[float, object]:
 
 
 SECTION_KEYS = {"select": ("rows", "estimate_1e6_512_1e4_seconds", "estimate_from"), "prefilter": ("prefilter",), "grads": ("grads",),
-                "grads-wide": ("grads_wide",)}
+                "grads-wide": ("grads_wide",), "auto": ("auto",), "auto-scale": ("auto_scale",), "auto-exact": ("auto_exact",),
+                "auto-filter": ("auto_filter",)}
 
 
 def machine() -> str:
@@ -96,7 +113,7 @@ def select_part(args) -> dict:
             pool = low_rank_pool(jax.random.key(0), num, dim)
             for n in [int(x) for x in args.budgets.split(",")]:
                 key = jax.random.key(1)
-                greedy = SkMMConfig(**RAW, relax=False)
+                greedy = SkMMConfig(**RAW, relax=False, candidates="all")  # the greedy over every row
                 first, _ = timed(lambda: skmm(key, pool, n, config=greedy)[0])
                 seconds, fast = timed(lambda: skmm(key, pool, n, config=greedy)[0])
                 row = {"N": num, "m": dim, "n": n, "greedy_seconds": seconds, "greedy_first_call_seconds": first,
@@ -128,13 +145,13 @@ def prefilter_part(args) -> dict:
     reference = None
     for fraction in (1.0, 0.5, 0.2, 0.1, 0.05):
         for seed in range(1 if fraction == 1.0 else args.prefilter_seeds):
-            config = SkMMConfig(**RAW, relax=False, candidates=None if fraction == 1.0 else int(fraction * num))
+            config = SkMMConfig(**RAW, relax=False, candidates="all" if fraction == 1.0 else int(fraction * num))
             key = jax.random.key(100 + seed)
             timed(lambda: skmm(key, pool, n, config=config)[0])  # compile (first seed) / warm
             seconds, idx = timed(lambda: skmm(key, pool, n, config=config)[0])
             variance = float(subset_variance(idx, spectrum, config.ridge))
             reference = variance if reference is None else reference
-            row = {"N": num, "m": dim, "n": n, "candidates": config.candidates or num, "seed": seed, "seconds": seconds,
+            row = {"N": num, "m": dim, "n": n, "candidates": config.candidate_count(num, n, dim), "leverage_share": 0.5, "seed": seed, "seconds": seconds,
                    "subset_variance": variance, "variance_ratio": variance / reference,
                    "matrix_coverage": float(subset_matrix_coverage(idx, spectrum))}
             rows.append(row)
@@ -158,6 +175,104 @@ def prefilter_part(args) -> dict:
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         print(big, flush=True)
     return {"prefilter": {"rows": rows, "big": big}}
+
+
+AUTO_GRID = ((10_000, 500, 512), (20_000, 500, 512), (50_000, 250, 512), (50_000, 2_000, 512), (100_000, 500, 128),
+             (100_000, 500, 512), (200_000, 2_000, 512), (1_000_000, 10_000, 512), (1_000_000, 1_000, 256))
+
+
+def auto_part(args) -> dict:
+    """The automatic candidate count with the select defaults: the rule's values, and the
+    greedy's objective against the exact greedy on one pool, per n."""
+    from skmm_jax.moments import preprocess_pool, sketched_spectrum, subset_matrix_coverage, subset_variance
+    from skmm_jax.select import auto_candidates
+
+    rule = [{"N": num, "n": n, "m": dim, "candidates": auto_candidates(num, n, dim)} for num, n, dim in AUTO_GRID]
+    num, dim = args.auto_size, 512
+    pool = low_rank_pool(jax.random.key(0), num, dim)
+    default = SkMMConfig()
+    spectrum = sketched_spectrum(preprocess_pool(pool, default.preprocess), rank_tol=default.rank_tol)
+    rows = []
+    for n in [int(x) for x in args.auto_budgets.split(",")]:
+        seconds, exact = timed(lambda: skmm(jax.random.key(1), pool, n, config=SkMMConfig(candidates="all"))[0])
+        reference = float(subset_variance(exact, spectrum, default.ridge))
+        rows.append({"N": num, "m": dim, "n": n, "candidates": num, "rule": "all", "seed": 0, "seconds": seconds,
+                     "subset_variance": reference, "variance_ratio": 1.0, "matrix_coverage": float(subset_matrix_coverage(exact, spectrum))})
+        print(rows[-1], flush=True)
+        auto = auto_candidates(num, n, dim)
+        counts = {"auto": auto, **{f"{k} n": k * n for k in (4, 8, 32) if k * n < num and k * n != auto}}
+        for rule_name, count in counts.items():
+            if count >= num:
+                continue
+            config = SkMMConfig() if rule_name == "auto" else SkMMConfig(candidates=count)
+            for seed in range(args.auto_seeds):
+                seconds, idx = timed(lambda: skmm(jax.random.key(100 + seed), pool, n, config=config)[0])
+                variance = float(subset_variance(idx, spectrum, default.ridge))
+                rows.append({"N": num, "m": dim, "n": n, "candidates": count, "rule": rule_name, "seed": seed, "seconds": seconds,
+                             "subset_variance": variance, "variance_ratio": variance / reference,
+                             "matrix_coverage": float(subset_matrix_coverage(idx, spectrum))})
+                print(rows[-1], flush=True)
+    return {"auto": {"rule": rule, "rows": rows}}
+
+
+def _select_process(features: Path, n: int, out: Path, *extra: str) -> dict:
+    """``skmm-jax select`` in a fresh process: its diagnostics, wall time and peak RSS."""
+    stats = out.with_suffix(".time")
+    command = [sys.executable, "-m", "skmm_jax.cli", "select", "--features", str(features), "--n", str(n), "--out", str(out), *extra]
+    subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%e %M", *command], check=True, cwd=Path(__file__).resolve().parents[1])
+    wall, max_kb = stats.read_text().split()[-2:]
+    result = json.loads(out.read_text())
+    return {"command": "skmm-jax select --features pool.npy --n " + " ".join([str(n), *extra]), "wall_seconds": float(wall),
+            "select_seconds": result["seconds"], "peak_rss_mb": int(max_kb) / 1024, "diagnostics": result["diagnostics"]}
+
+
+def auto_scale_part(args, *extra: str) -> dict:
+    """``skmm-jax select`` on an N × 512 low-rank pool (written to a temporary .npy), n = args.scale_budget."""
+    from skmm_jax.common.io import save_npy_atomic
+
+    num, dim, n = args.scale_size, 512, args.scale_budget
+    with tempfile.TemporaryDirectory() as tmp:
+        features = Path(tmp) / "pool.npy"
+        save_npy_atomic(features, np.asarray(low_rank_pool(jax.random.key(0), num, dim)))
+        run = _select_process(features, n, Path(tmp) / "selection.json", *extra)
+    run.update(N=num, m=dim, n=n)
+    print({k: v for k, v in run.items() if k != "diagnostics"}, run["diagnostics"], flush=True)
+    return run
+
+
+def auto_filter_part(args, payload: dict) -> dict:
+    """The greedy over c candidate rows, uniform (leverage_share 0) vs half by leverage, on
+    the auto-exact pool; V relative to the exact run's (``--part auto-exact`` first)."""
+    from skmm_jax.moments import preprocess_pool, sketched_spectrum, subset_variance
+    from skmm_jax.select import candidate_rows
+
+    exact = payload.get("auto_exact")
+    num, dim, n = args.scale_size, 512, args.scale_budget
+    if not exact or (exact["N"], exact["m"], exact["n"]) != (num, dim, n):
+        raise SystemExit(f"--part auto-filter needs --part auto-exact at N = {num}, n = {n} first (the reference objective)")
+    config = SkMMConfig()
+    pool = low_rank_pool(jax.random.key(0), num, dim)
+    spectrum = sketched_spectrum(preprocess_pool(pool, config.preprocess), rank_tol=config.rank_tol)
+    del pool
+    key = jax.random.fold_in(jax.random.key(0), 1)  # what skmm uses with seed 0
+    rows = []
+    for count in [int(c) for c in args.filter_counts.split(",")]:
+        for share in (0.0, 0.5):
+            seconds, idx = timed(lambda: _greedy_among(spectrum, candidate_rows(key, spectrum, count, share), n, config.ridge))
+            variance = float(subset_variance(idx, spectrum, config.ridge))
+            rows.append({"N": num, "m": dim, "n": n, "candidates": count, "leverage_share": share, "seconds": seconds,
+                         "subset_variance": variance, "variance_ratio": variance / exact["diagnostics"]["subset_variance"]})
+            print(rows[-1], flush=True)
+    return {"auto_filter": rows}
+
+
+def _greedy_among(spectrum, rows: jax.Array, n: int, ridge: float) -> jax.Array:
+    """The greedy draw over ``rows`` with the full pool's spectrum, as ``skmm`` runs it."""
+    from skmm_jax.draw import draw_greedy
+
+    count = rows.shape[0]
+    local = draw_greedy(spectrum._replace(projections=spectrum.projections[rows]), jnp.full((count,), 1.0 / count), jnp.float32(ridge), n)
+    return rows[local]
 
 
 def grads_part(args) -> dict:
@@ -248,6 +363,12 @@ def main() -> None:
     parser.add_argument("--big-size", type=int, default=1000000, help="the N of the big pre-filtered run (0: skip)")
     parser.add_argument("--big-budget", type=int, default=10000)
     parser.add_argument("--big-candidates", type=int, default=50000)
+    parser.add_argument("--auto-size", type=int, default=50000, help="--part auto: N of the pool the objective is compared on")
+    parser.add_argument("--auto-budgets", default="250,1000,2000")
+    parser.add_argument("--auto-seeds", type=int, default=2, help="--part auto: seeds of the candidate draw")
+    parser.add_argument("--scale-size", type=int, default=200000, help="--part auto-scale / auto-exact: N of the CLI run")
+    parser.add_argument("--scale-budget", type=int, default=2000)
+    parser.add_argument("--filter-counts", default="8000,16000,32000", help="--part auto-filter: candidate counts")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--grad-m", type=int, default=256)
     parser.add_argument("--grad-pool", type=int, default=32)
@@ -260,9 +381,12 @@ def main() -> None:
     # persistent cache so each shape compiles once.
     jax.config.update("jax_compilation_cache_dir", "/tmp/skmm_scale_jax_cache")
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    section = {"select": select_part, "prefilter": prefilter_part, "grads": grads_part, "grads-wide": grads_wide_part}[args.part](args)
     path = RESULTS / "skmm_scale.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
+    section = {"select": select_part, "prefilter": prefilter_part, "grads": grads_part, "grads-wide": grads_wide_part,
+               "auto": auto_part, "auto-scale": lambda a: {"auto_scale": auto_scale_part(a)},
+               "auto-exact": lambda a: {"auto_exact": auto_scale_part(a, "--candidates", "all")},
+               "auto-filter": lambda a: auto_filter_part(a, payload)}[args.part](args)
     payload.update(section)
     payload.setdefault("commands", {})[args.part] = " ".join(["python", "benchmarks/skmm_scale.py"] + sys.argv[1:])
     payload["machine"] = machine()
@@ -292,7 +416,9 @@ def write_markdown(payload: dict) -> None:
         lines += ["## Candidate pre-filter (`SkMMConfig(candidates=c)`)", "",
                   f"N = {first['N']:,}, m = {first['m']}, n = {first['n']}; variance = the greedy's objective tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of "
                   "the returned subset on the full spectrum, relative to the all-candidates greedy (lower is better); coverage = "
-                  "1/c_S(S) (higher is better); mean ± std over seeds of the candidate draw.", "",
+                  "1/c_S(S) (higher is better); mean ± std over seeds of the candidate draw."
+                  + ("" if "leverage_share" in first else " Measured with uniform candidates, the pre-filter before its "
+                     "leverage half (`select.candidate_rows`); the current filter is measured in the next section."), "",
                   "| candidates | seconds | variance / all-candidates | coverage 1/c_S(S) |", "|---|---:|---:|---:|"]
         groups: dict = {}
         for r in rows:
@@ -309,6 +435,8 @@ def write_markdown(payload: dict) -> None:
                       f"({b['unique']:,} distinct indices); memory model 4·N·m + 4·c·m = {b['model_bytes'] / 2**30:.2f} GiB, "
                       f"peak RSS {b['peak_rss_mb'] / 1024:.1f} GiB (the pool itself included)."]
         lines.append("")
+    if payload.get("auto"):
+        lines += auto_markdown(payload)
     if payload.get("grads"):
         g = payload["grads"]
         lines += ["## Per-sample LM gradients + sketch: factored vs materialised", "",
@@ -335,6 +463,60 @@ def write_markdown(payload: dict) -> None:
         lines.append("")
     lines += ["Commands: " + "; ".join(f"`{c}`" for c in payload.get("commands", {}).values())]
     (RESULTS / "skmm_scale.md").write_text("\n".join(lines) + "\n")
+
+
+def auto_markdown(payload: dict) -> list[str]:
+    from skmm_jax.select import auto_candidates
+
+    auto = payload["auto"]
+    lines = ["## Automatic candidate count (`SkMMConfig()`: `candidates=\"auto\"`)", "",
+             "c = min(N, max(16 n, ⌊2³³/(n m)⌋)) (`skmm_jax.select.auto_candidates`): every row while the exact greedy costs "
+             "at most 2³³ multiply-adds (N n m ≤ 2³³), else the larger of 16 candidates per coreset member and what that "
+             "budget affords.", "", "| N | n | m | c | c / N |", "|---:|---:|---:|---:|---:|"]
+    for r in auto["rule"]:
+        lines.append(f"| {r['N']:,} | {r['n']:,} | {r['m']} | {r['candidates']:,} | {r['candidates'] / r['N']:.2f} |")
+    first = auto["rows"][0]
+    lines += ["", f"Objective against the exact greedy: rank-32 + noise pool, N = {first['N']:,}, m = {first['m']}, the select defaults "
+              "(standardize-unit, ρ = 1); V = tr(Λ(Z_SᵀZ_S + ρI)⁻¹) of the subset on the full pool's spectrum over the exact "
+              "greedy's (lower is better; mean ± std over seeds of the candidate draw); seconds include the compile.", "",
+              "| n | candidates | c / n | seconds | V / exact | coverage 1/c_S(S) |", "|---:|---|---:|---:|---:|---:|"]
+    groups: dict = {}
+    for r in auto["rows"]:
+        groups.setdefault((r["n"], r["rule"]), []).append(r)
+    for (n, rule), group in groups.items():
+        ratio = np.array([r["variance_ratio"] for r in group])
+        cov = np.array([r["matrix_coverage"] for r in group])
+        label = {"all": "all (exact)", "auto": "auto"}.get(rule, rule)
+        if rule == "all" and auto_candidates(group[0]["N"], n, group[0]["m"]) >= group[0]["N"]:
+            label = "all (exact) = auto"
+        lines.append(f"| {n:,} | {label}: {group[0]['candidates']:,} | {group[0]['candidates'] / n:.0f} | "
+                     f"{np.mean([r['seconds'] for r in group]):.1f} | {ratio.mean():.3f} ± {ratio.std():.3f} | {cov.mean():.3f} ± {cov.std():.3f} |")
+    runs = [payload[k] for k in ("auto_scale", "auto_exact") if payload.get(k)]
+    if runs:
+        lines += ["", f"`skmm-jax select` in a fresh process on a rank-32 + noise pool of N = {runs[0]['N']:,} × {runs[0]['m']} "
+                  f"(float32 .npy, {runs[0]['N'] * runs[0]['m'] * 4 / 2**20:.0f} MiB), n = {runs[0]['n']:,}; wall = the whole "
+                  "process (`/usr/bin/time`: start-up, load, spectrum, compile, greedy); V = the subset's `subset_variance`.", "",
+                  "| command | candidates | wall | selection s | peak RSS | V | V / exact |", "|---|---:|---:|---:|---:|---:|---:|"]
+        exact = payload.get("auto_exact")
+        for r in runs:
+            d = r["diagnostics"]
+            same = exact and (exact["N"], exact["m"], exact["n"]) == (r["N"], r["m"], r["n"])
+            ratio = f"{d['subset_variance'] / exact['diagnostics']['subset_variance']:.3f}" if same else "—"
+            lines.append(f"| `{r['command']}` | {d['candidates']:,}{' (auto)' if d.get('candidates_auto') else ''} | "
+                         f"{r['wall_seconds'] / 60:.1f} min | {r['select_seconds']:.0f} | {r['peak_rss_mb'] / 1024:.2f} GiB | "
+                         f"{d['subset_variance']:.5f} | {ratio} |")
+    if payload.get("auto_filter"):
+        rows = payload["auto_filter"]
+        lines += ["", f"The pre-filter's rows on that pool (seed 0, the greedy over c candidates with the full pool's spectrum; "
+                  "V over the exact run's): uniform (the filter before the leverage half) vs `candidate_rows` (half the rows of "
+                  "largest leverage Σ_j Z_ij²/λ_j, half uniform among the others).", "",
+                  "| c | c / n | uniform: V / exact | s | half by leverage: V / exact | s |", "|---:|---:|---:|---:|---:|---:|"]
+        for count in sorted({r["candidates"] for r in rows}):
+            by = {r["leverage_share"]: r for r in rows if r["candidates"] == count}
+            cells = " | ".join(f"{by[k]['variance_ratio']:.3f} | {by[k]['seconds']:.0f}" if k in by else "— | —" for k in (0.0, 0.5))
+            lines.append(f"| {count:,} | {count / rows[0]['n']:.0f} | {cells} |")
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

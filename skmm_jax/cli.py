@@ -166,8 +166,8 @@ def select(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
         "the greedy draw does not)."),
     candidates: Optional[str] = typer.Option(
-        None, help="SkMM: the greedy picks the coreset among this many uniformly drawn rows, scored against the moments "
-        f"of all rows. auto (default): {AUTO_CANDIDATES_RULE}, every row "
+        None, help="SkMM: the greedy picks the coreset among this many candidate rows (half of largest leverage, half drawn "
+        f"uniformly), scored against the moments of all rows. auto (default): {AUTO_CANDIDATES_RULE}, every row "
         "for pools whose exact greedy is cheap; all: every row (the exact greedy); or a count >= n. The pre-filter needs the "
         "greedy draw without the relaxation (with it every row is a candidate)."),
     gradients: Optional[str] = typer.Option(
@@ -183,8 +183,8 @@ def select(
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
 
     SkMM's default: rows standardized then scaled to unit length, the greedy draw without
-    the relaxation (no solves), on large pools among an automatic number of uniformly
-    drawn candidates (--candidates all: every row). With --relax and the default c_S it solves its relaxation
+    the relaxation (no solves), on large pools among an automatic number of candidate
+    rows (--candidates all: every row). With --relax and the default c_S it solves its relaxation
     1 + 10 times (a bisection on c_S); on a large pool each solve can take a minute, and
     progress is shown per solve.
     """
@@ -241,7 +241,7 @@ def select(
     )
     if diag.get("candidates", rows.shape[0]) < rows.shape[0]:
         rule = f"auto: {AUTO_CANDIDATES_RULE}" if diag.get("candidates_auto") else "--candidates"
-        console.print(f"the greedy picked among {diag['candidates']:,} uniformly drawn rows of {rows.shape[0]:,} ({rule}); "
+        console.print(f"the greedy picked among {diag['candidates']:,} candidate rows of {rows.shape[0]:,} ({rule}); "
                       "--candidates all for the exact greedy over every row", highlight=False)
     if "candidates_requested" in diag:
         console.print(f"[yellow]note:[/yellow] --candidates {candidates} >= N = {rows.shape[0]}: no pre-filter, every row was a candidate")

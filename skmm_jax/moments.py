@@ -194,6 +194,20 @@ def subset_matrix_coverage(indices: Array, spectrum: Spectrum) -> Array:
     return jnp.maximum(jnp.linalg.eigvalsh(jnp.where(jnp.isinf(gram), 1e30, gram))[0], 0.0)
 
 
+def spectral_leverage(spectrum: Spectrum) -> Array:
+    """[N] leverage of every row under the pool's own moments,
+
+        ℓ_i = Σ_{j active} Z_ij² / λ_j   (= N · x_iᵀ(XᵀX)⁺x_i on the active directions),
+
+    the Mahalanobis norm of a row against Σ̃ (its mean over the pool is the number of
+    active directions). It is what the greedy draw's gain becomes late in a run: once
+    Z_SᵀZ_S ≈ t·Λ for a large t, a_i = K⁻¹z_i ≈ Λ⁻¹z_i/t and the gain a_iᵀΛa_i/(1 + a_iᵀz_i)
+    ≈ ℓ_i/t², so the rows of largest ℓ are the ones its later picks compete for. O(N m).
+    """
+    lam = jnp.where(spectrum.active, spectrum.eigenvalues, 1.0)
+    return jnp.sum(jnp.where(spectrum.active[None, :], spectrum.projections * spectrum.projections / lam[None, :], 0.0), axis=1)
+
+
 def subset_variance(indices: Array, spectrum: Spectrum, ridge: float) -> Array:
     """tr(Σ̃ (Z_SᵀZ_S + ridge·I)^{-1}) in the normalised V basis: the sketched variance
     term of the SkMM risk bound (up to σ²), regularised so it is finite for any S."""

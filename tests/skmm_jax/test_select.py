@@ -18,13 +18,14 @@ from skmm_jax.moments import (
     moment_matching_loss,
     preprocess_pool,
     sketched_spectrum,
+    spectral_leverage,
     subset_coverage,
     subset_matrix_coverage,
     subset_variance,
     subset_weights,
 )
 from skmm_jax.sampling import class_quotas
-from skmm_jax.select import METHODS, SkMMConfig, auto_candidates, select, skmm, skmm_indices
+from skmm_jax.select import METHODS, SkMMConfig, auto_candidates, candidate_rows, select, skmm, skmm_indices
 from skmm_jax.solve import SolverConfig, max_feasible_coverage, project_capped_simplex, solve_moment_matching
 
 
@@ -192,7 +193,7 @@ def test_swaps_never_increase_thesubset_loss():
     assert len(set(np.asarray(idx).tolist())) == n
 
 
-def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_spectrum():
+def test_candidate_prefilter_picks_among_leverage_and_uniform_candidates_scored_on_the_full_spectrum():
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((600, 6)) @ rng.standard_normal((6, 24)) + 0.05 * rng.standard_normal((600, 24))).astype(np.float32)
     key, n = jax.random.key(4), 20
@@ -201,16 +202,23 @@ def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_s
     np.testing.assert_array_equal(np.asarray(same), np.asarray(full))
     idx, diag = skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False, candidates=150))
     idx = np.asarray(idx)
-    rows = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), 600))[:150])
+    # the candidates: the 75 rows of largest leverage Σ_j Z_ij²/λ_j, then the first 75 others of a uniform permutation
+    spectrum = sketched_spectrum(x)
+    lam = np.where(np.asarray(spectrum.active), np.asarray(spectrum.eigenvalues), np.inf)
+    top = np.argsort(-(np.asarray(spectrum.projections, np.float64) ** 2 / lam).sum(axis=1))[:75]
+    permutation = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), 600))
+    rows = np.sort(np.concatenate([top, [i for i in permutation if i not in set(top.tolist())][:75]]))
+    np.testing.assert_array_equal(np.asarray(candidate_rows(jax.random.fold_in(key, 1), spectrum, 150)), rows)
+    np.testing.assert_array_equal(np.asarray(candidate_rows(jax.random.fold_in(key, 1), spectrum, 150, leverage_share=0.0)),
+                                  np.sort(permutation[:150]))  # share 0: the uniform filter
     assert diag["candidates"] == 150 and len(set(idx.tolist())) == n and set(idx.tolist()) <= set(rows.tolist())
     # the greedy on the candidate rows with the FULL pool's spectrum, by hand
-    spectrum = sketched_spectrum(x)
     local = draw_greedy(spectrum._replace(projections=spectrum.projections[rows]), jnp.full((150,), 1 / 150), jnp.float32(0.2), n)
     np.testing.assert_array_equal(idx, rows[np.asarray(local)])
     # far better than a uniform subset on the greedy's own objective, close to the full greedy
     uniform = [float(subset_variance(jax.random.permutation(jax.random.key(s), 600)[:n], spectrum, 0.2)) for s in range(5)]
     variance, best = float(subset_variance(idx, spectrum, 0.2)), float(subset_variance(full, spectrum, 0.2))
-    assert best <= variance < min(uniform)
+    assert variance < min(uniform) and variance <= 1.1 * best
     with pytest.raises(ValueError, match="smaller than the coreset size"):
         skmm(key, x, n, config=SkMMConfig(**THEORY, relax=False, candidates=10))
     for relaxed in ({"relax": True}, {"c_s": 0.5}, {"draw": "sample"}):  # each solves the relaxation
@@ -218,6 +226,17 @@ def test_candidate_prefilter_picks_among_uniform_candidates_scored_on_the_full_s
             SkMMConfig(candidates=100, **relaxed)
     with pytest.raises(ValueError, match="positive int"):
         SkMMConfig(relax=False, candidates=0)
+
+
+def test_spectral_leverage_is_n_times_the_hat_diagonal():
+    x = _low_rank_rows()
+    spectrum = sketched_spectrum(x)
+    assert bool(jnp.all(spectrum.active))
+    x64 = x.astype(np.float64)
+    hat = np.einsum("ij,jk,ik->i", x64, np.linalg.inv(x64.T @ x64), x64)  # x_iᵀ(XᵀX)⁻¹x_i
+    leverage = np.asarray(spectral_leverage(spectrum))
+    np.testing.assert_allclose(leverage, 600 * hat, rtol=2e-3)
+    assert leverage.mean() == pytest.approx(24, rel=1e-3)  # Σ_i ℓ_i = N · rank
 
 
 def _low_rank_rows(seed=3, num=600):
