@@ -22,7 +22,7 @@ from rich.table import Table
 
 from skmm_jax.common.cli import check_output_file, fail, fail_config, flags_of, progress_bar, run_app
 from skmm_jax.draw import DRAW_RULES
-from skmm_jax.moments import PREPROCESSING
+from skmm_jax.moments import AUTO_RIDGE_DIRECTIONS_PER_PICK, AUTO_RIDGE_RANGE, PREPROCESSING
 from skmm_jax.select import AUTO_CANDIDATES_RULE, SkMMConfig
 from skmm_jax.sketch.make import SKETCH_KINDS
 
@@ -161,7 +161,10 @@ def select(
     preprocess: Optional[str] = typer.Option(
         None, help=f"SkMM: the geometry moments are matched in: {' | '.join(PREPROCESSING)} "
         f"(default: {DEFAULT.preprocess}, chosen on 7 real tasks; see docs/selection.md)."),
-    ridge: Optional[float] = typer.Option(None, help=f"SkMM: ρ of the greedy draw, in units of one sample's top-direction moment (default {DEFAULT.ridge})."),
+    ridge: Optional[str] = typer.Option(
+        None, help="SkMM: ρ of the greedy draw, in units of one sample's top-direction moment, or auto: from the pool's "
+        f"spectrum and n (the ρ at which the coreset covers {AUTO_RIDGE_DIRECTIONS_PER_PICK:g}·n directions, clipped to "
+        f"{list(AUTO_RIDGE_RANGE)}) (default {DEFAULT.ridge})."),
     relax: Optional[bool] = typer.Option(
         None, "--relax/--no-relax", help="SkMM: solve the relaxation and its c_S bisection (default: only for draws that use it; "
         "the greedy draw does not)."),
@@ -178,7 +181,7 @@ def select(
         "pass the number of classes when known)."),
     gradient_head: Optional[str] = typer.Option(
         None, help="SkMM --gradients pseudo-label: the head the gradient is taken at: zero (default) | fitted (to the clusters)."),
-    labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced)."),
+    labels: Optional[Path] = typer.Option(None, help="[N] int labels .npy (DeepCore methods; SkMM draw=balanced, or draw=greedy-quota: groups, e.g. clusters)."),
 ) -> None:
     """Select n samples of a pool with SkMM or a baseline; write the indices as JSON.
 
@@ -200,6 +203,11 @@ def select(
         fail(f"--method {method!r} is not one of {sorted(METHODS)}")
     if candidates is not None and candidates.strip().isdigit():
         candidates = int(candidates)  # a count; anything else goes to SkMMConfig, which names what is valid
+    if ridge is not None and ridge.strip() != "auto":
+        try:
+            ridge = float(ridge)
+        except ValueError:
+            fail(f"--ridge {ridge!r}: give auto or a positive number")
     values = (c_s, draw, preprocess, ridge, relax, candidates, gradients, num_pseudo_classes, gradient_head)
     given = {k: v for k, v in zip(SKMM_FLAGS, values) if v is not None}
     if given and method != "skmm":

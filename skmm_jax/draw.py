@@ -18,6 +18,9 @@ Rules:
     Sherman–Morrison and A = Z K⁻¹ downdated by rank one, a step is O(N m):
         gain_i = a_iᵀ Λ a_i / (1 + a_iᵀ z_i).
     Ties go to the larger p.
+  - "greedy-quota": the same greedy with per-group counts (labels = groups, e.g. the
+    k-means clusters of the pool or classes): one pick per group when n ≥ groups, the
+    rest ∝ group size; a group's rows leave the candidates when its count is reached.
   - "greedy-diagonal": the same greedy on the relaxation's own objective,
     D(S) = Σ_j ω_j relu(κ λ_j − (1/n) Σ_{i∈S} B_ij)², which only sees the diagonal
     of Σ̃_S in the V basis (it cannot tell apart subsets whose moments are
@@ -100,27 +103,45 @@ def take_row(matrix: Array, index: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
-def draw_greedy(spectrum: Spectrum, p: Array, ridge: Array, n: int) -> Array:
-    """Greedy full-matrix moment matching: minimise tr(Λ (Z_SᵀZ_S + ρI)⁻¹); [n] int32."""
+def draw_greedy(spectrum: Spectrum, p: Array, ridge: Array, n: int, groups: Array | None = None, quota: Array | None = None) -> Array:
+    """Greedy full-matrix moment matching: minimise tr(Λ (Z_SᵀZ_S + ρI)⁻¹); [n] int32.
+
+    With ``groups`` [N] int (e.g. k-means clusters) and ``quota`` [G] int (Σ quota = n),
+    a group's rows stop being candidates once it holds ``quota[g]`` picks: the same
+    objective under per-group counts (rule "greedy-quota")."""
     z = spectrum.projections  # [N, m]
     lam = jnp.where(spectrum.active, spectrum.eigenvalues, 0.0)
     tie = p / jnp.maximum(jnp.max(p), 1e-30) * 1e-12
     ridge = jnp.asarray(ridge, jnp.float32)
     rows = jnp.arange(z.shape[0], dtype=jnp.int32)
+    if groups is None:  # one group that never fills
+        groups, quota = jnp.zeros((z.shape[0],), jnp.int32), jnp.full((1,), n, jnp.int32)
+    groups, quota = jnp.asarray(groups, jnp.int32), jnp.asarray(quota, jnp.int32)
 
     def pick(step, state):
-        a, taken, chosen = state  # a = Z K⁻¹, K = Z_SᵀZ_S + ρ I
+        a, taken, counts, chosen = state  # a = Z K⁻¹, K = Z_SᵀZ_S + ρ I
         denominator = 1.0 + jnp.sum(a * z, axis=1)  # 1 + z_iᵀ K⁻¹ z_i  (≥ 1)
         gain = jnp.sum(a * a * lam[None, :], axis=1) / denominator  # V(S) − V(S ∪ {i})
-        best = jnp.argmax(jnp.where(taken, -jnp.inf, gain + tie)).astype(jnp.int32)
+        closed = taken | (counts[groups] >= quota[groups])
+        best = jnp.argmax(jnp.where(closed, -jnp.inf, gain + tie)).astype(jnp.int32)
         u = take_row(a, best)  # K⁻¹ z_best (K symmetric); O(m) communication when N is sharded
         scale = take_row(denominator, best)
         # K⁻¹ ← K⁻¹ − u uᵀ / (1 + z_bestᵀ u)  ⇒  A ← A − (Z u) uᵀ / (…)
         a = a - jnp.matmul(z, u, precision=HIGHEST)[:, None] * (u / scale)[None, :]
-        return a, taken | (rows == best), chosen.at[step].set(best)
+        counts = counts.at[take_row(groups, best)].add(1)
+        return a, taken | (rows == best), counts, chosen.at[step].set(best)
 
-    state = (z / ridge, jnp.zeros((z.shape[0],), bool), jnp.zeros((n,), jnp.int32))
-    return jax.lax.fori_loop(0, n, pick, state)[2]
+    state = (z / ridge, jnp.zeros((z.shape[0],), bool), jnp.zeros(quota.shape, jnp.int32), jnp.zeros((n,), jnp.int32))
+    return jax.lax.fori_loop(0, n, pick, state)[3]
+
+
+def group_quotas(groups: Array, n: int) -> np.ndarray:
+    """[G] picks per group for "greedy-quota": one for every group when n ≥ G (so no
+    cluster is left out), the rest ∝ group size by largest remainders
+    (``sampling.class_quotas``), capped at the group's size. Host NumPy."""
+    sizes = np.bincount(np.asarray(groups), minlength=int(np.max(np.asarray(groups))) + 1).astype(np.int64)
+    base = np.minimum(sizes, 1) if n >= int(np.count_nonzero(sizes)) else np.zeros_like(sizes)
+    return base + class_quotas(sizes, n - int(base.sum()), sizes=sizes - base)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
@@ -229,6 +250,11 @@ def _top(key, spectrum, p, coverage, n, **_):
     return draw_top(p, n), _NO_SWAPS
 
 
+def _greedy_quota(key, spectrum, p, coverage, n, *, ridge, labels, **_):
+    groups = jnp.asarray(labels, jnp.int32)
+    return draw_greedy(spectrum, p, jnp.float32(ridge), n, groups, jnp.asarray(group_quotas(groups, n), jnp.int32)), _NO_SWAPS
+
+
 def _balanced(key, spectrum, p, coverage, n, *, labels, **_):
     labels = jnp.asarray(labels, jnp.int32)
     return draw_balanced(key, p, labels, n, int(jnp.max(labels)) + 1), _NO_SWAPS
@@ -243,6 +269,8 @@ DRAW_RULES: Registry[DrawRule] = Registry("draw rule", (
         DrawRule("sample", _sample, summary="n draws without replacement ∝ p"),
         DrawRule("top", _top, summary="the n largest p"),
         DrawRule("balanced", _balanced, needs_labels=True, summary="per-class shares ∝ class p-mass, drawn ∝ p"),
+        DrawRule("greedy-quota", _greedy_quota, uses_relaxation=False, needs_labels=True,
+                 summary="the greedy with per-group counts: ≥ 1 per group when n ≥ groups, the rest ∝ group size"),
     )
 ))
 """Every draw rule by name (see the module docstring)."""

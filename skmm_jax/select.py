@@ -40,6 +40,7 @@ from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     PREPROCESSING,
     Spectrum,
+    auto_ridge,
     direction_weights,
     preprocess_pool,
     sketched_spectrum,
@@ -167,7 +168,10 @@ class SkMMConfig:
         eigenvector (Z_SᵀZ_S + ρI). 1.0 was chosen with the default preprocessing on
         real tasks (above); on raw sketched gradients 0.2 was chosen on synthetic seeds
         0–3 and held on seeds 4–7 (benchmarks/synthetic_regression.py). Smaller values
-        weigh unexplored low-variance directions more.
+        weigh unexplored low-variance directions more. "auto": ρ from the pool's
+        spectrum and n (``moments.auto_ridge``: the ρ at which the coreset is asked to
+        cover n directions, clipped to [0.05, 1]); ``skmm`` reports the ρ used
+        (``ridge``, ``ridge_auto``). Measured against 1.0 in docs/selection.md.
       solver: optimiser settings; the default Adam on centred gradients with the
         "relative" weighting reached the requested coverage in every direction in
         our measurements where projected gradient stalled on small eigenvalues.
@@ -209,7 +213,7 @@ class SkMMConfig:
     pseudo_labels: PseudoLabelGradientConfig = PseudoLabelGradientConfig()
     c_s: float | None = None
     draw: str = "greedy"
-    ridge: float = 1.0
+    ridge: float | str = 1.0
     solver: SolverConfig = SolverConfig(optimizer="adam", weighting="relative", max_steps=1000)
     rank_tol: float = 1e-6
     max_swaps: int | None = None
@@ -236,8 +240,10 @@ class SkMMConfig:
             raise ValueError(f"relax=False needs {without} (draw={self.draw!r} uses the relaxed weights p)")
         if self.c_s is not None and not (isinstance(self.c_s, (int, float)) and math.isfinite(self.c_s) and self.c_s > 0):
             raise ValueError(f"c_s must be a positive finite number or None (the smallest feasible c_S), got {self.c_s!r}")
-        if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge > 0):
-            raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
+        if self.ridge != "auto" and not (
+            isinstance(self.ridge, (int, float)) and not isinstance(self.ridge, bool) and math.isfinite(self.ridge) and self.ridge > 0
+        ):
+            raise ValueError(f"ridge must be 'auto' (ρ from the spectrum and n) or a positive finite number, got {self.ridge!r}")
         counted = isinstance(self.candidates, (int, np.integer)) and not isinstance(self.candidates, bool)
         if not (self.candidates in CANDIDATE_RULES if isinstance(self.candidates, str) else counted and self.candidates >= 1):
             raise ValueError(
@@ -268,10 +274,18 @@ class SkMMConfig:
         return min(int(self.candidates), num)
 
 
-def _draw(key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None) -> tuple[Array, Array]:
+def greedy_ridge(config: SkMMConfig, spectrum: Spectrum, n: int) -> Array:
+    """ρ of the greedy draw: ``config.ridge``, or for "auto" ``moments.auto_ridge`` of
+    the pool's spectrum and n (a float32 scalar; jittable)."""
+    return auto_ridge(spectrum, n) if config.ridge == "auto" else jnp.float32(config.ridge)
+
+
+def _draw(
+    key: Array, spectrum: Spectrum, p: Array, coverage: Array, n: int, config: SkMMConfig, labels: Array | None, ridge: Array
+) -> tuple[Array, Array]:
     return draw(
         config.draw, key, spectrum, p, coverage, n,
-        ridge=config.ridge, weighting=config.solver.weighting, max_swaps=config.max_swaps, labels=labels,
+        ridge=ridge, weighting=config.solver.weighting, max_swaps=config.max_swaps, labels=labels,
     )  # fmt: skip
 
 
@@ -324,22 +338,24 @@ def skmm(
     if not bool(jnp.any(spectrum.active)):
         raise ValueError(f"sketched gradients {ZERO_FEATURES}")
     solver = config.solver
+    ridge = greedy_ridge(config, spectrum, n)
+    chosen_by = {"ridge": float(ridge), "ridge_auto": config.ridge == "auto"}
     count = config.candidate_count(num, n, int(sketched.shape[1]))
-    chosen_by = {"candidates": count, "candidates_auto": config.candidates == "auto" and not config.solves_relaxation}
+    chosen_by |= {"candidates": count, "candidates_auto": config.candidates == "auto" and not config.solves_relaxation}
     if not isinstance(config.candidates, str) and config.candidates >= num:
         chosen_by["candidates_requested"] = int(config.candidates)
     if not config.solves_relaxation:
         if count >= num:
-            indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels)
-            return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by, **made}
+            indices, _ = _draw(key, spectrum, jnp.full((num,), 1.0 / num, jnp.float32), jnp.float32(1.0), n, config, labels, ridge)
+            return indices, {**_subset_diagnostics(indices, spectrum, config, ridge), "relax": False, **chosen_by, **made}
         # Half by leverage, half uniform (sorted: the draw's ties then still go to the lower
         # index); the spectrum's eigenbasis and Λ stay the full pool's.
         rows = candidate_rows(jax.random.fold_in(key, 1), spectrum, count)
         candidates = spectrum._replace(projections=spectrum.projections[rows])
         uniform = jnp.full((count,), 1.0 / count, jnp.float32)
-        local, _ = _draw(key, candidates, uniform, jnp.float32(1.0), n, config, None if labels is None else jnp.asarray(labels)[rows])
+        local, _ = _draw(key, candidates, uniform, jnp.float32(1.0), n, config, None if labels is None else jnp.asarray(labels)[rows], ridge)
         indices = rows[local]
-        return indices, {**_subset_diagnostics(indices, spectrum, config), "relax": False, **chosen_by, **made}
+        return indices, {**_subset_diagnostics(indices, spectrum, config, ridge), "relax": False, **chosen_by, **made}
     if config.c_s is None:
         coverage, solved = max_feasible_coverage(spectrum, n, solver, bisection_steps=config.bisection_steps, progress=progress)
     else:
@@ -351,7 +367,7 @@ def skmm(
             solved.coverage.block_until_ready()
             progress(1, 1)
     p = solved.p
-    indices, swaps = _draw(key, spectrum, p, jnp.float32(coverage), n, config, labels)
+    indices, swaps = _draw(key, spectrum, p, jnp.float32(coverage), n, config, labels, ridge)
     weights = direction_weights(spectrum, solver.weighting)
     subset_total = jnp.sum(spectrum.moments[indices], axis=0)
     losses = np.asarray(solved.losses)[: int(solved.steps)]
@@ -360,7 +376,7 @@ def skmm(
         "c_s": 1.0 / coverage,
         "coverage_required": coverage,
         "relaxed_coverage": float(solved.coverage),
-        **_subset_diagnostics(indices, spectrum, config),
+        **_subset_diagnostics(indices, spectrum, config, ridge),
         "subset_loss": float(subset_loss(subset_total, jnp.float32(coverage) * spectrum.eigenvalues, weights, n)),
         "solver_steps": int(solved.steps),
         "loss_curve": [float(x) for x in losses],
@@ -373,12 +389,12 @@ def skmm(
     return indices, diagnostics
 
 
-def _subset_diagnostics(indices: Array, spectrum: Spectrum, config: SkMMConfig) -> dict:
+def _subset_diagnostics(indices: Array, spectrum: Spectrum, config: SkMMConfig, ridge: Array) -> dict:
     """What SkMM reports of the returned subset itself, with or without the relaxation."""
     return {
         "subset_coverage": float(subset_coverage(indices, spectrum)),
         "subset_matrix_coverage": float(subset_matrix_coverage(indices, spectrum)),
-        "subset_variance": float(subset_variance(indices, spectrum, config.ridge)),
+        "subset_variance": float(subset_variance(indices, spectrum, ridge)),
         "active_directions": int(jnp.sum(spectrum.active)),
         "draw": config.draw,
     }
@@ -398,7 +414,7 @@ def skmm_indices(key: Array, sketched: Array, n: int, coverage: Array, config: S
         raise ValueError('skmm_indices takes the gradients as given: make pseudo-label rows with head_gradients.pseudo_label_gradients first')
     spectrum = sketched_spectrum(preprocess_pool(sketched, config.preprocess), rank_tol=config.rank_tol)
     solved = solve_moment_matching(spectrum, coverage, n, config.solver)
-    return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None)[0]
+    return _draw(key, spectrum, solved.p, jnp.asarray(coverage, jnp.float32), n, config, None, greedy_ridge(config, spectrum, n))[0]
 
 
 def skmm_config(options: dict[str, Any]) -> SkMMConfig:

@@ -104,6 +104,28 @@ def test_select_command_round_trip(pool_file: Path, tmp_path: Path, method: str)
     assert payload["indices"] == expected.indices.tolist()
 
 
+def test_select_command_automatic_ridge_and_quota_draw(pool_file: Path, tmp_path: Path):
+    import json
+
+    from skmm_jax.select import select
+
+    x = np.load(pool_file)
+    groups = np.repeat(np.arange(4), (30, 15, 8, 3)).astype(np.int64)
+    np.save(tmp_path / "groups.npy", groups)
+    for extra, options in ((["--ridge", "auto"], {"ridge": "auto"}),
+                           (["--draw", "greedy-quota", "--labels", str(tmp_path / "groups.npy")], {"draw": "greedy-quota", "labels": groups})):
+        out = tmp_path / "sel.json"
+        result = runner.invoke(skmm_app, ["select", "--features", str(pool_file), "--n", "10", "--seed", "3", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(out.read_text())
+        expected = select("skmm", jax.random.key(3), x, 10, **options)
+        assert payload["indices"] == expected.indices.tolist()
+        assert payload["diagnostics"]["ridge_auto"] == (options.get("ridge") == "auto")
+        assert payload["diagnostics"]["ridge"] == pytest.approx(expected.diagnostics["ridge"])
+    # one pick per group (n ≥ 4 groups), the other 6 ∝ sizes 29, 14, 7, 2 → 3, 2, 1, 0 (largest remainders)
+    assert np.bincount(groups[payload["indices"]], minlength=4).tolist() == [4, 3, 2, 1]
+
+
 def test_select_command_reads_npz_and_safetensors_and_sketches(pool_file: Path, tmp_path: Path):
     import json
 

@@ -10,11 +10,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from skmm_jax.deepcore import DEEPCORE
-from skmm_jax.draw import DRAWS, draw, draw_balanced, draw_greedy, draw_greedy_diagonal, refine_swaps, subset_loss
+from skmm_jax.draw import DRAW_RULES, DRAWS, draw, draw_balanced, draw_greedy, draw_greedy_diagonal, group_quotas, refine_swaps, subset_loss
 from skmm_jax.methods import SelectionMethod
 from skmm_jax.moments import (
     PREPROCESSING,
+    auto_ridge,
     direction_weights,
+    effective_dimension,
     moment_matching_loss,
     preprocess_pool,
     sketched_spectrum,
@@ -172,6 +174,36 @@ def test_full_matrix_greedy_equals_brute_force_and_covers_clusters():
     assert set(labels[idx].tolist()) == set(range(5)), "full-matrix greedy missed a cluster"
 
 
+def test_greedy_quota_is_the_brute_force_greedy_under_group_counts():
+    x, labels = clusters(sizes=(40, 20, 10, 4, 2))
+    spec = sketched_spectrum(x)
+    z = np.asarray(spec.projections, np.float64)
+    lam = np.where(np.asarray(spec.active), np.asarray(spec.eigenvalues, np.float64), 0.0)
+    ridge, n = 0.2, 9
+    quota = group_quotas(labels, n)
+    # one per group (n ≥ 5 groups), then the other 4 ∝ sizes 39, 19, 9, 3, 1 (largest remainders)
+    assert quota.tolist() == [3, 2, 2, 1, 1] and quota.sum() == n
+
+    def variance(chosen):
+        k = z[chosen].T @ z[chosen] + ridge * np.eye(z.shape[1])
+        return float(np.sum(lam * np.diag(np.linalg.inv(k))))
+
+    chosen = []
+    for _ in range(n):
+        counts = np.bincount(labels[chosen], minlength=5) if chosen else np.zeros(5, int)
+        rest = [i for i in range(len(z)) if i not in chosen and counts[labels[i]] < quota[labels[i]]]
+        chosen.append(min(rest, key=lambda i: variance(chosen + [i])))
+    idx = select("skmm", 0, x, n, preprocess="none", ridge=ridge, draw="greedy-quota", labels=labels).indices
+    assert np.asarray(idx).tolist() == chosen
+    np.testing.assert_array_equal(np.bincount(labels[np.asarray(idx)], minlength=5), quota)
+    # One group that never fills is the plain greedy.
+    p = jnp.full((len(x),), 1 / len(x), jnp.float32)
+    np.testing.assert_array_equal(
+        draw_greedy(spec, p, jnp.float32(ridge), n, jnp.zeros(len(x), jnp.int32), jnp.array([n], jnp.int32)),
+        draw_greedy(spec, p, jnp.float32(ridge), n),
+    )
+
+
 def test_matrix_coverage_of_the_whole_pool_is_one():
     x, _ = clusters()
     spec = sketched_spectrum(x)
@@ -226,6 +258,43 @@ def test_candidate_prefilter_picks_among_leverage_and_uniform_candidates_scored_
             SkMMConfig(candidates=100, **relaxed)
     with pytest.raises(ValueError, match="positive int"):
         SkMMConfig(relax=False, candidates=0)
+
+
+def test_auto_ridge_asks_for_kappa_n_directions():
+    # A decaying spectrum (λ_j ∝ 0.8^j over 24 directions): solve d(τ) = κ n by numpy
+    # bisection in float64 and compare ρ = clip(n τ, 0.05, 1) with the jitted rule.
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((24, 24)))[0]
+    x = (rng.standard_normal((3000, 24)) * 0.8 ** (np.arange(24) / 2)) @ basis.T
+    spectrum = sketched_spectrum(x.astype(np.float32))
+    lam = np.asarray(spectrum.eigenvalues, np.float64)
+
+    def reference(n, kappa):
+        lo, hi = np.log(0.05 / n), np.log(1.0 / n)
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.sum(lam / (lam + np.exp(mid))) > kappa * n else (lo, mid)
+        return float(np.clip(n * np.exp(lo), 0.05, 1.0))
+
+    values = []
+    for n, kappa in ((2, 2.0), (4, 2.0), (6, 1.0), (8, 1.0), (3, 4.0), (40, 2.0)):
+        got = float(auto_ridge(spectrum, n, directions_per_pick=kappa))
+        assert got == pytest.approx(reference(n, kappa), rel=1e-4)
+        values.append(got)
+        if got not in (np.float32(0.05), np.float32(1.0)):  # inside the range the coreset is asked for exactly κ n directions
+            assert float(effective_dimension(spectrum, got / n)) == pytest.approx(kappa * n, rel=1e-3)
+    assert values[0] == np.float32(1.0) and values[-1] == np.float32(0.05)  # clipped: 2·2 < d(1/2); 2·40 > 24 directions
+    assert 0.051 < values[1] < 0.99
+    # ρ = "auto" in select uses it, and reports it.
+    sel = select("skmm", 0, x.astype(np.float32), 4, ridge="auto", preprocess="none")
+    library = float(auto_ridge(spectrum, 4))  # the library's κ
+    assert library == pytest.approx(reference(4, 1.0), rel=1e-4)
+    assert sel.diagnostics["ridge_auto"] and sel.diagnostics["ridge"] == pytest.approx(library, rel=1e-5)
+    fixed = select("skmm", 0, x.astype(np.float32), 4, ridge=library, preprocess="none")
+    np.testing.assert_array_equal(sel.indices, fixed.indices)
+    for bad in ("big", 0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="ridge must be 'auto'"):
+            SkMMConfig(ridge=bad)
 
 
 def test_spectral_leverage_is_n_times_the_hat_diagonal():
@@ -316,11 +385,12 @@ def test_draw_dispatch_names_the_rule_and_needs_labels_for_balanced():
     x, _ = clusters()
     spec = sketched_spectrum(x)
     p = jnp.full((len(x),), 1 / len(x), jnp.float32)
-    for rule in tuple(DRAWS)[:-1]:
+    for rule in [r for r in DRAWS if not DRAW_RULES[r].needs_labels]:
         indices, _ = draw(rule, jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
         assert len(set(np.asarray(indices).tolist())) == 8, rule
-    with pytest.raises(ValueError, match="needs labels"):
-        draw("balanced", jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
+    for rule in ("balanced", "greedy-quota"):
+        with pytest.raises(ValueError, match="needs labels"):
+            draw(rule, jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
     with pytest.raises(ValueError, match="draw must be one of"):
         draw("best", jax.random.key(0), spec, p, jnp.float32(1.0), 8, ridge=0.2, weighting="relative")
 
