@@ -149,16 +149,24 @@ def test_diagonal_greedy_draw_covers_every_cluster():
     assert float(subset_coverage(jnp.asarray(idx), spec)) > 0.05
 
 
-def test_full_matrix_greedy_equals_brute_force_and_covers_clusters():
-    x, labels = clusters(sizes=(40, 20, 10, 4, 2))
-    spec = sketched_spectrum(x)
+def variance_term(spec, ridge):
+    """numpy float64 V(S) = tr(Λ (Z_SᵀZ_S + ρI)⁻¹) of a spectrum, as a function of the chosen rows."""
     z = np.asarray(spec.projections, np.float64)
     lam = np.where(np.asarray(spec.active), np.asarray(spec.eigenvalues, np.float64), 0.0)
-    ridge, n = 0.2, 8
 
     def variance(chosen):
         k = z[chosen].T @ z[chosen] + ridge * np.eye(z.shape[1])
         return float(np.sum(lam * np.diag(np.linalg.inv(k))))
+
+    return variance
+
+
+def test_full_matrix_greedy_equals_brute_force_and_covers_clusters():
+    x, labels = clusters(sizes=(40, 20, 10, 4, 2))
+    spec = sketched_spectrum(x)
+    z = np.asarray(spec.projections, np.float64)
+    ridge, n = 0.2, 8
+    variance = variance_term(spec, ridge)
 
     chosen, values = [], [variance([])]
     for _ in range(n):
@@ -177,21 +185,16 @@ def test_full_matrix_greedy_equals_brute_force_and_covers_clusters():
 def test_greedy_quota_is_the_brute_force_greedy_under_group_counts():
     x, labels = clusters(sizes=(40, 20, 10, 4, 2))
     spec = sketched_spectrum(x)
-    z = np.asarray(spec.projections, np.float64)
-    lam = np.where(np.asarray(spec.active), np.asarray(spec.eigenvalues, np.float64), 0.0)
     ridge, n = 0.2, 9
     quota = group_quotas(labels, n)
     # one per group (n ≥ 5 groups), then the other 4 ∝ sizes 39, 19, 9, 3, 1 (largest remainders)
     assert quota.tolist() == [3, 2, 2, 1, 1] and quota.sum() == n
-
-    def variance(chosen):
-        k = z[chosen].T @ z[chosen] + ridge * np.eye(z.shape[1])
-        return float(np.sum(lam * np.diag(np.linalg.inv(k))))
+    variance = variance_term(spec, ridge)
 
     chosen = []
     for _ in range(n):
         counts = np.bincount(labels[chosen], minlength=5) if chosen else np.zeros(5, int)
-        rest = [i for i in range(len(z)) if i not in chosen and counts[labels[i]] < quota[labels[i]]]
+        rest = [i for i in range(len(x)) if i not in chosen and counts[labels[i]] < quota[labels[i]]]
         chosen.append(min(rest, key=lambda i: variance(chosen + [i])))
     idx = select("skmm", 0, x, n, preprocess="none", ridge=ridge, draw="greedy-quota", labels=labels).indices
     assert np.asarray(idx).tolist() == chosen
