@@ -52,7 +52,7 @@ from prune_jax.pruning.calibrate import residual_sensitivity
 from prune_jax.pruning.config import PruneConfig
 from prune_jax.pruning.recover import check_folds
 from prune_jax.pruning.report import LayerReport, PruneReport
-from prune_jax.pruning.scores import SCORES, gradient_scores
+from prune_jax.pruning.scores import OUTPUT_WEIGHTS, SCORES, gradient_scores
 from prune_jax.pruning.slicing import add_zero_biases, record_widths
 from prune_jax.pruning.stage import StageContext, dense_unit_scores, prune_block
 from skmm_jax.common.streaming import Progress
@@ -101,7 +101,10 @@ def _context(model: Llama, calibration: np.ndarray, config: PruneConfig, mesh, a
     key, score = jax.random.key(config.seed), SCORES[config.method]
     given = gradient_scores(model, tokens, config.method, batch_size=chunk, key=key, options=config.options) if score.needs == "gradients" else None
     scored = _allocation_sequences(config, tokens.shape[0], mesh, axis)
-    sensitivity = residual_sensitivity(model, tokens[:scored], batch_size=chunk) if score.reads_sensitivity(config.options) else None
+    weighting = score.output_weight(config.options)
+    if weighting not in OUTPUT_WEIGHTS:
+        raise ValueError(f"method {config.method!r}: its output_weight must give one of {OUTPUT_WEIGHTS}, got {weighting!r}")
+    sensitivity = residual_sensitivity(model, tokens[:scored], batch_size=chunk) if weighting == "sensitivity" else None
     return tokens, StageContext(config=config, score=score, positions=positions, inv_freq=model.rope_frequencies(), chunk=chunk,
                                 key=key, given_scores=given, sensitivity=sensitivity, allocation_sequences=scored)
 

@@ -81,6 +81,8 @@ class NormOptions:
 
 
 OBS_METRICS = ("energy", "loss", "stream")
+OUTPUT_WEIGHTS = (None, "sensitivity", "stream")
+"""What ``Score.output_weight`` may name: how the gram evidence weighs residual directions."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +190,11 @@ class Score:
         functions read it as ``Evidence.options``.
       allocation_samples: the calibration sequences the allocation's dense pass reads when
         ``Budget.allocation_samples`` is None (the first n; None: all).
-      reads_sensitivity: ``reads_sensitivity(options)`` → whether the "gram" evidence
-        carries the dense model's loss sensitivity per residual direction
-        (``UnitGram.output_weight``; one backward pass up front).
-      weighs_by_stream: ``weighs_by_stream(options)`` → whether the "gram" evidence's
-        output weight is 1 / E[h_d²] of the half's input stream (``stage.unit_gram``).
+      output_weight: ``output_weight(options)`` → what weighs each residual direction of
+        the "gram" evidence's output error (``UnitGram.output_weight``), one of
+        OUTPUT_WEIGHTS: None (unweighted), "sensitivity" (the dense model's loss
+        sensitivity per direction; one backward pass up front) or "stream" (1 / E[h_d²]
+        of the half's input stream, ``stage.unit_gram``).
     """
 
     channels: ScoreFn
@@ -203,8 +205,7 @@ class Score:
     allocation: str = "uniform"
     options: type | None = None
     allocation_samples: int | None = None
-    reads_sensitivity: Callable[[Any], bool] = lambda options: False
-    weighs_by_stream: Callable[[Any], bool] = lambda options: False
+    output_weight: Callable[[Any], str | None] = lambda options: None
 
     def __post_init__(self):
         if self.needs not in NEEDS:
@@ -379,8 +380,7 @@ SCORES: Registry[Score] = Registry("score method", {
     "taylor": Score(_taylor_channels, _taylor_heads, needs="gradients"),
     "depth2-l1": Score(_depth2_l1_channels, _depth2_l1_heads, needs="nothing"),
     "dap-obs": Score(_obs_channels, _obs_heads, needs="gram", remove=_obs_remove, allocation=DAP_OBS_ALLOCATION, options=ObsOptions,
-                     reads_sensitivity=lambda options: options.metric == "loss",
-                     weighs_by_stream=lambda options: options.metric == "stream"),
+                     output_weight=lambda options: {"loss": "sensitivity", "stream": "stream"}.get(options.metric)),
 }.items())
 """Every unit score by method name; ``SCORES.register(name, Score(...))`` adds one."""
 

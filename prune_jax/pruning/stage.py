@@ -66,7 +66,7 @@ class StageContext:
         dense model ("gradients" scores), else None.
       sensitivity: [L, 2, D] the dense model's loss sensitivity per residual direction
         after each half (``calibrate.residual_sensitivity``) when the score reads it
-        (``Score.reads_sensitivity``), else None.
+        (``Score.output_weight`` "sensitivity"), else None.
       allocation_sequences: how many of the first calibration sequences the allocation's
         dense pass and the sensitivity read (``Budget.allocation_samples``, rounded up to
         the devices of the data axis).
@@ -271,7 +271,7 @@ def unit_gram(half: Half, block, layer: int, h: Array, ctx: StageContext) -> Uni
     intercept column when the map has a bias) on the stream h, chunk by chunk; with the
     half's output sensitivity when the context has one."""
     intercept = map_has_bias(half.module(block), (half.second_bias,))
-    by_stream = ctx.score.weighs_by_stream(ctx.config.options)
+    by_stream = ctx.score.output_weight(ctx.config.options) == "stream"
     gram = energy = None
     for s, e in ctx.bounds(h.shape[0]):
         units = _flat_units(half, block, h[s:e], ctx.positions[s:e], ctx.inv_freq)
