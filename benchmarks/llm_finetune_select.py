@@ -366,8 +366,8 @@ def write_report(payload: dict, out_json: Path) -> None:
                      + " | ".join(cell(group, f"ppl/{s}") for s in sources) + " | "
                      + " | ".join(cell(group, f"share/{s}") for s in sources) + " | "
                      f"{cell(group, 'base_loss')} | {cell(group, 'train_loss_last')} | {cell(group, 'seconds', '.1f')} |")
-    lines += ["", "SkMM vs uniform, held-out PPL (mixture); Δ = mean(skmm) − mean(uniform), \"outside one std\" = "
-              "|Δ| larger than the std of both:", ""]
+    lines += ["", "SkMM vs uniform, held-out PPL (mixture); Δ = mean(skmm) − mean(uniform), |Δ| compared with "
+              "each one's std:", ""]
     for n in ns:
         skmm, uniform = ([g["ppl"] for g in groups.get((s, n), [])] for s in ("skmm", "uniform"))
         if len(skmm) < 2 or len(uniform) < 2:
@@ -375,8 +375,13 @@ def write_report(payload: dict, out_json: Path) -> None:
             continue
         (ms, ss), (mu, su) = _mean_std(skmm), _mean_std(uniform)
         delta = ms - mu
-        verdict = ("outside one std: skmm better" if delta < 0 else "outside one std: skmm worse") \
-            if abs(delta) > max(ss, su) else "within one std"
+        better = "skmm better" if delta < 0 else "skmm worse"
+        if abs(delta) > max(ss, su):
+            verdict = f"outside one std of both: {better}"
+        elif abs(delta) > min(ss, su):
+            verdict = f"{better}, outside {'uniform' if su < ss else 'skmm'}'s std only"
+        else:
+            verdict = "within one std of both"
         lines.append(f"- n = {n} ({passages_seen / n:g} passes): skmm {ms:.2f} ± {ss:.2f}, uniform {mu:.2f} ± {su:.2f}, "
                      f"Δ = {delta:+.2f} ({verdict})")
     features = payload.get("features", {})
