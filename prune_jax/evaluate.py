@@ -57,6 +57,14 @@ def _weighted_nll_sum(graphdef, state, x: Array, targets: Array, weights: Array)
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _row_mean_nll(graphdef, state, x: Array, targets: Array) -> Array:
+    """[B]: each row's mean over t of −log p(targets_t | stream x), float32, in vocabulary
+    chunks (as ``_weighted_nll_sum``, reduced per row instead of over the batch)."""
+    model = nnx.merge(graphdef, state)
+    return jnp.mean(model.next_token_nll(model.norm(x), targets), axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _logits(graphdef, state, x: Array) -> Array:
     model = nnx.merge(graphdef, state)
     return model.logits(model.norm(x))
@@ -85,6 +93,10 @@ class StagedModel:
     def nll_sum(self, tokens: Array, weights: Array) -> Array:
         """Σ_rows weight · Σ_t −log p(tokens[:, t + 1] | tokens[:, ≤ t])."""
         return _weighted_nll_sum(*self.model, self.stream(tokens[:, :-1]), tokens[:, 1:], weights)
+
+    def row_mean_nll(self, tokens: Array) -> Array:
+        """[B]: (1 / (T − 1)) Σ_t −log p(tokens[:, t + 1] | tokens[:, ≤ t]) of each row."""
+        return _row_mean_nll(*self.model, self.stream(tokens[:, :-1]), tokens[:, 1:])
 
 
 def compiled_forward(model) -> Callable[[Array], Array]:
@@ -142,6 +154,23 @@ class PerplexityResult:
     seq_len: int
 
 
+def _check_windows(model, windows: np.ndarray, batch_size: int | None) -> tuple[np.ndarray, int]:
+    """(windows as an array, the batch size to use) or a ValueError naming what is wrong
+    (checked before anything is compiled); ``batch_size=None`` keeps a step near 16 K
+    tokens."""
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise ValueError(f"windows must be [W >= 1, T >= 2] tokens, got shape {windows.shape}")
+    if not np.issubdtype(windows.dtype, np.integer):
+        raise ValueError(f"windows must hold integer token ids, got dtype {windows.dtype}")
+    model.config.check_sequence_length(windows.shape[1], name="windows.shape[1]")
+    vocab = model.config.vocab_size
+    if windows.min() < 0 or windows.max() >= vocab:
+        raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    return windows, min(batch_size or max(1, 16384 // windows.shape[1]), windows.shape[0])
+
+
 def perplexity(
     model,
     windows: np.ndarray,
@@ -163,18 +192,8 @@ def perplexity(
       ValueError: windows of the wrong shape or dtype, token ids outside the vocabulary,
         or T above the model's context (checked before anything is compiled).
     """
-    windows = np.asarray(windows)
-    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
-        raise ValueError(f"windows must be [W >= 1, T >= 2] tokens, got shape {windows.shape}")
-    if not np.issubdtype(windows.dtype, np.integer):
-        raise ValueError(f"windows must hold integer token ids, got dtype {windows.dtype}")
-    model.config.check_sequence_length(windows.shape[1], name="windows.shape[1]")
-    vocab = model.config.vocab_size
-    if windows.min() < 0 or windows.max() >= vocab:
-        raise ValueError(f"token ids must lie in [0, {vocab}) for this model, got range [{windows.min()}, {windows.max()}]")
-    check_positive_int(batch_size, "batch_size", allow_none=True)  # None: ≈ 16 K tokens per step
+    windows, batch_size = _check_windows(model, windows, batch_size)
     count, seq_len = windows.shape
-    batch_size = min(batch_size or max(1, 16384 // seq_len), count)
     staged, total = StagedModel(model), jnp.zeros((), jnp.float32)
     # Not ``stream_chunks``: the sum stays on the device (one host sync at the end, no
     # per-batch transfer), and padded windows are weighted out inside the reduction.
@@ -190,3 +209,31 @@ def perplexity(
     predicted = count * (seq_len - 1)
     nll = float(total) / predicted
     return PerplexityResult(perplexity=math.exp(nll), nll=nll, tokens=predicted, windows=count, seq_len=seq_len)
+
+
+def window_nll(
+    model,
+    windows: np.ndarray,
+    *,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Each window's mean next-token NLL, [W] float32 (nats):
+
+        ℓ_w = (1 / (T − 1)) Σ_{t=1}^{T-1} −log p(w_t | w_<t),
+
+    the per-row counterpart of `perplexity` (whose NLL is the mean of these ℓ_w), with the
+    same jitted block-by-block forward and padding (so one compilation for all batches):
+    the per-example loss of loss-based data selection (EL2N-style "hardest first").
+    Arguments and errors as `perplexity`'s.
+    """
+    windows, batch_size = _check_windows(model, windows, batch_size)
+    count = windows.shape[0]
+    staged, parts = StagedModel(model), []
+    for start, stop in chunk_bounds(count, batch_size):
+        chunk = pad_leading(windows[start:stop].astype(np.int32), batch_size)  # padded rows are dropped below
+        parts.append(staged.row_mean_nll(jnp.asarray(chunk))[: stop - start])
+        if progress is not None:
+            parts[-1].block_until_ready()
+            progress(stop, count)
+    return np.asarray(jnp.concatenate(parts), np.float32)

@@ -193,6 +193,19 @@ def test_perplexity_rejects_bad_windows(tiny_llama_config, random_llama):
         perplexity(model, np.zeros((2, 4), np.float32))
 
 
+def test_window_nll_is_token_nll_row_means_at_every_batch_size_and_averages_to_perplexity(tiny_llama):
+    from prune_jax.evaluate import perplexity, window_nll
+
+    model = tiny_llama(vocab_size=64)
+    windows = np.random.default_rng(3).integers(0, 64, (5, 12))
+    expected = np.asarray(model.token_nll(jnp.asarray(windows))).mean(axis=1)  # eager reference, [5]
+    for batch_size in (1, 2, 5):  # 2: the last batch is padded, its padded row dropped
+        np.testing.assert_allclose(window_nll(model, windows, batch_size=batch_size), expected, rtol=1e-5, atol=1e-6)
+    assert abs(np.log(perplexity(model, windows).perplexity) - expected.mean()) < 1e-5
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        window_nll(model, np.full((2, 5), 64))
+
+
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("case", ["gqa2", "gqa3-tied"])
 def test_gguf_written_by_llama_cpp_convention_loads_to_the_same_logits(case: str, tmp_path: Path):
